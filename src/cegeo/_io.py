@@ -1,0 +1,263 @@
+"""Atomic file writes, TOML in/out and provenance (versions, git commit, hardware).
+
+Results are never half-written: every writer writes a temporary file in the target's folder,
+flushes and fsyncs it, then renames it over the target (atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from ._validation import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "append_jsonl",
+    "atomic_open",
+    "environment_info",
+    "read_json",
+    "read_jsonl",
+    "read_toml",
+    "to_toml",
+    "write_json",
+    "write_npz",
+    "write_text",
+    "write_toml",
+]
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success rename it over ``path``.
+
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean(o: Any) -> Any:
+    """Replace NaN/inf by None so the output is strict JSON."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, Mapping):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _clean(o.tolist())
+    if isinstance(o, np.generic):
+        return _clean(o.item())
+    return o
+
+
+def dumps_json(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON (NaN/inf written as null)."""
+    return json.dumps(_clean(obj), indent=indent, default=_json_default, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    write_text(path, dumps_json(obj) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    p = Path(path)
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"`{p}` must be valid JSON; got a parse error at line {exc.lineno}.") from None
+
+
+def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Append one JSON line, rewriting the file atomically (files stay small: one line per epoch)."""
+    p = Path(path)
+    old = p.read_text() if p.exists() else ""
+    write_text(p, old + dumps_json(record, indent=None) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    p = Path(path)
+    out = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise InputError(f"`{p}` line {i} must be one JSON object; got {line[:60]!r}.") from None
+    return out
+
+
+def write_npz(path: str | os.PathLike[str], **arrays: Any) -> None:
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+# ------------------------------------------------------------------------------------------ TOML
+
+
+def _toml_key(key: str) -> str:
+    if key and all(c.isalnum() or c in "-_" for c in key):
+        return key
+    return json.dumps(key)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        if math.isnan(f):
+            return "nan"
+        if math.isinf(f):
+            return "inf" if f > 0 else "-inf"
+        return repr(f)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, Path):
+        return json.dumps(str(v))
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Serialise nested dicts of scalars, strings and lists (None values are omitted).
+
+    Examples
+    --------
+    >>> print(to_toml({"seed": 0, "train": {"lr": 0.1, "milestones": [116, 232]}}))
+    seed = 0
+    <BLANKLINE>
+    [train]
+    lr = 0.1
+    milestones = [116, 232]
+    <BLANKLINE>
+    """
+    lines: list[str] = []
+
+    def emit(table: Mapping[str, Any], prefix: str) -> None:
+        scalars = {k: v for k, v in table.items() if v is not None and not isinstance(v, Mapping)}
+        tables = {k: v for k, v in table.items() if isinstance(v, Mapping)}
+        if prefix and (scalars or not tables):
+            lines.append(f"[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        if scalars or (prefix and not tables):
+            lines.append("")
+        for k, v in tables.items():
+            emit(v, f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k))
+
+    emit(data, "")
+    return "\n".join(lines)
+
+
+def write_toml(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
+    write_text(path, to_toml(data))
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a TOML file as data (never executed); syntax errors are one-line InputErrors."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"`{p}` must be valid TOML; got: {exc}.") from None
+
+
+# ------------------------------------------------------------------------------------ provenance
+
+
+def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
+    """The current git commit of the working directory (or of the installed source), if any."""
+    candidates = [cwd] if cwd is not None else [Path.cwd(), Path(__file__).resolve().parent]
+    for where in candidates:
+        try:
+            out = subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=where,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0:
+            commit = out.stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=where,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            )
+            return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+    return None
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions, hardware and git commit, stored with every result."""
+    import sklearn
+    import torch
+
+    from . import __version__
+
+    info: dict[str, Any] = {
+        "cegeo": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scikit_learn": sklearn.__version__,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": git_commit(),
+    }
+    return info

@@ -1,0 +1,161 @@
+"""Input validation shared by every module.
+
+User errors raise :class:`InputError` (a :class:`ValueError`) whose one-line message names the
+parameter, what was expected and what was got::
+
+    `class_counts` must be positive integers; got [10, 0].
+
+The CLI prints that line and exits with status 2. Internal invariants use ``assert``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "InputError",
+    "check_choice",
+    "check_class_counts",
+    "check_finite",
+    "check_fraction",
+    "check_int",
+    "check_positive",
+    "fail",
+]
+
+
+class InputError(ValueError):
+    """Bad user input: one line naming the parameter, what was expected and what was got."""
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    if isinstance(value, np.ndarray):
+        text = repr(value.tolist())
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def fail(param: str, expected: str, got: Any) -> InputError:
+    """Build the standard error (raise the result).
+
+    Examples
+    --------
+    >>> str(fail("R", "a number >= 1", 0.5))
+    '`R` must be a number >= 1; got 0.5.'
+    """
+    return InputError(f"`{param}` must be {expected}; got {_short(got)}.")
+
+
+def check_finite(param: str, value: Any) -> float:
+    """Return ``value`` as a finite float, else raise :class:`InputError`."""
+    if isinstance(value, bool):
+        raise fail(param, "a finite number", value)
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise fail(param, "a finite number", value) from None
+    if not math.isfinite(out):
+        raise fail(param, "a finite number", value)
+    return out
+
+
+def check_positive(param: str, value: Any, *, strict: bool = True) -> float:
+    """Return ``value`` as a finite float that is > 0 (or >= 0 with ``strict=False``)."""
+    out = check_finite(param, value)
+    if out < 0 or (strict and out == 0):
+        raise fail(param, "a number > 0" if strict else "a number >= 0", value)
+    return out
+
+
+def check_fraction(param: str, value: Any, *, low_open: bool = True, high_open: bool = True) -> float:
+    """Return ``value`` as a float in the interval (0, 1) (ends per ``low_open``/``high_open``)."""
+    out = check_finite(param, value)
+    lo_ok = out > 0 if low_open else out >= 0
+    hi_ok = out < 1 if high_open else out <= 1
+    if not (lo_ok and hi_ok):
+        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+        raise fail(param, f"a number in {interval}", value)
+    return out
+
+
+def check_int(param: str, value: Any, *, minimum: int | None = None) -> int:
+    """Return ``value`` as an int (integral floats accepted), optionally ``>= minimum``."""
+    if isinstance(value, bool):
+        raise fail(param, "an integer", value)
+    if isinstance(value, (int, np.integer)):
+        out = int(value)
+    elif isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        out = int(value)
+    else:
+        raise fail(param, "an integer", value)
+    if minimum is not None and out < minimum:
+        raise fail(param, f"an integer >= {minimum}", value)
+    return out
+
+
+def check_choice(param: str, value: Any, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise listing them."""
+    options = list(choices)
+    if value not in options:
+        raise fail(param, "one of " + ", ".join(repr(c) for c in options), value)
+    return value
+
+
+def check_class_counts(class_counts: Any, param: str = "class_counts") -> np.ndarray:
+    """Validate per-class training counts and return them as an int64 array of shape (k,).
+
+    Counts must be a non-empty 1-D sequence of positive integers (a class with no samples would
+    put ``log 0`` into logit adjustment and has no geometry).
+
+    Examples
+    --------
+    >>> check_class_counts([50, 5]).tolist()
+    [50, 5]
+    >>> check_class_counts([5, 0])
+    Traceback (most recent call last):
+    ...
+    cegeo._validation.InputError: `class_counts` must be positive integers (no empty class); got [5, 0].
+    """
+    if isinstance(class_counts, (str, bytes)) or class_counts is None:
+        raise fail(param, "a non-empty sequence of positive integers", class_counts)
+    try:
+        arr = np.asarray(class_counts)
+    except (TypeError, ValueError):
+        raise fail(param, "a non-empty sequence of positive integers", class_counts) from None
+    if arr.ndim != 1 or arr.size == 0:
+        raise fail(param, "a non-empty 1-D sequence of positive integers", class_counts)
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise fail(param, "integers", class_counts)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise fail(param, "integers", class_counts)
+    if np.any(arr <= 0):
+        raise fail(param, "positive integers (no empty class)", class_counts)
+    return arr.astype(np.int64)
+
+
+def as_float_vector(param: str, value: Any, k: int | None = None) -> np.ndarray:
+    """A finite float64 vector (of length ``k`` if given)."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise fail(param, "a sequence of finite numbers", value) from None
+    if arr.ndim != 1 or arr.size == 0:
+        raise fail(param, "a non-empty 1-D sequence of finite numbers", value)
+    if not np.all(np.isfinite(arr)):
+        raise fail(param, "finite numbers", value)
+    if k is not None and arr.size != k:
+        raise fail(param, f"a vector of length {k} (one entry per class)", value)
+    return arr
+
+
+def normalise_names(names: Sequence[str]) -> str:
+    """Render names as ``'a', 'b', 'c'`` for messages."""
+    return ", ".join(repr(n) for n in names)

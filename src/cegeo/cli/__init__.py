@@ -1,0 +1,81 @@
+"""The ``cegeo`` command.
+
+Every module ``cegeo/cli/cmd_*.py`` registers its sub-command(s) on :data:`app` when imported;
+:func:`main` imports them all, runs the app, and turns user errors (:class:`InputError`, missing
+files) into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+import typer
+
+from .._validation import InputError
+
+app = typer.Typer(
+    name="cegeo",
+    help=(
+        "Train classifiers on label-imbalanced data: predict the geometry each CE loss converges "
+        "to, simulate it, train, correct and report. Imbalance ratio R = n_max/n_min >= 1 "
+        "everywhere (other tools use the factor 1/R)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_loaded = False
+
+
+def _load_commands() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if mod.name.startswith("cmd_"):
+            importlib.import_module(f"{__name__}.{mod.name}")
+    _loaded = True
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    if version:
+        from .. import __version__
+
+        typer.echo(f"cegeo {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status (0 ok, 1 failure, 2 bad input)."""
+    _load_commands()
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # Standalone mode: typer/click handle --help and usage errors (exit 2) via SystemExit.
+        app(args=args, prog_name="cegeo")
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except InputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    except FileNotFoundError as exc:
+        missing = exc.filename if exc.filename is not None else str(exc)
+        typer.echo(f"error: file not found: {missing}", err=True)
+        return 2
+    return 0
+
+
+def entry() -> None:  # pragma: no cover - thin wrapper for the console script
+    sys.exit(main())

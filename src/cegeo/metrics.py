@@ -1,0 +1,262 @@
+"""Minority-first classification metrics, built on :mod:`sklearn.metrics`.
+
+Names follow scikit-learn: ``*_score`` is higher-is-better, ``*_error`` lower-is-better.
+
+Missing classes (documented behaviour, tested):
+
+* Pass ``num_classes`` so every class 0..k-1 is accounted for even when it is absent from
+  ``y_true`` or ``y_pred``.
+* A class absent from ``y_true`` has undefined recall: it is reported as NaN in per-class tables
+  and left out of every recall average (balanced accuracy, group recall, worst-class recall,
+  G-mean), as :func:`sklearn.metrics.balanced_accuracy_score` does.
+* A class never predicted has precision 0 (scikit-learn's ``zero_division=0``), F1 0, and
+  false-positive rate 0.
+* G-mean is the geometric mean of the per-class recalls (imbalanced-learn's
+  ``geometric_mean_score`` without correction): one class with recall 0 makes it 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+from ._validation import InputError, check_int, fail
+from .data.imbalance import Groups
+
+__all__ = [
+    "balanced_accuracy_score",
+    "classification_summary",
+    "confusion_matrix",
+    "false_alarm_error",
+    "false_positive_rates",
+    "geometric_mean_score",
+    "group_recall_score",
+    "macro_f1_score",
+    "per_class_scores",
+    "worst_class_recall_score",
+]
+
+
+def _labels(y_true: Any, y_pred: Any, num_classes: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    yt = np.asarray(y_true)
+    yp = np.asarray(y_pred)
+    if yt.ndim != 1 or yp.ndim != 1:
+        raise fail("y_true/y_pred", "1-D arrays of class labels", (yt.shape, yp.shape))
+    if yt.shape != yp.shape:
+        raise fail("y_pred", f"an array of the same length as y_true ({yt.size})", yp.size)
+    if yt.size == 0:
+        raise fail("y_true", "a non-empty array of labels", [])
+    for name, y in (("y_true", yt), ("y_pred", yp)):
+        if not np.issubdtype(y.dtype, np.integer):
+            if np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
+                continue
+            raise fail(name, "integer class labels", y.dtype.name)
+    yt = yt.astype(np.int64)
+    yp = yp.astype(np.int64)
+    if num_classes is None:
+        k = int(max(yt.max(), yp.max())) + 1
+    else:
+        k = check_int("num_classes", num_classes, minimum=1)
+    for name, y in (("y_true", yt), ("y_pred", yp)):
+        if y.min() < 0 or y.max() >= k:
+            bad = int(y.min()) if y.min() < 0 else int(y.max())
+            raise fail(name, f"labels in 0..{k - 1}", bad)
+    return yt, yp, k
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int | None = None) -> np.ndarray:
+    """Confusion matrix ``C[i, j]`` = samples of class i predicted j, shape (k, k).
+
+    Examples
+    --------
+    >>> confusion_matrix([0, 0, 1], [0, 1, 1], num_classes=3).tolist()
+    [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
+    """
+    yt, yp, k = _labels(y_true, y_pred, num_classes)
+    return skm.confusion_matrix(yt, yp, labels=np.arange(k))
+
+
+def per_class_scores(y_true: Any, y_pred: Any, num_classes: int | None = None) -> dict[str, np.ndarray]:
+    """Per-class support, recall, precision, F1 and false-positive rate, each shape (k,).
+
+    Recall is NaN for classes absent from ``y_true``; precision and F1 are 0 for classes never
+    predicted.
+
+    Examples
+    --------
+    >>> s = per_class_scores([0, 0, 1, 1], [0, 1, 1, 1], num_classes=3)
+    >>> s["recall"].tolist()
+    [0.5, 1.0, nan]
+    >>> s["support"].tolist()
+    [2, 2, 0]
+    """
+    yt, yp, k = _labels(y_true, y_pred, num_classes)
+    labels = np.arange(k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=skm._classification.UndefinedMetricWarning)
+        precision, recall, f1, support = skm.precision_recall_fscore_support(
+            yt, yp, labels=labels, zero_division=0
+        )
+    recall = recall.astype(np.float64)
+    recall[support == 0] = np.nan
+    return {
+        "support": support.astype(np.int64),
+        "recall": recall,
+        "precision": precision.astype(np.float64),
+        "f1": f1.astype(np.float64),
+        "false_positive_rate": false_positive_rates(yt, yp, k),
+    }
+
+
+def _recalls(y_true: Any, y_pred: Any, num_classes: int | None) -> np.ndarray:
+    """Recalls of the classes present in y_true (absent classes dropped)."""
+    r = per_class_scores(y_true, y_pred, num_classes)["recall"]
+    return r[~np.isnan(r)]
+
+
+def balanced_accuracy_score(y_true: Any, y_pred: Any, num_classes: int | None = None) -> float:
+    """Mean per-class recall over the classes present in ``y_true``.
+
+    Equals :func:`sklearn.metrics.balanced_accuracy_score`.
+
+    Examples
+    --------
+    >>> balanced_accuracy_score([0, 0, 0, 1], [0, 0, 1, 1])
+    0.8333333333333333
+    """
+    return float(np.mean(_recalls(y_true, y_pred, num_classes)))
+
+
+def macro_f1_score(y_true: Any, y_pred: Any, num_classes: int | None = None) -> float:
+    """Unweighted mean F1 over the classes present in ``y_true`` or ``y_pred``.
+
+    Equals ``sklearn.metrics.f1_score(average="macro", zero_division=0)``.
+    """
+    yt, yp, _ = _labels(y_true, y_pred, num_classes)
+    present = np.union1d(np.unique(yt), np.unique(yp))
+    return float(skm.f1_score(yt, yp, labels=present, average="macro", zero_division=0))
+
+
+def worst_class_recall_score(y_true: Any, y_pred: Any, num_classes: int | None = None) -> float:
+    """Smallest per-class recall over the classes present in ``y_true``."""
+    return float(np.min(_recalls(y_true, y_pred, num_classes)))
+
+
+def geometric_mean_score(y_true: Any, y_pred: Any, num_classes: int | None = None) -> float:
+    """Geometric mean of the per-class recalls (G-mean), classes present in ``y_true``.
+
+    Examples
+    --------
+    >>> round(geometric_mean_score([0, 0, 1, 1], [0, 1, 1, 1]), 4)
+    0.7071
+    """
+    r = _recalls(y_true, y_pred, num_classes)
+    if np.any(r == 0):
+        return 0.0
+    return float(np.exp(np.mean(np.log(r))))
+
+
+def group_recall_score(
+    y_true: Any, y_pred: Any, groups: Groups, num_classes: int | None = None
+) -> dict[str, float]:
+    """Mean recall of each group's classes (classes absent from ``y_true`` are skipped).
+
+    A group with no class present in ``y_true`` gets NaN.
+
+    Examples
+    --------
+    >>> from cegeo.data.imbalance import groups
+    >>> g = groups([10, 10, 1, 1])
+    >>> group_recall_score([0, 1, 2, 3], [0, 1, 2, 0], g)
+    {'majority': 1.0, 'minority': 0.5}
+    """
+    k = len(groups.labels)
+    if num_classes is not None and check_int("num_classes", num_classes) != k:
+        raise fail("groups", f"groups for {num_classes} classes", k)
+    recall = per_class_scores(y_true, y_pred, k)["recall"]
+    out: dict[str, float] = {}
+    for name in groups.names:
+        r = recall[groups.members(name)]
+        r = r[~np.isnan(r)]
+        out[name] = float(np.mean(r)) if r.size else float("nan")
+    return out
+
+
+def false_positive_rates(y_true: Any, y_pred: Any, num_classes: int | None = None) -> np.ndarray:
+    """Per-class false-positive rate ``FP_c / (FP_c + TN_c)``, shape (k,).
+
+    The share of samples *not* of class c that were predicted c (NaN if every sample is of
+    class c).
+    """
+    cm = confusion_matrix(y_true, y_pred, num_classes).astype(np.float64)
+    fp = cm.sum(axis=0) - np.diag(cm)
+    negatives = cm.sum() - cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(negatives > 0, fp / np.where(negatives > 0, negatives, 1), np.nan)
+
+
+def false_alarm_error(y_true: Any, y_pred: Any, normal_class: int, num_classes: int | None = None) -> float:
+    """False-alarm rate: share of ``normal_class`` samples predicted as any other class.
+
+    In a factory or clinic the normal class is "no defect" / "healthy"; an alarm is a prediction
+    of any defect or disease. Lower is better.
+
+    Raises
+    ------
+    ValueError
+        ``normal_class`` outside 0..k-1 or absent from ``y_true``.
+
+    Examples
+    --------
+    >>> false_alarm_error([0, 0, 0, 0, 1], [0, 0, 1, 2, 1], normal_class=0, num_classes=3)
+    0.5
+    """
+    yt, yp, k = _labels(y_true, y_pred, num_classes)
+    c = check_int("normal_class", normal_class)
+    if not 0 <= c < k:
+        raise fail("normal_class", f"a class in 0..{k - 1}", normal_class)
+    normal = yt == c
+    if not normal.any():
+        raise InputError(f"`normal_class` {c} has no samples in y_true; the false-alarm rate is undefined.")
+    return float(np.mean(yp[normal] != c))
+
+
+def classification_summary(
+    y_true: Any,
+    y_pred: Any,
+    num_classes: int,
+    groups: Groups | None = None,
+    normal_class: int | None = None,
+) -> dict[str, Any]:
+    """Every metric above in one JSON-ready dict (the trainer's and ``cegeo evaluate``'s table).
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``worst_class_recall``, ``g_mean``,
+        ``group_recall`` (if groups), ``false_alarm`` (if normal_class), and ``per_class`` with
+        lists of support, recall, precision, f1, false_positive_rate (NaN as None).
+    """
+    yt, yp, k = _labels(y_true, y_pred, num_classes)
+    pc = per_class_scores(yt, yp, k)
+    out: dict[str, Any] = {
+        "n": int(yt.size),
+        "accuracy": float(np.mean(yt == yp)),
+        "balanced_accuracy": balanced_accuracy_score(yt, yp, k),
+        "macro_f1": macro_f1_score(yt, yp, k),
+        "worst_class_recall": worst_class_recall_score(yt, yp, k),
+        "g_mean": geometric_mean_score(yt, yp, k),
+    }
+    if groups is not None:
+        out["group_recall"] = group_recall_score(yt, yp, groups, k)
+    if normal_class is not None:
+        out["false_alarm"] = false_alarm_error(yt, yp, normal_class, k)
+    out["per_class"] = {key: _jsonable(v) for key, v in pc.items()}
+    return out
+
+
+def _jsonable(arr: np.ndarray) -> list[Any]:
+    return [None if (isinstance(v, float) and np.isnan(v)) else v for v in arr.tolist()]

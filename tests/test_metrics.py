@@ -1,0 +1,114 @@
+"""Metrics against scikit-learn and imbalanced-learn as references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from imblearn.metrics import geometric_mean_score as imb_gmean
+from sklearn import metrics as skm
+
+from cegeo.data.imbalance import groups
+from cegeo.metrics import (
+    balanced_accuracy_score,
+    classification_summary,
+    confusion_matrix,
+    false_alarm_error,
+    false_positive_rates,
+    geometric_mean_score,
+    group_recall_score,
+    macro_f1_score,
+    per_class_scores,
+    worst_class_recall_score,
+)
+
+
+@pytest.fixture
+def preds(rng):
+    k = 6
+    y = rng.integers(0, k, size=500)
+    p = np.where(rng.random(500) < 0.6, y, rng.integers(0, k, size=500))
+    return y, p, k
+
+
+def test_against_sklearn(preds):
+    y, p, k = preds
+    assert balanced_accuracy_score(y, p) == pytest.approx(skm.balanced_accuracy_score(y, p))
+    assert macro_f1_score(y, p) == pytest.approx(skm.f1_score(y, p, average="macro"))
+    rec = skm.recall_score(y, p, average=None)
+    assert worst_class_recall_score(y, p) == pytest.approx(rec.min())
+    s = per_class_scores(y, p, k)
+    np.testing.assert_allclose(s["recall"], rec)
+    np.testing.assert_allclose(s["precision"], skm.precision_score(y, p, average=None))
+    np.testing.assert_allclose(s["f1"], skm.f1_score(y, p, average=None))
+    np.testing.assert_array_equal(confusion_matrix(y, p, k), skm.confusion_matrix(y, p))
+
+
+def test_gmean_against_imbalanced_learn(preds):
+    y, p, _ = preds
+    assert geometric_mean_score(y, p) == pytest.approx(imb_gmean(y, p, average="multiclass", correction=0.0))
+
+
+def test_false_positive_rates_against_one_vs_rest_confusion(preds):
+    y, p, k = preds
+    fpr = false_positive_rates(y, p, k)
+    for c in range(k):
+        tn, fp, _fn, _tp = skm.confusion_matrix(y == c, p == c).ravel()
+        assert fpr[c] == pytest.approx(fp / (fp + tn))
+
+
+def test_false_alarm_rate_is_share_of_normal_predicted_otherwise(preds):
+    y, p, _ = preds
+    normal = y == 2
+    assert false_alarm_error(y, p, normal_class=2) == pytest.approx(
+        1 - skm.recall_score(y, p, average=None)[2]
+    )
+    assert false_alarm_error(y, p, normal_class=2) == pytest.approx(np.mean(p[normal] != 2))
+
+
+def test_group_recall():
+    g = groups([100, 100, 10, 10])
+    y = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    p = np.array([0, 0, 1, 0, 2, 0, 0, 0])
+    assert group_recall_score(y, p, g) == {"majority": 0.75, "minority": 0.25}
+
+
+def test_missing_classes_documented_behaviour():
+    # class 3 never appears in y_true; class 2 never predicted
+    y = np.array([0, 0, 1, 1, 2])
+    p = np.array([0, 3, 1, 1, 0])
+    s = per_class_scores(y, p, num_classes=4)
+    assert np.isnan(s["recall"][3])
+    assert s["precision"][2] == 0.0 and s["f1"][2] == 0.0
+    assert s["support"].tolist() == [2, 2, 1, 0]
+    # balanced accuracy averages over classes present in y_true, as scikit-learn does
+    with pytest.warns(UserWarning):
+        ref = skm.balanced_accuracy_score(y, p)
+    assert balanced_accuracy_score(y, p, num_classes=4) == pytest.approx(ref)
+    assert geometric_mean_score(y, p, 4) == 0.0
+    summary = classification_summary(y, p, 4, groups=groups([5, 5, 1, 1]), normal_class=0)
+    assert summary["per_class"]["recall"][3] is None
+    assert summary["group_recall"]["minority"] == 0.0
+    assert summary["false_alarm"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: balanced_accuracy_score([0, 1], [0]), r"`y_pred` must be an array of the same length"),
+        (lambda: balanced_accuracy_score([], []), r"`y_true` must be a non-empty array"),
+        (
+            lambda: balanced_accuracy_score([0, 5], [0, 1], num_classes=3),
+            r"`y_true` must be labels in 0..2; got 5",
+        ),
+        (lambda: balanced_accuracy_score([0, 1], [0, -1]), r"`y_pred` must be labels in 0..1; got -1"),
+        (lambda: balanced_accuracy_score([0.5, 1], [0, 1]), r"`y_true` must be integer class labels"),
+        (
+            lambda: false_alarm_error([0, 1], [0, 1], normal_class=4),
+            r"`normal_class` must be a class in 0..1",
+        ),
+        (lambda: false_alarm_error([0, 0], [0, 1], normal_class=1), r"`normal_class` 1 has no samples"),
+    ],
+)
+def test_metric_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
