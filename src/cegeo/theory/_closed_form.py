@@ -251,7 +251,7 @@ def geometry(M: Any, class_counts: Any, groups: Groups | None = None) -> Geometr
     """Grams of classifiers and class means from a class-level logit matrix (THEORY.md §4.1).
 
     ``G_W = (M N M^T)^(1/2)`` and ``G_H = N^-1/2 (N^1/2 M^T M N^1/2)^(1/2) N^-1/2`` in float64,
-    square roots by ``eigh``. ``G_W`` scales as sqrt(n), ``G_H`` as 1/sqrt(n): compare the
+    both square roots from one SVD of ``M N^(1/2)`` (accurate for the rank-deficient ``M*``). ``G_W`` scales as sqrt(n), ``G_H`` as 1/sqrt(n): compare the
     scale-free summaries.
 
     Parameters
@@ -275,9 +275,15 @@ def geometry(M: Any, class_counts: Any, groups: Groups | None = None) -> Geometr
         raise fail("M", f"a ({k}, {k}) matrix (k from class_counts)", M.shape)
     grp = groups if groups is not None else make_groups(_integerish(n))
     sq = np.sqrt(n)
-    G_W = psd_sqrt((M * n[None, :]) @ M.T)
-    inner = psd_sqrt((sq[:, None] * (M.T @ M)) * sq[None, :])
-    G_H = inner / sq[:, None] / sq[None, :]
+    # Both square roots from one SVD of M N^1/2 = U S V^T: (M N M^T)^1/2 = U S U^T and
+    # (N^1/2 M^T M N^1/2)^1/2 = V S V^T. Same matrices as eigh + sqrt of the squared products,
+    # but M* is rank k-1 and the sqrt of a rounding-level null eigenvalue (~sqrt(eps)) cost up
+    # to 1e-2 relative error in G_H at R = 1e6; the SVD keeps it near machine precision.
+    U, s, Vt = np.linalg.svd(M * sq[None, :])
+    G_W = (U * s) @ U.T
+    G_W = 0.5 * (G_W + G_W.T)
+    inner = (Vt.T * s) @ Vt
+    G_H = 0.5 * (inner + inner.T) / sq[:, None] / sq[None, :]
     return Geometry(M, G_W, G_H, n, grp, group_summary(G_W, G_H, M, grp))
 
 
