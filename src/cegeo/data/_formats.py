@@ -1,0 +1,248 @@
+"""Readers for on-disk formats: IDX (MNIST family) and the CIFAR python-pickle batches.
+
+Both formats arrive from the internet, so neither reader trusts its input:
+
+* IDX files are parsed by hand: the magic number, the dimensions and the exact file size are
+  checked before a single pixel is used (a truncated download is an error, not a short array).
+* CIFAR batches are pickles. :class:`RestrictedUnpickler` builds plain data (dicts, lists,
+  tuples, bytes, strings, numbers) and numpy arrays of plain numeric or string dtypes, and refuses
+  every other global *before* anything is called: a pickle that would run ``os.system`` raises
+  an error naming ``posix.system`` and never executes it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._validation import InputError, fail
+
+__all__ = ["RestrictedUnpickler", "read_idx", "safe_unpickle"]
+
+# IDX type codes (the third magic byte) -> numpy dtype; multi-byte types are big-endian.
+_IDX_TYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_GZIP_MAGIC = b"\x1f\x8b"
+# A safety cap on what an IDX header may claim, so a corrupt header cannot ask for terabytes.
+_IDX_MAX_BYTES = 1 << 34
+
+
+def _read_bytes(path: Path) -> bytes:
+    """Raw bytes of ``path``, gunzipped when it is a gzip file (by content, not by name)."""
+    raw = path.read_bytes()
+    if raw[:2] != _GZIP_MAGIC:
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"`{path}` is a corrupt or truncated gzip file ({detail}).") from None
+
+
+def read_idx(path: str | Path, *, ndim: int, type_code: int | None = 0x08) -> np.ndarray:
+    """Read one IDX file (raw or gzipped), checking its magic number, dimensions and size.
+
+    The IDX header is two zero bytes, a type byte (0x08 = uint8, ...), a byte with the number of
+    dimensions, then one big-endian uint32 per dimension; the data follow in C order and must
+    fill the rest of the file exactly.
+
+    Parameters
+    ----------
+    path : str or Path
+    ndim : int
+        Expected number of dimensions (3 for images ``(n, H, W)``, 1 for labels).
+    type_code : int or None
+        Expected IDX element type (0x08 = uint8, as in MNIST); ``None`` accepts any IDX type.
+
+    Returns
+    -------
+    numpy.ndarray
+        Native byte order.
+
+    Raises
+    ------
+    ValueError
+        Bad magic number, wrong type or number of dimensions, a size that does not match the
+        header (truncated or padded file), a corrupt gzip stream.
+
+    Examples
+    --------
+    >>> import struct, tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "labels-idx1-ubyte"
+    >>> _ = p.write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 3) + bytes([4, 0, 9]))
+    >>> read_idx(p, ndim=1).tolist()
+    [4, 0, 9]
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise fail(str(path), "an IDX file (at least a 4-byte header)", f"{len(data)} bytes")
+    zero, found, dims = int.from_bytes(data[:2], "big"), data[2], data[3]
+    if zero != 0 or found not in _IDX_TYPES:
+        raise fail(str(path), "an IDX file (magic number 0x0000TTDD)", f"magic number 0x{data[:4].hex()}")
+    want = type_code if type_code is not None else found
+    if dims != ndim or found != want:
+        raise fail(
+            str(path),
+            f"an IDX file with magic number 0x0000{want:02x}{ndim:02x} ({ndim}-D, {_IDX_TYPES[want].name})",
+            f"magic number 0x{data[:4].hex()}",
+        )
+    header = 4 + 4 * dims
+    if len(data) < header:
+        raise fail(str(path), f"an IDX file with a {header}-byte header", f"{len(data)} bytes (truncated)")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    item = _IDX_TYPES[found]
+    expected_bytes = int(np.prod(shape, dtype=np.int64)) * item.itemsize
+    if expected_bytes > _IDX_MAX_BYTES:
+        raise fail(str(path), "an IDX header with plausible dimensions", shape)
+    got = len(data) - header
+    if got != expected_bytes:
+        state = "truncated" if got < expected_bytes else "trailing bytes"
+        raise fail(
+            str(path),
+            f"{expected_bytes} data bytes for dimensions {shape}",
+            f"{got} bytes ({state})",
+        )
+    arr = np.frombuffer(data, dtype=item, offset=header).reshape(shape)
+    return arr.astype(item.newbyteorder("="), copy=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Restricted unpickling
+# --------------------------------------------------------------------------------------------
+
+# dtype kinds an unpickled array may have: bool, signed/unsigned int, float, bytes, unicode.
+_SAFE_DTYPE_KINDS = frozenset("biufSU")
+
+
+def _safe_dtype(spec: Any, *args: Any) -> np.dtype:
+    """``numpy.dtype`` restricted to plain numeric and string types (no objects, no records)."""
+    if not isinstance(spec, (str, bytes)):
+        raise pickle.UnpicklingError(f"refusing numpy dtype {spec!r}: only plain type codes are allowed")
+    dt = np.dtype(spec.decode("ascii") if isinstance(spec, bytes) else spec)
+    if dt.kind not in _SAFE_DTYPE_KINDS or dt.fields is not None or dt.subdtype is not None:
+        raise pickle.UnpicklingError(
+            f"refusing numpy dtype {dt!r}: only numeric and string arrays are allowed"
+        )
+    return dt
+
+
+def _reconstruct_factory(real: Callable[..., Any]) -> Callable[..., Any]:
+    def _reconstruct(cls: Any, shape: Any, typecode: Any) -> Any:
+        if cls is not np.ndarray:
+            raise pickle.UnpicklingError("refusing to reconstruct a non-ndarray class")
+        if not (isinstance(typecode, bytes) and typecode in (b"b", b"B")):
+            _safe_dtype(typecode)
+        return real(cls, shape, typecode)
+
+    return _reconstruct
+
+
+def _frombuffer_factory(real: Callable[..., Any]) -> Callable[..., Any]:
+    def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> Any:
+        if not isinstance(dtype, np.dtype) or dtype.kind not in _SAFE_DTYPE_KINDS:
+            raise pickle.UnpicklingError(f"refusing numpy dtype {dtype!r}")
+        return real(buf, dtype, shape, order)
+
+    return _frombuffer
+
+
+def _codecs_encode(text: Any, encoding: str = "utf-8") -> bytes:
+    # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1").
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
+        raise pickle.UnpicklingError("refusing _codecs.encode with unexpected arguments")
+    return text.encode(encoding)
+
+
+def _allowed_globals() -> dict[tuple[str, str], Callable[..., Any]]:
+    allowed: dict[tuple[str, str], Callable[..., Any]] = {("_codecs", "encode"): _codecs_encode}
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    recon = _reconstruct_factory(multiarray._reconstruct)
+    frombuf = _frombuffer_factory(numeric._frombuffer)
+    for mod in ("numpy.core", "numpy._core"):
+        allowed[(f"{mod}.multiarray", "_reconstruct")] = recon
+        allowed[(f"{mod}.numeric", "_frombuffer")] = frombuf
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = _safe_dtype
+    return allowed
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that only builds plain data and numeric/string numpy arrays.
+
+    Dicts, lists, tuples, sets, bytes, strings, numbers, booleans and ``None`` come from pickle
+    opcodes and need no globals. The only globals resolved are numpy's array reconstruction
+    helpers (with a dtype restricted to bool/int/uint/float/bytes/str) and ``_codecs.encode``;
+    anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, any class) raises
+    :class:`pickle.UnpicklingError` before it is looked up, let alone called.
+    """
+
+    _ALLOWED: dict[tuple[str, str], Callable[..., Any]] | None = None
+
+    def find_class(self, module: str, name: str) -> Any:
+        if RestrictedUnpickler._ALLOWED is None:
+            RestrictedUnpickler._ALLOWED = _allowed_globals()
+        try:
+            return RestrictedUnpickler._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load global '{module}.{name}' (only plain data and numpy arrays are allowed)"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError(
+            "refusing a persistent id (only plain data and numpy arrays are allowed)"
+        )
+
+
+def safe_unpickle(path: str | Path, *, encoding: str = "bytes") -> Any:
+    """Unpickle ``path`` with :class:`RestrictedUnpickler`; any failure is one-line ValueError.
+
+    ``encoding="bytes"`` reads Python 2 pickles (the CIFAR batches) with their ``str`` keys as
+    ``bytes``, as the CIFAR web page's own snippet does.
+
+    Raises
+    ------
+    ValueError
+        A forbidden global (the message names it), a truncated or corrupt pickle.
+
+    Examples
+    --------
+    >>> import os, pickle, tempfile, pathlib
+    >>> class Evil:
+    ...     def __reduce__(self):
+    ...         return (os.system, ("echo owned",))
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "batch"
+    >>> _ = p.write_bytes(pickle.dumps(Evil()))
+    >>> safe_unpickle(p)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    cegeo._validation.InputError: `...batch` must be a pickle of plain data and numpy arrays; got refusing to load global 'posix.system' ...
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return RestrictedUnpickler(io.BytesIO(raw), encoding=encoding).load()
+    except pickle.UnpicklingError as exc:
+        raise InputError(
+            f"`{path}` must be a pickle of plain data and numpy arrays; got {' '.join(str(exc).split())}."
+        ) from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"`{path}` is a truncated or corrupt pickle ({detail}).") from None

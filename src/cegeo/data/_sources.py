@@ -1,0 +1,750 @@
+"""Data sources, addressed as ``NAME[:PATH]`` (one registry; see :func:`list_datasets`).
+
+=================  ==============================================================================
+spec               what it reads
+=================  ==============================================================================
+``digits``         scikit-learn's bundled 8x8 digits (1,797 images, 10 classes, no test set);
+                   stored as ``(n, 1, 8, 8)`` uint8, pixel values 0..16 rescaled to 0..255
+``idx:DIR``        MNIST-format files in DIR (raw or gzipped): ``train-images-idx3-ubyte``,
+                   ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+                   ``t10k-labels-idx1-ubyte`` (``.gz`` optional, ``-idx3`` or ``.idx3`` spellings)
+``cifar10:DIR``    the CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``,
+                   ``batches.meta``), DIR or its ``cifar-10-batches-py`` sub-folder
+``cifar100:DIR``   the CIFAR-100 python files (``train``, ``test``, ``meta``); fine labels by
+                   default, ``label_type="coarse"`` for the 20 super-classes
+``npz:FILE``       ``x_train``, ``y_train`` (and optionally ``x_test``, ``y_test``,
+                   ``class_names``), read with ``allow_pickle=False``
+``csv:FILE``       a header row, numeric feature columns and one label column (tabular)
+``folder:DIR``     one sub-folder of images per class (Pillow; ``pip install 'cegeo[images]'``),
+                   or ``train/`` and ``test/`` folders laid out that way
+``gaussian``       a seeded Gaussian mixture (tabular, with a test set) for tests and demos
+=================  ==============================================================================
+
+Nothing is downloaded: paths are local. Every file is validated (magic numbers, shapes, counts,
+label range) and problems are one-line ``ValueError`` messages naming the file. Pickles are read
+with a restricted unpickler (:mod:`cegeo.data._formats`), never with plain :mod:`pickle`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._registry import Registry
+from .._validation import InputError, check_choice, check_finite, check_int, fail
+from ._dataset import Dataset
+from ._formats import read_idx, safe_unpickle
+
+__all__ = ["DatasetInfo", "get_dataset_info", "list_datasets", "load_dataset", "parse_spec"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A registered data source.
+
+    Attributes
+    ----------
+    name : str
+        The ``NAME`` part of a ``NAME[:PATH]`` spec.
+    description : str
+    path : str
+        ``"none"`` (no path allowed), ``"dir"`` or ``"file"`` (a path is required).
+    options : Mapping[str, Any]
+        Keyword options of :func:`load_dataset` for this source and their defaults.
+    load : callable
+        ``load(path, seed, **options) -> Dataset`` (``path`` is ``None`` for path-less sources).
+    """
+
+    name: str
+    description: str
+    path: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    load: Callable[..., Dataset] = field(default=lambda *a, **k: None, repr=False)  # type: ignore[assignment,return-value]
+
+
+_SOURCES: Registry[DatasetInfo] = Registry("dataset")
+
+
+def list_datasets() -> list[str]:
+    """Names of the registered data sources.
+
+    Examples
+    --------
+    >>> list_datasets()
+    ['digits', 'idx', 'cifar10', 'cifar100', 'npz', 'csv', 'folder', 'gaussian']
+    """
+    return _SOURCES.names()
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a source (ValueError listing valid names if unknown)."""
+    return _SOURCES.get(name)
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split ``NAME[:PATH]`` into the source name and the path (``None`` when absent).
+
+    Only the first colon separates, so paths may contain colons.
+
+    Examples
+    --------
+    >>> parse_spec("idx:/data/mnist")
+    ('idx', '/data/mnist')
+    >>> parse_spec("digits")
+    ('digits', None)
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise fail("data", "a source spec NAME[:PATH] such as 'digits' or 'idx:/data/mnist'", spec)
+    name, sep, path = spec.strip().partition(":")
+    name = name.strip().lower()
+    return name, (path.strip() if sep else None)
+
+
+def load_dataset(spec: str, *, seed: int = 0, **options: Any) -> Dataset:
+    """Load a dataset from a ``NAME[:PATH]`` spec.
+
+    Parameters
+    ----------
+    spec : str
+        ``digits``, ``idx:DIR``, ``cifar10:DIR``, ``cifar100:DIR``, ``npz:FILE``, ``csv:FILE``,
+        ``folder:DIR`` or ``gaussian`` (see the module docstring). ``~`` is expanded.
+    seed : int
+        Only used by generated sources (``gaussian``); file sources are deterministic.
+    **options
+        Source options (``get_dataset_info(name).options`` lists them with defaults). Values
+        may be strings (as they come from a command line or TOML) and are converted to the
+        default's type. Unknown options are an error.
+
+        * ``idx``: ``num_classes`` (default: largest training label + 1).
+        * ``cifar100``: ``label_type`` = ``"fine"`` (100 classes) or ``"coarse"`` (20).
+        * ``npz``: ``num_classes``.
+        * ``csv``: ``label`` (the label column's name; default ``"label"`` if the header has
+          it, else the last column), ``delimiter`` (default ``","``), ``test`` (a second CSV
+          with the same header used as the test set), ``num_classes``.
+        * ``folder``: ``size`` (``"H"`` or ``"HxW"``: resize every image; default: all images
+          must have one size), ``mode`` (``"auto"``, ``"L"`` grey or ``"RGB"``; auto picks L
+          when every image is grey).
+        * ``gaussian``: ``k`` (classes), ``d`` (dimension), ``n_per_class``,
+          ``n_test_per_class``, ``separation`` (norm of each class mean; noise is N(0, I)).
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    ValueError
+        Unknown source or option, a missing or unexpected path, any problem with the files
+        (one line naming the file: bad magic number, truncated file, count mismatch, labels
+        outside 0..k-1, a pickle with forbidden content, ...).
+
+    Examples
+    --------
+    >>> ds = load_dataset("digits")
+    >>> ds.x_train.shape, ds.x_train.dtype.name, ds.num_classes, ds.x_test is None
+    ((1797, 1, 8, 8), 'uint8', 10, True)
+    >>> load_dataset("gaussian", k=3, d=5, n_per_class=4).train_counts().tolist()
+    [4, 4, 4]
+    >>> load_dataset("mnist")
+    Traceback (most recent call last):
+    ...
+    cegeo._validation.InputError: unknown dataset 'mnist'; valid names: 'digits', 'idx', 'cifar10', 'cifar100', 'npz', 'csv', 'folder', 'gaussian'.
+    """
+    name, path = parse_spec(spec)
+    info = _SOURCES.get(name)
+    seed = check_int("seed", seed, minimum=0)
+    if info.path == "none" and path is not None:
+        raise fail("data", f"'{name}' without a path (it is built in)", spec)
+    if info.path != "none" and not path:
+        what = "directory" if info.path == "dir" else "file"
+        raise fail("data", f"'{name}:PATH' with the {what} to read", spec)
+    unknown = sorted(set(options) - set(info.options))
+    if unknown:
+        valid = ", ".join(repr(o) for o in info.options) or "none"
+        raise fail("options", f"options of '{name}' (valid: {valid})", unknown[0])
+    resolved = {
+        key: _coerce(key, options.get(key, default), default) for key, default in info.options.items()
+    }
+    target: Path | None = None
+    if path is not None:
+        target = Path(os.path.expanduser(path))
+        if info.path == "dir" and not target.is_dir():
+            raise fail("data", f"'{name}:DIR' with an existing directory", spec)
+        if info.path == "file" and not target.is_file():
+            raise fail("data", f"'{name}:FILE' with an existing file", spec)
+    ds = info.load(target, seed, **resolved)
+    return ds if ds.name == spec else _renamed(ds, spec.strip())
+
+
+def _renamed(ds: Dataset, name: str) -> Dataset:
+    return Dataset(
+        name, ds.kind, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes, ds.class_names
+    )
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert an option given as text (CLI, TOML) to its default's type."""
+    if value is None:
+        return None
+    if isinstance(default, bool):
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return value.lower() in ("1", "true", "yes")
+        if isinstance(value, bool):
+            return value
+        raise fail(key, "true or false", value)
+    if isinstance(default, int) or (default is None and key in _INT_OPTIONS):
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise fail(key, "an integer", value) from None
+        return check_int(key, value, minimum=1)
+    if isinstance(default, float):
+        return check_finite(key, value)
+    if isinstance(default, str) or default is None:
+        if not isinstance(value, (str, int, os.PathLike)) or isinstance(value, bool):
+            raise fail(key, "a string", value)
+        return str(value) if not isinstance(value, os.PathLike) else os.fspath(value)
+    return value
+
+
+_INT_OPTIONS = {"num_classes"}
+
+
+def _check_num_classes(param: str, y_all: list[np.ndarray], num_classes: int | None) -> int:
+    """The class count: given, or the largest label + 1; negative labels are errors here."""
+    lo = min(int(y.min()) for y in y_all if y.size)
+    if lo < 0:
+        raise fail(param, "labels >= 0", lo)
+    if num_classes is None:
+        return max(int(y.max()) for y in y_all if y.size) + 1
+    return num_classes
+
+
+def _checked(spec: str, make: Callable[[], Dataset]) -> Dataset:
+    """Re-raise a Dataset validation error with the source spec in front."""
+    try:
+        return make()
+    except InputError as exc:
+        raise InputError(f"{spec}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# digits and gaussian (built in)
+# --------------------------------------------------------------------------------------------
+
+
+def _load_digits(path: Path | None, seed: int) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # Pixels are counts 0..16 (4x4 blocks of a 32x32 bitmap); rescale to the 0..255 image range.
+    x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]  # (n, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    return Dataset("digits", "image", x, y, None, None, 10, tuple(str(i) for i in range(10)))
+
+
+def _load_gaussian(
+    path: Path | None,
+    seed: int,
+    k: int,
+    d: int,
+    n_per_class: int,
+    n_test_per_class: int,
+    separation: float,
+) -> Dataset:
+    k = check_int("k", k, minimum=2)
+    d = check_int("d", d, minimum=1)
+    sep = check_finite("separation", separation)
+    if sep < 0:
+        raise fail("separation", "a number >= 0", separation)
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((k, d))
+    means = sep * directions / np.linalg.norm(directions, axis=1, keepdims=True)  # (k, d)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.repeat(np.arange(k, dtype=np.int64), n)
+        x = means[y] + rng.standard_normal((y.size, d))
+        order = rng.permutation(y.size)
+        return x[order].astype(np.float32), y[order]
+
+    x_tr, y_tr = draw(n_per_class)
+    x_te, y_te = draw(n_test_per_class)
+    return Dataset("gaussian", "tabular", x_tr, y_tr, x_te, y_te, k, tuple(str(i) for i in range(k)))
+
+
+# --------------------------------------------------------------------------------------------
+# IDX (MNIST, Fashion-MNIST, KMNIST, ...)
+# --------------------------------------------------------------------------------------------
+
+
+def _find_idx(root: Path, prefix: str, what: str, dims: int) -> Path:
+    stems = [f"{prefix}-{what}-idx{dims}-ubyte", f"{prefix}-{what}.idx{dims}-ubyte"]
+    for stem in stems:
+        for suffix in ("", ".gz"):
+            candidate = root / (stem + suffix)
+            if candidate.is_file():
+                return candidate
+    raise fail(f"idx:{root}", f"a directory with {stems[0]}[.gz]", "no such file")
+
+
+def _load_idx(path: Path, seed: int, num_classes: int | None) -> Dataset:
+    spec = f"idx:{path}"
+    parts: dict[str, np.ndarray] = {}
+    for prefix in ("train", "t10k"):
+        img_path = _find_idx(path, prefix, "images", 3)
+        lab_path = _find_idx(path, prefix, "labels", 1)
+        images = read_idx(img_path, ndim=3)  # (n, H, W)
+        labels = read_idx(lab_path, ndim=1).astype(np.int64)  # (n,)
+        if images.shape[0] != labels.shape[0]:
+            raise fail(
+                str(lab_path),
+                f"one label per image of {img_path.name} ({images.shape[0]} images)",
+                f"{labels.shape[0]} labels",
+            )
+        if 0 in images.shape:
+            raise fail(str(img_path), "a non-empty image array", images.shape)
+        parts[prefix] = images[:, None, :, :]
+        parts[prefix + "_y"] = labels
+    if parts["train"].shape[1:] != parts["t10k"].shape[1:]:
+        raise fail(
+            spec, f"test images of the training size {parts['train'].shape[2:]}", parts["t10k"].shape[2:]
+        )
+    k = _check_num_classes(spec, [parts["train_y"], parts["t10k_y"]], num_classes)
+    return _checked(
+        spec,
+        lambda: Dataset(
+            spec,
+            "image",
+            parts["train"],
+            parts["train_y"],
+            parts["t10k"],
+            parts["t10k_y"],
+            k,
+            tuple(str(i) for i in range(k)),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10 / CIFAR-100 python batches
+# --------------------------------------------------------------------------------------------
+
+
+def _key(batch: dict[Any, Any], name: str) -> Any:
+    for key in (name.encode(), name):
+        if key in batch:
+            return batch[key]
+    return None
+
+
+def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise fail(str(path.parent), f"a CIFAR directory with the file {path.name!r}", "no such file")
+    batch = safe_unpickle(path)
+    if not isinstance(batch, dict):
+        raise fail(str(path), "a CIFAR batch (a pickled dict)", type(batch).__name__)
+    data, labels = _key(batch, "data"), _key(batch, label_key)
+    if data is None or labels is None:
+        keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in batch)
+        raise fail(str(path), f"a CIFAR batch with keys 'data' and '{label_key}'", keys)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise fail(str(path), "'data' as a uint8 array of shape (n, 3072)", got)
+    labels_arr = np.asarray(labels)
+    if labels_arr.ndim != 1 or not np.issubdtype(labels_arr.dtype, np.integer):
+        raise fail(
+            str(path), f"'{label_key}' as a list of integers", f"{labels_arr.dtype} {labels_arr.shape}"
+        )
+    if labels_arr.size != data.shape[0]:
+        raise fail(str(path), f"one label per image ({data.shape[0]} images)", f"{labels_arr.size} labels")
+    return data.reshape(-1, 3, 32, 32), labels_arr.astype(np.int64)  # (n, 3, 32, 32)
+
+
+def _cifar_names(path: Path, key: str, k: int) -> tuple[str, ...]:
+    if not path.is_file():
+        return tuple(str(i) for i in range(k))
+    meta = safe_unpickle(path)
+    names = _key(meta, key) if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != k:
+        raise fail(str(path), f"a CIFAR meta file with {k} '{key}'", type(names).__name__)
+    return tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names)
+
+
+def _cifar_root(path: Path, sub: str, probe: str) -> Path:
+    if (path / probe).is_file():
+        return path
+    if (path / sub / probe).is_file():
+        return path / sub
+    raise fail(f"{path}", f"a CIFAR directory containing {probe!r} (or {sub}/{probe})", "no such file")
+
+
+def _load_cifar10(path: Path, seed: int) -> Dataset:
+    spec = f"cifar10:{path}"
+    root = _cifar_root(path, "cifar-10-batches-py", "data_batch_1")
+    train = [_cifar_batch(root / f"data_batch_{i}", "labels") for i in range(1, 6)]
+    x_te, y_te = _cifar_batch(root / "test_batch", "labels")
+    x_tr = np.concatenate([b[0] for b in train])
+    y_tr = np.concatenate([b[1] for b in train])
+    names = _cifar_names(root / "batches.meta", "label_names", 10)
+    return _checked(spec, lambda: Dataset(spec, "image", x_tr, y_tr, x_te, y_te, 10, names))
+
+
+def _load_cifar100(path: Path, seed: int, label_type: str) -> Dataset:
+    spec = f"cifar100:{path}"
+    check_choice("label_type", label_type, ("fine", "coarse"))
+    root = _cifar_root(path, "cifar-100-python", "train")
+    key = f"{label_type}_labels"
+    x_tr, y_tr = _cifar_batch(root / "train", key)
+    x_te, y_te = _cifar_batch(root / "test", key)
+    k = 100 if label_type == "fine" else 20
+    names = _cifar_names(root / "meta", f"{label_type}_label_names", k)
+    return _checked(spec, lambda: Dataset(spec, "image", x_tr, y_tr, x_te, y_te, k, names))
+
+
+# --------------------------------------------------------------------------------------------
+# npz
+# --------------------------------------------------------------------------------------------
+
+
+def _as_image_or_tabular(param: str, x: np.ndarray) -> tuple[str, np.ndarray]:
+    """npz arrays: 4-D uint8 NCHW (or NHWC, detected) or 3-D uint8 (n, H, W) are images,
+    2-D numeric arrays are tabular (float32)."""
+    if x.ndim == 3 and x.dtype == np.uint8:
+        return "image", x[:, None]
+    if x.ndim == 4:
+        if x.dtype != np.uint8:
+            raise fail(param, "uint8 pixels for a 4-D image array", str(x.dtype))
+        if x.shape[1] not in (1, 3, 4) and x.shape[3] in (1, 3, 4):
+            x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+        return "image", np.ascontiguousarray(x)
+    if x.ndim == 2:
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise fail(param, "numbers", str(x.dtype))
+        return "tabular", x.astype(np.float32)
+    raise fail(param, "a 2-D (n, d) numeric or 3/4-D uint8 image array", f"{x.dtype} {x.shape}")
+
+
+def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
+    spec = f"npz:{path}"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {key: f[key] for key in f.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise fail(
+                spec, "an npz of plain arrays (object arrays are refused)", "a pickled object array"
+            ) from None
+        raise InputError(f"`{spec}` is not a readable npz file ({' '.join(str(exc).split())}).") from None
+    except (OSError, EOFError) as exc:
+        raise InputError(f"`{spec}` is not a readable npz file ({' '.join(str(exc).split())}).") from None
+    if "x_train" not in arrays or "y_train" not in arrays:
+        raise fail(spec, "an npz with arrays x_train and y_train (x_test, y_test optional)", sorted(arrays))
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise fail(spec, "both x_test and y_test, or neither", sorted(arrays))
+    kind, x_tr = _as_image_or_tabular(f"{spec}[x_train]", arrays["x_train"])
+    x_te = y_te = None
+    if "x_test" in arrays:
+        kind_te, x_te = _as_image_or_tabular(f"{spec}[x_test]", arrays["x_test"])
+        if kind_te != kind:
+            raise fail(f"{spec}[x_test]", f"{kind} data like x_train", kind_te)
+    ys = []
+    for key in ("y_train", "y_test"):
+        if key not in arrays:
+            continue
+        y = arrays[key]
+        if y.ndim != 1 or not (
+            np.issubdtype(y.dtype, np.integer)
+            or (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)))
+        ):
+            raise fail(f"{spec}[{key}]", "a 1-D array of integer labels", f"{y.dtype} {y.shape}")
+        ys.append(y.astype(np.int64))
+    y_tr = ys[0]
+    y_te = ys[1] if len(ys) > 1 else None
+    k = _check_num_classes(spec, ys, num_classes)
+    names: tuple[str, ...] = tuple(str(i) for i in range(k))
+    if "class_names" in arrays:
+        cn = arrays["class_names"]
+        if cn.ndim != 1 or cn.dtype.kind not in "US" or cn.size != k:
+            raise fail(f"{spec}[class_names]", f"{k} strings (one per class)", f"{cn.dtype} {cn.shape}")
+        names = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in cn.tolist())
+    return _checked(spec, lambda: Dataset(spec, kind, x_tr, y_tr, x_te, y_te, k, names))
+
+
+# --------------------------------------------------------------------------------------------
+# CSV (tabular)
+# --------------------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, label: str | None, delimiter: str) -> tuple[list[str], np.ndarray, list[str], str]:
+    """Header, float32 features (n, d), raw label strings, and the label column's name."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise fail(str(path), "a UTF-8 text file", f"undecodable byte at position {exc.start}") from None
+    rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise fail(str(path), "a CSV file with a header row and at least one data row", f"{len(rows)} rows")
+    header = [h.strip() for h in rows[0]]
+    if len(set(header)) != len(header):
+        raise fail(str(path), "a header of distinct column names", header)
+    label_col = label if label is not None else ("label" if "label" in header else header[-1])
+    if label_col not in header:
+        raise fail("label", f"a column of {path.name} ({', '.join(header)})", label_col)
+    if len(header) < 2:
+        raise fail(str(path), "at least one feature column besides the label", header)
+    li = header.index(label_col)
+    features = [h for i, h in enumerate(header) if i != li]
+    x = np.empty((len(rows) - 1, len(features)), dtype=np.float32)
+    labels: list[str] = []
+    for r, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise fail(f"{path} line {r}", f"{len(header)} fields like the header", len(row))
+        labels.append(row[li].strip())
+        j = 0
+        for i, cell in enumerate(row):
+            if i == li:
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                raise fail(f"{path} line {r}, column {header[i]!r}", "a number", cell) from None
+            if not math.isfinite(value):
+                raise fail(f"{path} line {r}, column {header[i]!r}", "a finite number", cell)
+            x[r - 2, j] = value
+            j += 1
+    return features, x, labels, label_col
+
+
+def _integer_labels(labels: list[str]) -> np.ndarray | None:
+    try:
+        values = [float(v) for v in labels]
+    except ValueError:
+        return None
+    if not all(math.isfinite(v) and v == round(v) for v in values):
+        return None
+    return np.array([round(v) for v in values], dtype=np.int64)
+
+
+def _load_csv(
+    path: Path, seed: int, label: str | None, delimiter: str, test: str | None, num_classes: int | None
+) -> Dataset:
+    spec = f"csv:{path}"
+    if len(delimiter) != 1:
+        raise fail("delimiter", "one character", delimiter)
+    features, x_tr, lab_tr, label_col = _read_csv(path, label, delimiter)
+    x_te = lab_te = None
+    if test is not None:
+        test_path = Path(os.path.expanduser(test))
+        if not test_path.is_file():
+            raise fail("test", "an existing CSV file", test)
+        features_te, x_te, lab_te, _ = _read_csv(test_path, label_col, delimiter)
+        if features_te != features:
+            raise fail(
+                str(test_path), f"the feature columns of {path.name} ({', '.join(features)})", features_te
+            )
+    ints = _integer_labels(lab_tr + (lab_te or []))
+    if ints is not None:
+        # Integer labels are class indices (0..k-1); names are the numbers.
+        y_tr, y_te = ints[: len(lab_tr)], (ints[len(lab_tr) :] if lab_te is not None else None)
+        k = _check_num_classes(f"{spec} column {label_col!r}", [ints], num_classes)
+        names = tuple(str(i) for i in range(k))
+    else:
+        # Text labels: classes are the sorted distinct training labels.
+        names = tuple(sorted(set(lab_tr)))
+        index = {n: i for i, n in enumerate(names)}
+        unseen = [v for v in (lab_te or []) if v not in index]
+        if unseen:
+            raise fail(
+                f"{test} column {label_col!r}", f"labels seen in training ({', '.join(names)})", unseen[0]
+            )
+        y_tr = np.array([index[v] for v in lab_tr], dtype=np.int64)
+        y_te = None if lab_te is None else np.array([index[v] for v in lab_te], dtype=np.int64)
+        k = len(names) if num_classes is None else num_classes
+        if k != len(names):
+            raise fail("num_classes", f"{len(names)} (the distinct text labels)", num_classes)
+    return _checked(spec, lambda: Dataset(spec, "tabular", x_tr, y_tr, x_te, y_te, k, names))
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders
+# --------------------------------------------------------------------------------------------
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+
+
+def _parse_size(size: str | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    text = str(size).lower().replace(" ", "")
+    parts = text.split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        raise fail("size", "'H' or 'HxW' in pixels, e.g. 32 or 28x28", size) from None
+    if len(dims) not in (1, 2) or min(dims) < 1:
+        raise fail("size", "'H' or 'HxW' in pixels, e.g. 32 or 28x28", size)
+    return (dims[0], dims[-1])
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
+    )
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES
+    )
+
+
+def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
+    spec = f"folder:{path}"
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise InputError(
+            "folder datasets need Pillow, which is not installed: pip install 'cegeo[images]'."
+        ) from None
+    check_choice("mode", mode, ("auto", "L", "RGB"))
+    hw = _parse_size(size)
+    split_roots = {"train": path / "train", "test": path / "test"}
+    has_split = split_roots["train"].is_dir() and split_roots["test"].is_dir()
+    roots = split_roots if has_split else {"train": path}
+    class_names = [p.name for p in _class_folders(roots["train"])]
+    if len(class_names) < 2:
+        raise fail(spec, "a directory with one sub-folder of images per class (at least 2)", class_names)
+    if has_split:
+        test_names = [p.name for p in _class_folders(roots["test"])]
+        if test_names != class_names:
+            raise fail(
+                f"{roots['test']}", f"the class folders of train/ ({', '.join(class_names)})", test_names
+            )
+
+    opened: dict[str, list[tuple[Any, int]]] = {}
+    for split, root in roots.items():
+        items = []
+        for label, cname in enumerate(class_names):
+            files = _image_files(root / cname)
+            if not files and split == "train":
+                raise fail(str(root / cname), "a class folder with at least one image", "no image files")
+            for f in files:
+                try:
+                    with Image.open(f) as im:
+                        im.load()
+                        items.append((im.copy(), label, f))
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                    detail = " ".join(str(exc).split()) or type(exc).__name__
+                    raise InputError(f"`{f}` is not a readable image ({detail}).") from None
+        opened[split] = items  # type: ignore[assignment]
+
+    grey_modes = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+    if mode == "auto":
+        mode = "L" if all(im.mode in grey_modes for items in opened.values() for im, _, _ in items) else "RGB"
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    first: tuple[tuple[int, int], Path] | None = None
+    for split, items in opened.items():
+        xs, ys = [], []
+        for im, label, f in items:  # type: ignore[misc]
+            im = _to_mode(im, mode)
+            if hw is not None:
+                im = im.resize((hw[1], hw[0]), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
+            if first is None:
+                first = (arr.shape[1:], f)
+            elif arr.shape[1:] != first[0]:
+                raise fail(
+                    str(f),
+                    f"an image of size {first[0][0]}x{first[0][1]} like {first[1].name} (or pass size=HxW)",
+                    f"{arr.shape[1]}x{arr.shape[2]}",
+                )
+            xs.append(arr)
+            ys.append(label)
+        arrays[split] = (
+            np.stack(xs)
+            if xs
+            else np.zeros((0, 1 if mode == "L" else 3, *(first[0] if first else (1, 1))), np.uint8),
+            np.array(ys, dtype=np.int64),
+        )
+    x_tr, y_tr = arrays["train"]
+    x_te, y_te = arrays.get("test", (None, None))
+    if x_te is not None and x_te.shape[0] == 0:
+        raise fail(str(roots["test"]), "a test folder with at least one image", "no image files")
+    k = len(class_names)
+    return _checked(spec, lambda: Dataset(spec, "image", x_tr, y_tr, x_te, y_te, k, tuple(class_names)))
+
+
+def _to_mode(im: Any, mode: str) -> Any:
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F") and mode == "L":
+        # 16-bit / float grey: scale to 0..255 rather than clipping.
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        from PIL import Image
+
+        return Image.fromarray(np.clip(np.rint(arr * 255.0 / top), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Composite transparency on white (a common scan/icon convention) instead of dropping alpha.
+        from PIL import Image
+
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    return im.convert(mode)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+for _info in (
+    DatasetInfo(
+        "digits", "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes)", "none", {}, _load_digits
+    ),
+    DatasetInfo(
+        "idx",
+        "MNIST-format IDX files (raw or gzipped) in a directory",
+        "dir",
+        {"num_classes": None},
+        _load_idx,
+    ),
+    DatasetInfo("cifar10", "CIFAR-10 python batches in a directory", "dir", {}, _load_cifar10),
+    DatasetInfo(
+        "cifar100", "CIFAR-100 python files in a directory", "dir", {"label_type": "fine"}, _load_cifar100
+    ),
+    DatasetInfo(
+        "npz", "an .npz with x_train, y_train[, x_test, y_test]", "file", {"num_classes": None}, _load_npz
+    ),
+    DatasetInfo(
+        "csv",
+        "a CSV with a header, numeric features and a label column (tabular)",
+        "file",
+        {"label": None, "delimiter": ",", "test": None, "num_classes": None},
+        _load_csv,
+    ),
+    DatasetInfo(
+        "folder",
+        "one sub-folder of images per class (Pillow)",
+        "dir",
+        {"size": None, "mode": "auto"},
+        _load_folder,
+    ),
+    DatasetInfo(
+        "gaussian",
+        "a seeded Gaussian mixture (tabular, with a test set)",
+        "none",
+        {"k": 4, "d": 16, "n_per_class": 100, "n_test_per_class": 100, "separation": 4.0},
+        _load_gaussian,
+    ),
+):
+    _SOURCES.register(_info)
