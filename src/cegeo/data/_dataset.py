@@ -17,9 +17,18 @@ import numpy as np
 
 from .._validation import check_int, fail
 
-__all__ = ["KINDS", "Dataset"]
+__all__ = ["KINDS", "Dataset", "described"]
 
 KINDS = ("image", "tabular")
+
+
+class described(str):
+    """A ``got`` text shown as is (unquoted) in :func:`~cegeo._validation.fail` messages."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def _check_x(param: str, x: Any, kind: str) -> np.ndarray:
@@ -27,13 +36,17 @@ def _check_x(param: str, x: Any, kind: str) -> np.ndarray:
         raise fail(param, "a numpy array", type(x).__name__)
     if kind == "image":
         if x.ndim != 4 or x.dtype != np.uint8:
-            raise fail(param, "a uint8 array of shape (n, C, H, W) for image data", f"{x.dtype} {x.shape}")
+            raise fail(
+                param, "a uint8 array of shape (n, C, H, W) for image data", described(f"{x.dtype} {x.shape}")
+            )
         return np.ascontiguousarray(x)
     if x.ndim != 2 or x.dtype != np.float32:
-        raise fail(param, "a float32 array of shape (n, d) for tabular data", f"{x.dtype} {x.shape}")
+        raise fail(
+            param, "a float32 array of shape (n, d) for tabular data", described(f"{x.dtype} {x.shape}")
+        )
     if not np.all(np.isfinite(x)):
         bad = int(np.argwhere(~np.isfinite(x))[0][0])
-        raise fail(param, "finite numbers (no NaN or inf)", f"a non-finite value in row {bad}")
+        raise fail(param, "finite numbers (no NaN or inf)", described(f"a non-finite value in row {bad}"))
     return np.ascontiguousarray(x)
 
 
@@ -42,9 +55,9 @@ def _check_y(param: str, y: Any, n: int, k: int) -> np.ndarray:
         shape = y.shape if isinstance(y, np.ndarray) else type(y).__name__
         raise fail(param, "a 1-D numpy array of integer labels", shape)
     if not np.issubdtype(y.dtype, np.integer):
-        raise fail(param, "integer class labels", str(y.dtype))
+        raise fail(param, "integer class labels", described(str(y.dtype)))
     if y.shape[0] != n:
-        raise fail(param, f"one label per sample ({n} samples)", f"{y.shape[0]} labels")
+        raise fail(param, f"one label per sample ({n} samples)", described(f"{y.shape[0]} labels"))
     if y.size:
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= k:
@@ -111,7 +124,7 @@ class Dataset:
         x_train = _check_x("x_train", self.x_train, self.kind)
         y_train = _check_y("y_train", self.y_train, x_train.shape[0], k)
         if (self.x_test is None) != (self.y_test is None):
-            raise fail("x_test/y_test", "both arrays or both None", "only one of them")
+            raise fail("x_test/y_test", "both arrays or both None", described("only one of them"))
         x_test = y_test = None
         if self.x_test is not None:
             x_test = _check_x("x_test", self.x_test, self.kind)
@@ -127,7 +140,7 @@ class Dataset:
                 "y_train",
                 f"at least one training sample of every class 0..{k - 1} (set num_classes to the "
                 "number of classes present)",
-                f"no sample of class {missing}",
+                described(f"no sample of class {missing}"),
             )
         names = tuple(str(n) for n in self.class_names)
         if len(names) != k:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import InputError, fail
+from ._dataset import described
 
 __all__ = ["RestrictedUnpickler", "read_idx", "safe_unpickle"]
 
@@ -89,20 +90,24 @@ def read_idx(path: str | Path, *, ndim: int, type_code: int | None = 0x08) -> np
     path = Path(path)
     data = _read_bytes(path)
     if len(data) < 4:
-        raise fail(str(path), "an IDX file (at least a 4-byte header)", f"{len(data)} bytes")
+        raise fail(str(path), "an IDX file (at least a 4-byte header)", described(f"{len(data)} bytes"))
     zero, found, dims = int.from_bytes(data[:2], "big"), data[2], data[3]
     if zero != 0 or found not in _IDX_TYPES:
-        raise fail(str(path), "an IDX file (magic number 0x0000TTDD)", f"magic number 0x{data[:4].hex()}")
+        raise fail(
+            str(path), "an IDX file (magic number 0x0000TTDD)", described(f"magic number 0x{data[:4].hex()}")
+        )
     want = type_code if type_code is not None else found
     if dims != ndim or found != want:
         raise fail(
             str(path),
             f"an IDX file with magic number 0x0000{want:02x}{ndim:02x} ({ndim}-D, {_IDX_TYPES[want].name})",
-            f"magic number 0x{data[:4].hex()}",
+            described(f"magic number 0x{data[:4].hex()}"),
         )
     header = 4 + 4 * dims
     if len(data) < header:
-        raise fail(str(path), f"an IDX file with a {header}-byte header", f"{len(data)} bytes (truncated)")
+        raise fail(
+            str(path), f"an IDX file with a {header}-byte header", described(f"{len(data)} bytes (truncated)")
+        )
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     item = _IDX_TYPES[found]
     expected_bytes = int(np.prod(shape, dtype=np.int64)) * item.itemsize
@@ -114,7 +119,7 @@ def read_idx(path: str | Path, *, ndim: int, type_code: int | None = 0x08) -> np
         raise fail(
             str(path),
             f"{expected_bytes} data bytes for dimensions {shape}",
-            f"{got} bytes ({state})",
+            described(f"{got} bytes ({state})"),
         )
     arr = np.frombuffer(data, dtype=item, offset=header).reshape(shape)
     return arr.astype(item.newbyteorder("="), copy=True)
@@ -128,22 +133,24 @@ def read_idx(path: str | Path, *, ndim: int, type_code: int | None = 0x08) -> np
 _SAFE_DTYPE_KINDS = frozenset("biufSU")
 
 
+class _Refused(pickle.UnpicklingError):
+    """Raised for content the restricted unpickler will not build (as opposed to corrupt data)."""
+
+
 def _safe_dtype(spec: Any, *args: Any) -> np.dtype:
     """``numpy.dtype`` restricted to plain numeric and string types (no objects, no records)."""
     if not isinstance(spec, (str, bytes)):
-        raise pickle.UnpicklingError(f"refusing numpy dtype {spec!r}: only plain type codes are allowed")
+        raise _Refused(f"refusing numpy dtype {spec!r}: only plain type codes are allowed")
     dt = np.dtype(spec.decode("ascii") if isinstance(spec, bytes) else spec)
     if dt.kind not in _SAFE_DTYPE_KINDS or dt.fields is not None or dt.subdtype is not None:
-        raise pickle.UnpicklingError(
-            f"refusing numpy dtype {dt!r}: only numeric and string arrays are allowed"
-        )
+        raise _Refused(f"refusing numpy dtype {dt!r}: only numeric and string arrays are allowed")
     return dt
 
 
 def _reconstruct_factory(real: Callable[..., Any]) -> Callable[..., Any]:
     def _reconstruct(cls: Any, shape: Any, typecode: Any) -> Any:
         if cls is not np.ndarray:
-            raise pickle.UnpicklingError("refusing to reconstruct a non-ndarray class")
+            raise _Refused("refusing to reconstruct a non-ndarray class")
         if not (isinstance(typecode, bytes) and typecode in (b"b", b"B")):
             _safe_dtype(typecode)
         return real(cls, shape, typecode)
@@ -154,7 +161,7 @@ def _reconstruct_factory(real: Callable[..., Any]) -> Callable[..., Any]:
 def _frombuffer_factory(real: Callable[..., Any]) -> Callable[..., Any]:
     def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> Any:
         if not isinstance(dtype, np.dtype) or dtype.kind not in _SAFE_DTYPE_KINDS:
-            raise pickle.UnpicklingError(f"refusing numpy dtype {dtype!r}")
+            raise _Refused(f"refusing numpy dtype {dtype!r}")
         return real(buf, dtype, shape, order)
 
     return _frombuffer
@@ -163,7 +170,7 @@ def _frombuffer_factory(real: Callable[..., Any]) -> Callable[..., Any]:
 def _codecs_encode(text: Any, encoding: str = "utf-8") -> bytes:
     # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1").
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
-        raise pickle.UnpicklingError("refusing _codecs.encode with unexpected arguments")
+        raise _Refused("refusing _codecs.encode with unexpected arguments")
     return text.encode(encoding)
 
 
@@ -180,6 +187,10 @@ def _allowed_globals() -> dict[tuple[str, str], Callable[..., Any]]:
         allowed[(f"{mod}.numeric", "_frombuffer")] = frombuf
     allowed[("numpy", "ndarray")] = np.ndarray
     allowed[("numpy", "dtype")] = _safe_dtype
+    # Protocols 0-1 (and Python 2 pickles) build sets through the builtin; harmless on any input.
+    for mod in ("builtins", "__builtin__"):
+        allowed[(mod, "set")] = set
+        allowed[(mod, "frozenset")] = frozenset
     return allowed
 
 
@@ -201,14 +212,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return RestrictedUnpickler._ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(
+            raise _Refused(
                 f"refusing to load global '{module}.{name}' (only plain data and numpy arrays are allowed)"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError(
-            "refusing a persistent id (only plain data and numpy arrays are allowed)"
-        )
+        raise _Refused("refusing a persistent id (only plain data and numpy arrays are allowed)")
 
 
 def safe_unpickle(path: str | Path, *, encoding: str = "bytes") -> Any:
@@ -239,10 +248,19 @@ def safe_unpickle(path: str | Path, *, encoding: str = "bytes") -> Any:
     raw = path.read_bytes()
     try:
         return RestrictedUnpickler(io.BytesIO(raw), encoding=encoding).load()
-    except pickle.UnpicklingError as exc:
+    except _Refused as exc:
         raise InputError(
             f"`{path}` must be a pickle of plain data and numpy arrays; got {' '.join(str(exc).split())}."
         ) from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+    ) as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise InputError(f"`{path}` is a truncated or corrupt pickle ({detail}).") from None

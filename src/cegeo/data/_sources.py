@@ -39,7 +39,7 @@ import numpy as np
 
 from .._registry import Registry
 from .._validation import InputError, check_choice, check_finite, check_int, fail
-from ._dataset import Dataset
+from ._dataset import Dataset, described
 from ._formats import read_idx, safe_unpickle
 
 __all__ = ["DatasetInfo", "get_dataset_info", "list_datasets", "load_dataset", "parse_spec"]
@@ -219,12 +219,14 @@ _INT_OPTIONS = {"num_classes"}
 
 
 def _check_num_classes(param: str, y_all: list[np.ndarray], num_classes: int | None) -> int:
-    """The class count: given, or the largest label + 1; negative labels are errors here."""
+    """The class count: given, or the largest training label + 1 (``y_all[0]`` is the training
+    labels); negative labels are errors here."""
     lo = min(int(y.min()) for y in y_all if y.size)
     if lo < 0:
         raise fail(param, "labels >= 0", lo)
     if num_classes is None:
-        return max(int(y.max()) for y in y_all if y.size) + 1
+        # Inferred from the training labels only: a test label beyond them is an error.
+        return int(y_all[0].max()) + 1
     return num_classes
 
 
@@ -292,7 +294,7 @@ def _find_idx(root: Path, prefix: str, what: str, dims: int) -> Path:
             candidate = root / (stem + suffix)
             if candidate.is_file():
                 return candidate
-    raise fail(f"idx:{root}", f"a directory with {stems[0]}[.gz]", "no such file")
+    raise fail(f"idx:{root}", f"a directory with {stems[0]}[.gz]", described("no such file"))
 
 
 def _load_idx(path: Path, seed: int, num_classes: int | None) -> Dataset:
@@ -307,7 +309,7 @@ def _load_idx(path: Path, seed: int, num_classes: int | None) -> Dataset:
             raise fail(
                 str(lab_path),
                 f"one label per image of {img_path.name} ({images.shape[0]} images)",
-                f"{labels.shape[0]} labels",
+                described(f"{labels.shape[0]} labels"),
             )
         if 0 in images.shape:
             raise fail(str(img_path), "a non-empty image array", images.shape)
@@ -347,7 +349,9 @@ def _key(batch: dict[Any, Any], name: str) -> Any:
 
 def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
-        raise fail(str(path.parent), f"a CIFAR directory with the file {path.name!r}", "no such file")
+        raise fail(
+            str(path.parent), f"a CIFAR directory with the file {path.name!r}", described("no such file")
+        )
     batch = safe_unpickle(path)
     if not isinstance(batch, dict):
         raise fail(str(path), "a CIFAR batch (a pickled dict)", type(batch).__name__)
@@ -356,15 +360,19 @@ def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in batch)
         raise fail(str(path), f"a CIFAR batch with keys 'data' and '{label_key}'", keys)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        got = described(f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__)
         raise fail(str(path), "'data' as a uint8 array of shape (n, 3072)", got)
     labels_arr = np.asarray(labels)
     if labels_arr.ndim != 1 or not np.issubdtype(labels_arr.dtype, np.integer):
         raise fail(
-            str(path), f"'{label_key}' as a list of integers", f"{labels_arr.dtype} {labels_arr.shape}"
+            str(path),
+            f"'{label_key}' as a list of integers",
+            described(f"{labels_arr.dtype} {labels_arr.shape}"),
         )
     if labels_arr.size != data.shape[0]:
-        raise fail(str(path), f"one label per image ({data.shape[0]} images)", f"{labels_arr.size} labels")
+        raise fail(
+            str(path), f"one label per image ({data.shape[0]} images)", described(f"{labels_arr.size} labels")
+        )
     return data.reshape(-1, 3, 32, 32), labels_arr.astype(np.int64)  # (n, 3, 32, 32)
 
 
@@ -383,7 +391,9 @@ def _cifar_root(path: Path, sub: str, probe: str) -> Path:
         return path
     if (path / sub / probe).is_file():
         return path / sub
-    raise fail(f"{path}", f"a CIFAR directory containing {probe!r} (or {sub}/{probe})", "no such file")
+    raise fail(
+        f"{path}", f"a CIFAR directory containing {probe!r} (or {sub}/{probe})", described("no such file")
+    )
 
 
 def _load_cifar10(path: Path, seed: int) -> Dataset:
@@ -429,11 +439,19 @@ def _as_image_or_tabular(param: str, x: np.ndarray) -> tuple[str, np.ndarray]:
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
             raise fail(param, "numbers", str(x.dtype))
         return "tabular", x.astype(np.float32)
-    raise fail(param, "a 2-D (n, d) numeric or 3/4-D uint8 image array", f"{x.dtype} {x.shape}")
+    raise fail(param, "a 2-D (n, d) numeric or 3/4-D uint8 image array", described(f"{x.dtype} {x.shape}"))
 
 
 def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
     spec = f"npz:{path}"
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise fail(
+            spec,
+            "an .npz file (a zip archive of .npy arrays, as numpy.savez writes)",
+            described(f"a file starting with {magic!r}"),
+        )
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {key: f[key] for key in f.files}
@@ -443,7 +461,7 @@ def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
                 spec, "an npz of plain arrays (object arrays are refused)", "a pickled object array"
             ) from None
         raise InputError(f"`{spec}` is not a readable npz file ({' '.join(str(exc).split())}).") from None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, KeyError, __import__("zipfile").BadZipFile) as exc:
         raise InputError(f"`{spec}` is not a readable npz file ({' '.join(str(exc).split())}).") from None
     if "x_train" not in arrays or "y_train" not in arrays:
         raise fail(spec, "an npz with arrays x_train and y_train (x_test, y_test optional)", sorted(arrays))
@@ -464,7 +482,7 @@ def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
             np.issubdtype(y.dtype, np.integer)
             or (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)))
         ):
-            raise fail(f"{spec}[{key}]", "a 1-D array of integer labels", f"{y.dtype} {y.shape}")
+            raise fail(f"{spec}[{key}]", "a 1-D array of integer labels", described(f"{y.dtype} {y.shape}"))
         ys.append(y.astype(np.int64))
     y_tr = ys[0]
     y_te = ys[1] if len(ys) > 1 else None
@@ -473,7 +491,9 @@ def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
     if "class_names" in arrays:
         cn = arrays["class_names"]
         if cn.ndim != 1 or cn.dtype.kind not in "US" or cn.size != k:
-            raise fail(f"{spec}[class_names]", f"{k} strings (one per class)", f"{cn.dtype} {cn.shape}")
+            raise fail(
+                f"{spec}[class_names]", f"{k} strings (one per class)", described(f"{cn.dtype} {cn.shape}")
+            )
         names = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in cn.tolist())
     return _checked(spec, lambda: Dataset(spec, kind, x_tr, y_tr, x_te, y_te, k, names))
 
@@ -491,7 +511,11 @@ def _read_csv(path: Path, label: str | None, delimiter: str) -> tuple[list[str],
         raise fail(str(path), "a UTF-8 text file", f"undecodable byte at position {exc.start}") from None
     rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if any(c.strip() for c in r)]
     if len(rows) < 2:
-        raise fail(str(path), "a CSV file with a header row and at least one data row", f"{len(rows)} rows")
+        raise fail(
+            str(path),
+            "a CSV file with a header row and at least one data row",
+            described(f"{len(rows)} rows"),
+        )
     header = [h.strip() for h in rows[0]]
     if len(set(header)) != len(header):
         raise fail(str(path), "a header of distinct column names", header)
@@ -637,7 +661,9 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
         for label, cname in enumerate(class_names):
             files = _image_files(root / cname)
             if not files and split == "train":
-                raise fail(str(root / cname), "a class folder with at least one image", "no image files")
+                raise fail(
+                    str(root / cname), "a class folder with at least one image", described("no image files")
+                )
             for f in files:
                 try:
                     with Image.open(f) as im:
@@ -667,7 +693,7 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
                 raise fail(
                     str(f),
                     f"an image of size {first[0][0]}x{first[0][1]} like {first[1].name} (or pass size=HxW)",
-                    f"{arr.shape[1]}x{arr.shape[2]}",
+                    described(f"{arr.shape[1]}x{arr.shape[2]}"),
                 )
             xs.append(arr)
             ys.append(label)
@@ -680,7 +706,7 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
     x_tr, y_tr = arrays["train"]
     x_te, y_te = arrays.get("test", (None, None))
     if x_te is not None and x_te.shape[0] == 0:
-        raise fail(str(roots["test"]), "a test folder with at least one image", "no image files")
+        raise fail(str(roots["test"]), "a test folder with at least one image", described("no image files"))
     k = len(class_names)
     return _checked(spec, lambda: Dataset(spec, "image", x_tr, y_tr, x_te, y_te, k, tuple(class_names)))
 

@@ -140,6 +140,8 @@ def _split_sizes(counts: np.ndarray, fraction: float, what: str, param: str) -> 
 def _largest_n_max(profile: Profile, available: np.ndarray) -> int:
     """The largest ``n_max`` whose profile counts every class can supply (binary search)."""
     k = available.size
+    # Structural errors (rho * k not whole, ...) surface here; below, only "n too small" is caught.
+    profile.counts_for(k, max(int(available.max()), 1) * max(int(np.ceil(profile.R)), 1))
 
     def fits(n: int) -> bool:
         try:

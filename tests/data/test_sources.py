@@ -1,0 +1,755 @@
+"""Data sources: every format is written here in tmp_path, read back, and broken in every documented way."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from cegeo.data import (
+    Dataset,
+    RestrictedUnpickler,
+    get_dataset_info,
+    list_datasets,
+    load_dataset,
+    parse_spec,
+    read_idx,
+    safe_unpickle,
+)
+
+# --------------------------------------------------------------------------------------------
+# writers for tiny datasets
+# --------------------------------------------------------------------------------------------
+
+
+def idx_bytes(arr: np.ndarray, type_code: int = 0x08) -> bytes:
+    header = struct.pack(">BBBB", 0, 0, type_code, arr.ndim) + b"".join(
+        struct.pack(">I", s) for s in arr.shape
+    )
+    return header + arr.astype(np.uint8).tobytes()
+
+
+def write_idx(root: Path, *, gz: bool, n_train=12, n_test=6, size=(5, 4), k=3, seed=0, dot=False) -> dict:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, *size), dtype=np.uint8)
+        labels = (np.arange(n) % k).astype(np.uint8)
+        for what, arr, dims in (("images", images, 3), ("labels", labels, 1)):
+            name = f"{prefix}-{what}.idx{dims}-ubyte" if dot else f"{prefix}-{what}-idx{dims}-ubyte"
+            data = idx_bytes(arr)
+            if gz:
+                (root / (name + ".gz")).write_bytes(gzip.compress(data))
+            else:
+                (root / name).write_bytes(data)
+        out[prefix] = (images, labels)
+    return out
+
+
+def cifar_batch(n: int, k: int, rng, *, label_key=b"labels", extra=None) -> dict:
+    batch = {
+        b"batch_label": b"training batch",
+        label_key: [int(v) for v in rng.integers(0, k, size=n)],
+        b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+    }
+    batch.update(extra or {})
+    return batch
+
+
+def dump(path: Path, obj, protocol: int = 2) -> None:
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+
+
+def write_cifar10(root: Path, n_per_batch=4, protocol=2, seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    batches = {}
+    for i in range(1, 6):
+        b = cifar_batch(n_per_batch, 10, rng)
+        # every class present in training: give the first batches labels 0..9 in turn
+        b[b"labels"] = [int((i * n_per_batch + j) % 10) for j in range(n_per_batch)]
+        batches[f"data_batch_{i}"] = b
+        dump(root / f"data_batch_{i}", b, protocol)
+    batches["test_batch"] = cifar_batch(5, 10, rng)
+    dump(root / "test_batch", batches["test_batch"], protocol)
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
+    dump(root / "batches.meta", {b"label_names": names, b"num_cases_per_batch": n_per_batch}, protocol)
+    return batches
+
+
+def write_cifar100(root: Path, n=250, seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    fine = np.arange(n) % 100
+    coarse = fine // 5
+    train = {
+        b"filenames": [b"x"] * n,
+        b"batch_label": b"training batch 1 of 1",
+        b"fine_labels": fine.tolist(),
+        b"coarse_labels": coarse.tolist(),
+        b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+    }
+    test = dict(train)
+    test[b"data"] = train[b"data"][:7]
+    test[b"fine_labels"] = fine[:7].tolist()
+    test[b"coarse_labels"] = coarse[:7].tolist()
+    dump(root / "train", train)
+    dump(root / "test", test)
+    meta = {
+        b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+        b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
+    }
+    dump(root / "meta", meta)
+    return {"train": train, "test": test}
+
+
+class Evil:
+    """Unpickling this would run a shell command that creates the sentinel file."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+# --------------------------------------------------------------------------------------------
+# registry and specs
+# --------------------------------------------------------------------------------------------
+
+
+def test_registry_lists_every_source():
+    assert list_datasets() == ["digits", "idx", "cifar10", "cifar100", "npz", "csv", "folder", "gaussian"]
+    assert get_dataset_info("idx").path == "dir"
+    assert get_dataset_info("digits").path == "none"
+    assert parse_spec("csv:C:/data/x.csv") == ("csv", "C:/data/x.csv")
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "match"),
+    [
+        ("mnist", {}, r"unknown dataset 'mnist'; valid names: 'digits', 'idx'"),
+        ("", {}, r"`data` must be a source spec NAME\[:PATH\]"),
+        ("digits:/tmp/x", {}, r"`data` must be 'digits' without a path"),
+        ("idx", {}, r"`data` must be 'idx:PATH' with the directory to read"),
+        ("npz:", {}, r"`data` must be 'npz:PATH' with the file to read"),
+        ("idx:/no/such/dir", {}, r"`data` must be 'idx:DIR' with an existing directory"),
+        ("npz:/no/such/file.npz", {}, r"`data` must be 'npz:FILE' with an existing file"),
+        ("digits", {"k": 3}, r"`options` must be options of 'digits' \(valid: none\); got 'k'"),
+        ("gaussian", {"classes": 3}, r"`options` must be options of 'gaussian' \(valid: 'k', 'd'"),
+        ("gaussian", {"k": "three"}, r"`k` must be an integer; got 'three'"),
+        ("gaussian", {"k": 1}, r"`k` must be an integer >= 2; got 1"),
+        ("gaussian", {"separation": "inf"}, r"`separation` must be a finite number"),
+        ("gaussian", {"separation": -1.0}, r"`separation` must be a number >= 0"),
+        ("digits", {"seed": -1}, r"`seed` must be an integer >= 0"),
+    ],
+)
+def test_spec_and_option_errors(spec, options, match):
+    with pytest.raises(ValueError, match=match):
+        load_dataset(spec, **options)
+
+
+# --------------------------------------------------------------------------------------------
+# digits and gaussian
+# --------------------------------------------------------------------------------------------
+
+
+def test_digits_layout_and_values():
+    ds = load_dataset("digits")
+    ref = load_digits()
+    assert ds.kind == "image" and ds.name == "digits"
+    assert ds.x_train.shape == (1797, 1, 8, 8) and ds.x_train.dtype == np.uint8
+    assert ds.y_train.dtype == np.int64 and ds.y_train.tolist() == ref.target.tolist()
+    assert ds.x_test is None and ds.y_test is None and not ds.has_test
+    assert ds.num_classes == 10 and ds.class_names == tuple("0123456789")
+    assert ds.x_train.max() == 255 and ds.x_train.min() == 0
+    # rescaled 0..16 -> 0..255 and back recovers the bundled values exactly
+    back = np.rint(ds.x_train[:, 0].astype(np.float64) * 16 / 255)
+    np.testing.assert_array_equal(back, ref.images)
+
+
+def test_gaussian_is_seeded_and_takes_text_options():
+    a = load_dataset("gaussian", seed=3, k="3", d="5", n_per_class="7", separation="2.5")
+    b = load_dataset("gaussian", seed=3, k=3, d=5, n_per_class=7, separation=2.5)
+    c = load_dataset("gaussian", seed=4, k=3, d=5, n_per_class=7, separation=2.5)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert not np.array_equal(a.x_train, c.x_train)
+    assert a.kind == "tabular" and a.x_train.dtype == np.float32 and a.x_train.shape == (21, 5)
+    assert a.train_counts().tolist() == [7, 7, 7] and a.y_test.size == 300
+    assert a.in_shape == (5,)
+
+
+def test_gaussian_separation_controls_class_means():
+    ds = load_dataset("gaussian", k=3, d=8, n_per_class=4000, separation=6.0)
+    means = np.stack([ds.x_train[ds.y_train == c].mean(0) for c in range(3)])
+    np.testing.assert_allclose(np.linalg.norm(means, axis=1), 6.0, atol=0.15)
+    # within-class covariance is the identity
+    resid = ds.x_train - means[ds.y_train]
+    np.testing.assert_allclose(np.cov(resid.T), np.eye(8), atol=0.08)
+
+
+# --------------------------------------------------------------------------------------------
+# IDX
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("dot", [False, True])
+def test_idx_roundtrip(tmp_path, gz, dot):
+    written = write_idx(tmp_path / "mnist", gz=gz, dot=dot)
+    ds = load_dataset(f"idx:{tmp_path / 'mnist'}")
+    assert ds.kind == "image" and ds.x_train.shape == (12, 1, 5, 4) and ds.x_test.shape == (6, 1, 5, 4)
+    np.testing.assert_array_equal(ds.x_train[:, 0], written["train"][0])
+    np.testing.assert_array_equal(ds.y_test, written["t10k"][1])
+    assert ds.num_classes == 3 and ds.name == f"idx:{tmp_path / 'mnist'}"
+
+
+def test_idx_num_classes_option(tmp_path):
+    write_idx(tmp_path, gz=False)
+    assert load_dataset(f"idx:{tmp_path}", num_classes="3").num_classes == 3
+    with pytest.raises(ValueError, match=r"`y_train` must be labels in 0..1 \(num_classes = 2\); got 2"):
+        load_dataset(f"idx:{tmp_path}", num_classes=2)
+    with pytest.raises(
+        ValueError, match=r"at least one training sample of every class 0..4.*no sample of class 3"
+    ):
+        load_dataset(f"idx:{tmp_path}", num_classes=5)
+
+
+def _corrupt(root: Path, name: str, data: bytes) -> None:
+    for p in root.glob(name + "*"):
+        p.unlink()
+    (root / name).write_bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "match"),
+    [
+        # labels file where images are expected: magic 0x00000801 instead of 0x00000803
+        (
+            "train-images-idx3-ubyte",
+            lambda: idx_bytes(np.zeros(12, np.uint8)),
+            r"must be an IDX file with magic number 0x00000803 \(3-D, uint8\); got magic number 0x00000801",
+        ),
+        (
+            "train-images-idx3-ubyte",
+            lambda: b"\x12\x34\x08\x03" + b"\0" * 40,
+            r"must be an IDX file \(magic number",
+        ),
+        (
+            "train-images-idx3-ubyte",
+            lambda: idx_bytes(np.zeros((12, 5, 4), np.uint8), type_code=0x0C)[:16] + b"\0" * 960,
+            r"magic number 0x00000803 \(3-D, uint8\); got magic number 0x00000c03",
+        ),
+        (
+            "train-images-idx3-ubyte",
+            lambda: idx_bytes(np.zeros((12, 5, 4), np.uint8))[:-7],
+            r"must be 240 data bytes for dimensions \(12, 5, 4\); got 233 bytes \(truncated\)",
+        ),
+        (
+            "train-images-idx3-ubyte",
+            lambda: idx_bytes(np.zeros((12, 5, 4), np.uint8)) + b"xx",
+            r"got 242 bytes \(trailing bytes\)",
+        ),
+        (
+            "train-images-idx3-ubyte",
+            lambda: b"\0\0\x08\x03\0\0",
+            r"must be an IDX file with a 16-byte header",
+        ),
+        ("train-images-idx3-ubyte", lambda: b"\0\0", r"must be an IDX file \(at least a 4-byte header\)"),
+        (
+            "train-labels-idx1-ubyte",
+            lambda: idx_bytes(np.zeros(11, np.uint8)),
+            r"train-labels-idx1-ubyte` must be one label per image of train-images-idx3-ubyte \(12 images\); got 11 labels",
+        ),
+        (
+            "t10k-images-idx3-ubyte",
+            lambda: idx_bytes(np.zeros((6, 5, 5), np.uint8)),
+            r"must be test images of the training size \(5, 4\); got \(5, 5\)",
+        ),
+        (
+            "train-images-idx3-ubyte.gz",
+            lambda: gzip.compress(idx_bytes(np.zeros((12, 5, 4), np.uint8)))[:-12],
+            r"is a corrupt or truncated gzip file",
+        ),
+        (
+            "t10k-labels-idx1-ubyte",
+            lambda: idx_bytes(np.array([0, 1, 2, 0, 1, 7], np.uint8)),
+            r"`y_test` must be labels in 0..2 \(num_classes = 3\); got 7",
+        ),
+    ],
+)
+def test_idx_errors(tmp_path, name, make, match):
+    write_idx(tmp_path, gz=False)
+    _corrupt(tmp_path, name.removesuffix(".gz"), b"")
+    (tmp_path / name.removesuffix(".gz")).unlink()
+    (tmp_path / name).write_bytes(make())
+    with pytest.raises(ValueError, match=match) as info:
+        load_dataset(f"idx:{tmp_path}")
+    assert "\n" not in str(info.value)
+
+
+def test_idx_missing_file(tmp_path):
+    write_idx(tmp_path, gz=True)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(
+        ValueError, match=r"must be a directory with t10k-labels-idx1-ubyte\[.gz\]; got no such file"
+    ):
+        load_dataset(f"idx:{tmp_path}")
+
+
+def test_read_idx_other_types(tmp_path):
+    arr = np.arange(6, dtype=">i4").reshape(2, 3)
+    p = tmp_path / "ints"
+    p.write_bytes(struct.pack(">BBBBII", 0, 0, 0x0C, 2, 2, 3) + arr.tobytes())
+    out = read_idx(p, ndim=2, type_code=None)
+    assert out.dtype == np.int32 and out.dtype.isnative and out.tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR pickles and the restricted unpickler
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_roundtrip(tmp_path, protocol):
+    batches = write_cifar10(tmp_path / "cifar-10-batches-py", protocol=protocol)
+    for root in (tmp_path, tmp_path / "cifar-10-batches-py"):  # parent or the batch folder itself
+        ds = load_dataset(f"cifar10:{root}")
+        assert ds.x_train.shape == (20, 3, 32, 32) and ds.x_test.shape == (5, 3, 32, 32)
+        first = batches["data_batch_1"]
+        np.testing.assert_array_equal(ds.x_train[:4].reshape(4, -1), first[b"data"])
+        assert ds.y_train[:4].tolist() == first[b"labels"]
+        assert ds.class_names[0] == "airplane" and ds.num_classes == 10
+        # CHW layout: channel 0 is the first 1024 bytes (red plane, row-major)
+        assert ds.x_train[0, 1, 0, 0] == first[b"data"][0, 1024]
+
+
+def test_cifar100_fine_and_coarse(tmp_path):
+    written = write_cifar100(tmp_path)
+    fine = load_dataset(f"cifar100:{tmp_path}")
+    coarse = load_dataset(f"cifar100:{tmp_path}", label_type="coarse")
+    assert fine.num_classes == 100 and coarse.num_classes == 20
+    assert fine.y_train.tolist() == written["train"][b"fine_labels"]
+    assert coarse.y_test.tolist() == written["test"][b"coarse_labels"]
+    assert fine.class_names[3] == "fine3" and coarse.class_names[19] == "coarse19"
+    with pytest.raises(ValueError, match=r"`label_type` must be one of 'fine', 'coarse'; got 'super'"):
+        load_dataset(f"cifar100:{tmp_path}", label_type="super")
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+    write_cifar10(tmp_path)
+    sentinel = tmp_path / "SENTINEL"
+    dump(tmp_path / "data_batch_3", {b"data": Evil(sentinel), b"labels": [0]})
+    # sanity: plain pickle would run it
+    assert not sentinel.exists()
+    with pytest.raises(
+        ValueError,
+        match=r"data_batch_3` must be a pickle of plain data and numpy arrays; got refusing to load global '(posix|os|nt)\.system'",
+    ):
+        load_dataset(f"cifar10:{tmp_path}")
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        (lambda: {b"x": np.array([1, "a", None], dtype=object)}, r"refusing numpy dtype dtype\('O'\)"),
+        (lambda: {b"x": np.zeros(2, dtype=[("a", "f4")])}, r"refusing numpy dtype"),
+        (lambda: {b"x": eval}, r"refusing to load global 'builtins.eval'"),
+        (lambda: {b"x": Path("/etc")}, r"refusing to load global 'pathlib"),
+        (
+            lambda: {b"x": __import__("collections").OrderedDict()},
+            r"refusing to load global 'collections.OrderedDict'",
+        ),
+    ],
+)
+def test_restricted_unpickler_refuses(tmp_path, payload, match):
+    p = tmp_path / "batch"
+    dump(p, payload(), protocol=4)
+    with pytest.raises(ValueError, match=match):
+        safe_unpickle(p)
+
+
+def test_restricted_unpickler_builds_plain_data(tmp_path):
+    obj = {
+        b"a": [1, 2.5, True, None, b"x", "y"],
+        "t": (1, {2}),
+        "arr": np.arange(12, dtype=np.float64).reshape(3, 4),
+        "s": np.array([b"ab", b"c"]),
+    }
+    for protocol in (0, 2, 4, 5):
+        p = tmp_path / f"p{protocol}"
+        dump(p, obj, protocol=protocol)
+        back = safe_unpickle(p)
+        assert back[b"a"] == obj[b"a"] and back["t"] == obj["t"]
+        np.testing.assert_array_equal(back["arr"], obj["arr"])
+        np.testing.assert_array_equal(back["s"], obj["s"])
+    assert issubclass(RestrictedUnpickler, __import__("pickle").Unpickler)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (
+            lambda b: b.pop(b"labels"),
+            r"must be a CIFAR batch with keys 'data' and 'labels'; got \['batch_label', 'data', 'filenames'\]",
+        ),
+        (
+            lambda b: b.__setitem__(b"labels", b[b"labels"][:-1]),
+            r"must be one label per image \(4 images\); got 3 labels",
+        ),
+        (
+            lambda b: b.__setitem__(b"data", b[b"data"][:, :100]),
+            r"must be 'data' as a uint8 array of shape \(n, 3072\); got uint8 \(4, 100\)",
+        ),
+        (lambda b: b.__setitem__(b"data", b[b"data"].astype(np.float32)), r"got float32 \(4, 3072\)"),
+        (
+            lambda b: b.__setitem__(b"labels", [0, 1, 2, 10]),
+            r"`y_train` must be labels in 0..9 \(num_classes = 10\); got 10",
+        ),
+        (lambda b: b.__setitem__(b"labels", ["a", "b", "c", "d"]), r"must be 'labels' as a list of integers"),
+    ],
+)
+def test_cifar_batch_errors(tmp_path, mutate, match):
+    batches = write_cifar10(tmp_path)
+    b = batches["data_batch_2"]
+    mutate(b)
+    dump(tmp_path / "data_batch_2", b)
+    with pytest.raises(ValueError, match=match):
+        load_dataset(f"cifar10:{tmp_path}")
+
+
+def test_cifar_truncated_and_missing(tmp_path):
+    write_cifar10(tmp_path)
+    raw = (tmp_path / "test_batch").read_bytes()
+    (tmp_path / "test_batch").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"test_batch` is a truncated or corrupt pickle"):
+        load_dataset(f"cifar10:{tmp_path}")
+    (tmp_path / "test_batch").unlink()
+    with pytest.raises(ValueError, match=r"must be a CIFAR directory with the file 'test_batch'"):
+        load_dataset(f"cifar10:{tmp_path}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"must be a CIFAR directory containing 'data_batch_1'"):
+        load_dataset(f"cifar10:{tmp_path / 'empty'}")
+
+
+def test_cifar_not_a_dict(tmp_path):
+    write_cifar10(tmp_path)
+    dump(tmp_path / "data_batch_5", [1, 2, 3])
+    with pytest.raises(
+        ValueError, match=r"data_batch_5` must be a CIFAR batch \(a pickled dict\); got 'list'"
+    ):
+        load_dataset(f"cifar10:{tmp_path}")
+
+
+# --------------------------------------------------------------------------------------------
+# npz
+# --------------------------------------------------------------------------------------------
+
+
+def test_npz_tabular_and_images(tmp_path):
+    rng = np.random.default_rng(0)
+    p = tmp_path / "tab.npz"
+    np.savez(
+        p,
+        x_train=rng.normal(size=(6, 3)),
+        y_train=np.array([0, 1, 2, 0, 1, 2]),
+        class_names=np.array(["a", "b", "c"]),
+    )
+    ds = load_dataset(f"npz:{p}")
+    assert ds.kind == "tabular" and ds.x_train.dtype == np.float32 and ds.x_test is None
+    assert ds.class_names == ("a", "b", "c")
+
+    x = rng.integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)  # NHWC
+    p2 = tmp_path / "img.npz"
+    np.savez_compressed(
+        p2, x_train=x, y_train=np.array([0, 1, 0, 1]), x_test=x[:2], y_test=np.array([1.0, 0.0])
+    )
+    ds2 = load_dataset(f"npz:{p2}")
+    assert ds2.kind == "image" and ds2.x_train.shape == (4, 3, 8, 8)
+    np.testing.assert_array_equal(ds2.x_train[1, 2], x[1, :, :, 2])
+    assert ds2.y_test.dtype == np.int64 and ds2.y_test.tolist() == [1, 0]
+
+    p3 = tmp_path / "grey.npz"
+    np.savez(p3, x_train=x[..., 0], y_train=np.array([0, 1, 0, 1]))
+    assert load_dataset(f"npz:{p3}").x_train.shape == (4, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"x": np.zeros((2, 2))}, r"must be an npz with arrays x_train and y_train"),
+        (
+            {"x_train": np.zeros((2, 2)), "y_train": np.array([0, 1]), "x_test": np.zeros((1, 2))},
+            r"both x_test and y_test, or neither",
+        ),
+        (
+            {"x_train": np.zeros((2, 2)), "y_train": np.array([0.5, 1])},
+            r"\[y_train\]` must be a 1-D array of integer labels",
+        ),
+        ({"x_train": np.zeros((2, 2)), "y_train": np.array([0, -1])}, r"must be labels >= 0; got -1"),
+        (
+            {"x_train": np.zeros((2, 2)), "y_train": np.array([0, 1, 1])},
+            r"`y_train` must be one label per sample \(2 samples\); got 3 labels",
+        ),
+        (
+            {"x_train": np.zeros((2, 2, 2, 2), np.float32), "y_train": np.array([0, 1])},
+            r"must be uint8 pixels for a 4-D image array",
+        ),
+        (
+            {
+                "x_train": np.zeros((2, 2)),
+                "y_train": np.array([0, 1]),
+                "x_test": np.zeros((1, 3)),
+                "y_test": np.array([0]),
+            },
+            r"`x_test` must be samples of the training shape \(2,\); got \(3,\)",
+        ),
+        (
+            {"x_train": np.array([[0.0, np.nan], [1, 1]]), "y_train": np.array([0, 1])},
+            r"`x_train` must be finite numbers \(no NaN or inf\); got a non-finite value in row 0",
+        ),
+        (
+            {"x_train": np.zeros((2, 2)), "y_train": np.array([0, 1]), "class_names": np.array(["a"])},
+            r"\[class_names\]` must be 2 strings",
+        ),
+    ],
+)
+def test_npz_errors(tmp_path, arrays, match):
+    p = tmp_path / "d.npz"
+    np.savez(p, **arrays)
+    with pytest.raises(ValueError, match=match):
+        load_dataset(f"npz:{p}")
+
+
+def test_npz_refuses_object_arrays_and_garbage(tmp_path):
+    p = tmp_path / "obj.npz"
+    np.savez(p, x_train=np.array([[1, None]], dtype=object), y_train=np.array([0]))
+    with pytest.raises(ValueError, match=r"must be an npz of plain arrays \(object arrays are refused\)"):
+        load_dataset(f"npz:{p}")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"this is not a zip file")
+    with pytest.raises(
+        ValueError,
+        match=r"must be an .npz file \(a zip archive of .npy arrays, as numpy.savez writes\); got a file starting with b'this'",
+    ):
+        load_dataset(f"npz:{bad}")
+
+
+# --------------------------------------------------------------------------------------------
+# CSV
+# --------------------------------------------------------------------------------------------
+
+
+def test_csv_label_column_defaults(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_text("f1,label,f2\n1,0,2\n3,1,4\n5,1,6.5\n")
+    ds = load_dataset(f"csv:{p}")
+    assert ds.kind == "tabular" and ds.x_train.tolist() == [[1, 2], [3, 4], [5, 6.5]]
+    assert ds.y_train.tolist() == [0, 1, 1] and ds.class_names == ("0", "1")
+    q = tmp_path / "b.csv"
+    q.write_text("f1,f2,y\n1,2,cat\n3,4,dog\n5,6,cat\n")  # no 'label' column: the last one
+    ds2 = load_dataset(f"csv:{q}")
+    assert ds2.class_names == ("cat", "dog") and ds2.y_train.tolist() == [0, 1, 0]
+    ds3 = load_dataset(f"csv:{p}", label="f2")
+    assert ds3.x_train.tolist() == [[1, 0], [3, 1], [5, 1]] and ds3.class_names == ("2", "4", "6.5")
+    with pytest.raises(
+        ValueError,
+        match=r"a.csv: `y_train` must be at least one training sample of every class 0..5 .*got no sample of class 0",
+    ):
+        load_dataset(f"csv:{p}", label="f1")
+
+
+def test_csv_named_label_and_test_file(tmp_path):
+    tr = tmp_path / "train.tsv"
+    tr.write_text("cls\tx\ty\nb\t1\t2\na\t3\t4\n\nb\t0\t0\n")
+    te = tmp_path / "test.tsv"
+    te.write_text("cls\tx\ty\na\t9\t9\n")
+    ds = load_dataset(f"csv:{tr}", label="cls", delimiter="\t", test=str(te))
+    assert ds.class_names == ("a", "b") and ds.y_train.tolist() == [1, 0, 1]
+    assert ds.x_test.tolist() == [[9, 9]] and ds.y_test.tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    ("text", "options", "match"),
+    [
+        ("a,label\n1,0\nx,1\n", {}, r"line 3, column 'a'` must be a number; got 'x'"),
+        ("a,label\n1,0\n2\n", {}, r"line 3` must be 2 fields like the header; got 1"),
+        ("a,label\n1,0\n", {"label": "cls"}, r"`label` must be a column of .* \(a, label\); got 'cls'"),
+        ("a,label\n", {}, r"must be a CSV file with a header row and at least one data row; got 1 rows"),
+        ("label\n1\n", {}, r"must be at least one feature column besides the label"),
+        ("a,a,label\n1,2,0\n", {}, r"must be a header of distinct column names"),
+        ("a,label\ninf,0\n", {}, r"must be a finite number; got 'inf'"),
+        (
+            "a,label\n1,0\n2,3\n",
+            {"num_classes": 2},
+            r"`y_train` must be labels in 0..1 \(num_classes = 2\); got 3",
+        ),
+        ("a,label\n1,0\n2,-1\n", {}, r"must be labels >= 0; got -1"),
+        ("a,label\n1,0\n", {"delimiter": ";;"}, r"`delimiter` must be one character"),
+        ("a,label\n1,x\n2,y\n", {"num_classes": 3}, r"`num_classes` must be 2 \(the distinct text labels\)"),
+        ("a,label\n1,0\n2,1\n", {"test": "/no/such.csv"}, r"`test` must be an existing CSV file"),
+    ],
+)
+def test_csv_errors(tmp_path, text, options, match):
+    p = tmp_path / "d.csv"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_dataset(f"csv:{p}", **options)
+
+
+def test_csv_test_file_mismatch(tmp_path):
+    tr = tmp_path / "tr.csv"
+    tr.write_text("a,b,label\n1,2,x\n3,4,y\n")
+    te = tmp_path / "te.csv"
+    te.write_text("a,c,label\n1,2,x\n")
+    with pytest.raises(ValueError, match=r"te.csv` must be the feature columns of tr.csv \(a, b\)"):
+        load_dataset(f"csv:{tr}", test=te)
+    te.write_text("a,b,label\n1,2,z\n")
+    with pytest.raises(
+        ValueError, match=r"column 'label'` must be labels seen in training \(x, y\); got 'z'"
+    ):
+        load_dataset(f"csv:{tr}", test=te)
+
+
+# --------------------------------------------------------------------------------------------
+# image folders
+# --------------------------------------------------------------------------------------------
+
+Image = pytest.importorskip("PIL.Image")
+
+
+def _save(path: Path, arr: np.ndarray, fmt: str = "PNG") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+
+
+def test_folder_grey_rgb_and_split(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = {
+        c: [rng.integers(0, 256, (6, 5), dtype=np.uint8) for _ in range(n)]
+        for c, n in (("cat", 3), ("dog", 2))
+    }
+    for c, imgs in grey.items():
+        for i, a in enumerate(imgs):
+            _save(tmp_path / "g" / c / f"{i}.png", a)
+    (tmp_path / "g" / "cat" / "notes.txt").write_text("ignored")
+    (tmp_path / "g" / ".hidden").mkdir()
+    ds = load_dataset(f"folder:{tmp_path / 'g'}")
+    assert ds.class_names == ("cat", "dog") and ds.x_train.shape == (5, 1, 6, 5) and ds.x_test is None
+    np.testing.assert_array_equal(ds.x_train[3, 0], grey["dog"][0])
+    assert ds.y_train.tolist() == [0, 0, 0, 1, 1]
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            _save(tmp_path / "s" / split / c / "x.png", rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    _save(tmp_path / "s" / "train" / "a" / "y.jpg", rng.integers(0, 256, (4, 4), dtype=np.uint8), "JPEG")
+    ds2 = load_dataset(f"folder:{tmp_path / 's'}")
+    assert ds2.x_train.shape == (3, 3, 4, 4) and ds2.x_test.shape == (2, 3, 4, 4)  # grey jpg promoted to RGB
+    ds3 = load_dataset(f"folder:{tmp_path / 's'}", mode="L", size="8x6")
+    assert ds3.x_train.shape == (3, 1, 8, 6)
+
+
+@pytest.mark.parametrize(
+    ("setup", "options", "match"),
+    [
+        (
+            lambda r: _save(r / "b" / "1.png", np.zeros((3, 3), np.uint8)),
+            {},
+            r"1.png` must be an image of size 4x4 like 0.png \(or pass size=HxW\); got 3x3",
+        ),
+        (lambda r: (r / "b" / "2.png").write_bytes(b"not a png"), {}, r"2.png` is not a readable image"),
+        (
+            lambda r: (r / "c").mkdir(),
+            {},
+            r"/c` must be a class folder with at least one image; got no image files",
+        ),
+        (lambda r: None, {"size": "big"}, r"`size` must be 'H' or 'HxW' in pixels"),
+        (lambda r: None, {"mode": "CMYK"}, r"`mode` must be one of 'auto', 'L', 'RGB'"),
+        (
+            lambda r: [p.unlink() for p in (r / "b").iterdir()] and (r / "b").rmdir(),
+            {},
+            r"must be a directory with one sub-folder of images per class",
+        ),
+    ],
+)
+def test_folder_errors(tmp_path, setup, options, match):
+    _save(tmp_path / "a" / "0.png", np.zeros((4, 4), np.uint8))
+    _save(tmp_path / "b" / "0.png", np.zeros((4, 4), np.uint8))
+    setup(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        load_dataset(f"folder:{tmp_path}", **options)
+
+
+def test_folder_without_pillow(tmp_path, monkeypatch):
+    _save(tmp_path / "a" / "0.png", np.zeros((4, 4), np.uint8))
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ValueError, match=r"folder datasets need Pillow.*pip install 'cegeo\[images\]'"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset validation (users may build one from their own arrays)
+# --------------------------------------------------------------------------------------------
+
+
+def _ds(**kw):
+    base = dict(
+        name="m",
+        kind="tabular",
+        x_train=np.zeros((4, 2), np.float32),
+        y_train=np.array([0, 1, 0, 1]),
+        x_test=None,
+        y_test=None,
+        num_classes=2,
+        class_names=("a", "b"),
+    )
+    base.update(kw)
+    return Dataset(**base)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"kind": "text"}, r"`kind` must be 'image' or 'tabular'; got 'text'"),
+        ({"x_train": np.zeros((4, 2))}, r"`x_train` must be a float32 array of shape \(n, d\)"),
+        ({"kind": "image"}, r"`x_train` must be a uint8 array of shape \(n, C, H, W\)"),
+        ({"x_train": [[0.0]]}, r"`x_train` must be a numpy array; got 'list'"),
+        ({"y_train": np.array([0.0, 1, 0, 1])}, r"`y_train` must be integer class labels; got float64"),
+        ({"y_train": np.array([[0, 1, 0, 1]])}, r"`y_train` must be a 1-D numpy array of integer labels"),
+        ({"num_classes": 1}, r"`num_classes` must be an integer >= 2; got 1"),
+        ({"class_names": ("a",)}, r"`class_names` must be 2 names \(one per class\); got 1"),
+        ({"x_test": np.zeros((1, 2), np.float32)}, r"`x_test/y_test` must be both arrays or both None"),
+        ({"y_train": np.array([0, 0, 0, 0])}, r"no sample of class 1"),
+    ],
+)
+def test_dataset_validation(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _ds(**kw)
+
+
+def test_dataset_describe_and_int64():
+    ds = _ds(y_train=np.array([0, 1, 0, 1], dtype=np.uint8))
+    assert ds.y_train.dtype == np.int64
+    d = ds.describe()
+    assert d["train_counts"] == [2, 2] and d["n_test"] is None and d["in_shape"] == [2]
