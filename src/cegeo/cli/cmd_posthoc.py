@@ -1,0 +1,151 @@
+"""``cegeo posthoc``: fit post-hoc rebalancers on a run's validation split, report them on test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from .._io import dumps_json
+from ..rebalance import SELECTION_METRICS, list_rebalancers, run_posthoc
+from . import app
+from ._common import console
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _signed(after: Any, before: Any) -> str:
+    return "" if after is None or before is None else f"{after - before:+.3f}"
+
+
+def _chosen(entry: dict[str, Any]) -> str:
+    chosen = entry["chosen"]
+    if entry["name"] == "operating_point":
+        return f"p>={chosen['threshold']:.3g}"
+    if entry["name"] == "lws":
+        s = chosen["scales"]
+        return f"s {min(s):.2g}..{max(s):.2g}"
+    return ", ".join(f"{key}={value:g}" for key, value in chosen.items()) + (
+        "*" if entry.get("search") else ""
+    )
+
+
+def print_posthoc(result: dict[str, Any]) -> None:
+    """Raw vs each method on test, side by side (changes vs raw in the Δ columns)."""
+    metric = result["metric"]
+    normal = result["normal_class"]
+    raw_val, raw = result["raw"]["val"], result["raw"]["test"]
+    console.print(f"run {result['run']} · loss {result['loss'] or '?'} · test n = {raw['n']}")
+    console.print(f"chosen on val for {metric} (* = tuned); 'val' = {metric} on val; the rest on test")
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    table.add_column("method", no_wrap=True)
+    table.add_column("chosen", no_wrap=True)
+    table.add_column("val", justify="right", no_wrap=True)
+    for label in ("bal.acc", "Δ", "minority", "Δ", "worst", "G-mean"):
+        table.add_column(label, justify="right", no_wrap=True)
+    if normal is not None:
+        table.add_column("f.alarm", justify="right", no_wrap=True)
+
+    def row(name: str, chosen: str, val: Any, test: dict[str, Any]) -> None:
+        cells = [
+            name,
+            chosen,
+            _fmt(val),
+            _fmt(test["balanced_accuracy"]),
+            _signed(test["balanced_accuracy"], raw["balanced_accuracy"]) if test is not raw else "",
+            _fmt(test["minority_recall"]),
+            _signed(test["minority_recall"], raw["minority_recall"]) if test is not raw else "",
+            _fmt(test["worst_class_recall"]),
+            _fmt(test["g_mean"]),
+        ]
+        if normal is not None:
+            cells.append(_fmt(test.get("false_alarm")))
+        table.add_row(*cells)
+
+    row("raw (argmax)", "-", raw_val[metric], raw)
+    for name in result["methods"]:
+        entry = result["results"][name]
+        row(name, _chosen(entry), entry["val_score"], entry["test"])
+    # Numbers must never be cut to "0.…": below 120 columns (e.g. output piped to a file, where
+    # rich assumes 80) print at 120 and let a narrow terminal wrap the lines.
+    out = console if console.width >= 120 else Console(width=120, highlight=False)
+    out.print(table)
+    op = result["results"].get("operating_point")
+    if op is not None:
+        console.print(
+            f"operating point: normal class {op['normal_class']}, budget {op['max_false_alarm']:g}, "
+            f"threshold p_normal >= {op['chosen']['threshold']:.6g} "
+            f"(log-odds {op['chosen']['log_odds_threshold']:.4g})\n"
+            f"  val:  false alarm {op['val_false_alarm']:.4f} ({op['n_normal_val']} normal samples), "
+            f"non-normal recall {op['val_recall']:.4f}, detection {op['val_detection']:.4f}\n"
+            f"  test: false alarm {op['test_false_alarm']:.4f}, non-normal recall "
+            f"{op['test_recall']:.4f}, detection {op['test_detection']:.4f}"
+        )
+    for name, reason in result["skipped"].items():
+        console.print(f"skipped {name}: {reason}")
+
+
+@app.command("posthoc")
+def posthoc_command(
+    run_dir: str = typer.Argument(..., help="A finished run folder (with final.json, logits_val/test.npz)."),
+    method: list[str] = typer.Option(
+        ["all"],
+        "--method",
+        "-m",
+        help="'all' or rebalancer names (repeat the option or separate with commas): "
+        + ", ".join(list_rebalancers())
+        + ". With 'all', methods the run cannot support are skipped with the reason.",
+    ),
+    metric: str = typer.Option(
+        "balanced_accuracy",
+        "--metric",
+        help="Selection metric for the hyperparameter search on validation: "
+        + ", ".join(SELECTION_METRICS)
+        + ".",
+    ),
+    normal_class: int | None = typer.Option(
+        None,
+        "--normal-class",
+        help="The normal class: adds false-alarm rates and enables operating_point.",
+    ),
+    max_false_alarm: float | None = typer.Option(
+        None,
+        "--max-false-alarm",
+        help="The operating point's false-alarm budget on validation, in [0, 1) (default 0.01; "
+        "needs --normal-class).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print posthoc.json's content instead of tables."),
+    no_write: bool = typer.Option(False, "--no-write", help="Do not write posthoc.json into the run folder."),
+) -> None:
+    """Fit post-hoc rebalancers on a run's validation split and compare them on test.
+
+    Every method's hyperparameter is chosen on validation only (never on test); the table shows
+    the test metrics before (raw argmax) and after each correction. Writes RUN_DIR/posthoc.json
+    (atomically) unless --no-write. Example:
+    cegeo posthoc runs/ce_s0 --method all --normal-class 0 --max-false-alarm 0.05
+    """
+    from .._validation import InputError
+
+    if max_false_alarm is not None and normal_class is None:
+        raise InputError(
+            f"`--max-false-alarm` needs --normal-class; got --max-false-alarm {max_false_alarm}."
+        )
+    result = run_posthoc(
+        run_dir,
+        method,
+        metric=metric,
+        normal_class=normal_class,
+        max_false_alarm=0.01 if max_false_alarm is None else max_false_alarm,
+        write=not no_write,
+    )
+    if as_json:
+        typer.echo(dumps_json(result))
+        return
+    print_posthoc(result)
+    if not no_write:
+        console.print(f"wrote {result['run']}/posthoc.json")
