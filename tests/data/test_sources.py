@@ -753,3 +753,26 @@ def test_dataset_describe_and_int64():
     assert ds.y_train.dtype == np.int64
     d = ds.describe()
     assert d["train_counts"] == [2, 2] and d["n_test"] is None and d["in_shape"] == [2]
+
+
+def test_folder_truncated_image_and_16_bit(tmp_path):
+    _save(tmp_path / "a" / "0.png", np.full((4, 4), 7, np.uint8))
+    (tmp_path / "b").mkdir()
+    Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(tmp_path / "b" / "0.png")  # 16-bit grey
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.x_train.shape == (2, 1, 4, 4) and ds.x_train[0].max() == 7 and ds.x_train[1].min() == 255
+    rng = np.random.default_rng(0)
+    _save(tmp_path / "b" / "1.png", rng.integers(0, 256, (64, 64), dtype=np.uint8))
+    raw = (tmp_path / "b" / "1.png").read_bytes()
+    (tmp_path / "b" / "1.png").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"1.png` is not a readable image"):
+        load_dataset(f"folder:{tmp_path}", size=4)
+
+
+def test_npz_truncated_zip(tmp_path):
+    p = tmp_path / "d.npz"
+    np.savez(p, x_train=np.zeros((50, 20)), y_train=np.arange(50) % 2)
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"is not a readable npz file"):
+        load_dataset(f"npz:{p}")

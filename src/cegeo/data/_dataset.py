@@ -66,7 +66,7 @@ def _check_y(param: str, y: Any, n: int, k: int) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=np.int64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dataset:
     """A labelled dataset: a training set and, when the source has one, a test set.
 

@@ -632,10 +632,24 @@ def _image_files(folder: Path) -> list[Path]:
     )
 
 
+def _open_image(path: Path) -> Any:
+    """Open an image lazily (header only); unreadable files are one-line errors."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"`{path}` is not a readable image ({detail}).") from None
+
+
+_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
 def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
     spec = f"folder:{path}"
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
     except ImportError:
         raise InputError(
             "folder datasets need Pillow, which is not installed: pip install 'cegeo[images]'."
@@ -655,58 +669,56 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
                 f"{roots['test']}", f"the class folders of train/ ({', '.join(class_names)})", test_names
             )
 
-    opened: dict[str, list[tuple[Any, int]]] = {}
+    # Pass 1: file list, labels, and headers (mode, size) without decoding pixels.
+    files: dict[str, list[tuple[Path, int]]] = {}
+    modes: set[str] = set()
+    first: tuple[tuple[int, int], Path] | None = None
     for split, root in roots.items():
-        items = []
+        files[split] = []
         for label, cname in enumerate(class_names):
-            files = _image_files(root / cname)
-            if not files and split == "train":
+            found = _image_files(root / cname)
+            if not found:
                 raise fail(
                     str(root / cname), "a class folder with at least one image", described("no image files")
                 )
-            for f in files:
+            for f in found:
+                with _open_image(f) as im:
+                    modes.add(im.mode)
+                    hw_f = (im.size[1], im.size[0])
+                if hw is None:
+                    if first is None:
+                        first = (hw_f, f)
+                    elif hw_f != first[0]:
+                        raise fail(
+                            str(f),
+                            f"an image of size {first[0][0]}x{first[0][1]} like {first[1].name} (or pass size=HxW)",
+                            described(f"{hw_f[0]}x{hw_f[1]}"),
+                        )
+                files[split].append((f, label))
+    if mode == "auto":
+        mode = "L" if modes <= _GREY_MODES else "RGB"
+    height, width = hw if hw is not None else first[0]  # type: ignore[index]
+    channels = 1 if mode == "L" else 3
+
+    # Pass 2: decode straight into one preallocated uint8 array per split.
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split, items in files.items():
+        x = np.empty((len(items), channels, height, width), dtype=np.uint8)  # (n, C, H, W)
+        for i, (f, _) in enumerate(items):
+            with _open_image(f) as im:
                 try:
-                    with Image.open(f) as im:
-                        im.load()
-                        items.append((im.copy(), label, f))
-                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                    im.load()
+                except (OSError, SyntaxError, ValueError) as exc:
                     detail = " ".join(str(exc).split()) or type(exc).__name__
                     raise InputError(f"`{f}` is not a readable image ({detail}).") from None
-        opened[split] = items  # type: ignore[assignment]
-
-    grey_modes = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-    if mode == "auto":
-        mode = "L" if all(im.mode in grey_modes for items in opened.values() for im, _, _ in items) else "RGB"
-    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    first: tuple[tuple[int, int], Path] | None = None
-    for split, items in opened.items():
-        xs, ys = [], []
-        for im, label, f in items:  # type: ignore[misc]
-            im = _to_mode(im, mode)
-            if hw is not None:
-                im = im.resize((hw[1], hw[0]), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
-            if first is None:
-                first = (arr.shape[1:], f)
-            elif arr.shape[1:] != first[0]:
-                raise fail(
-                    str(f),
-                    f"an image of size {first[0][0]}x{first[0][1]} like {first[1].name} (or pass size=HxW)",
-                    described(f"{arr.shape[1]}x{arr.shape[2]}"),
-                )
-            xs.append(arr)
-            ys.append(label)
-        arrays[split] = (
-            np.stack(xs)
-            if xs
-            else np.zeros((0, 1 if mode == "L" else 3, *(first[0] if first else (1, 1))), np.uint8),
-            np.array(ys, dtype=np.int64),
-        )
+                out = _to_mode(im, mode)
+                if hw is not None and out.size != (width, height):
+                    out = out.resize((width, height), Image.BILINEAR)
+                arr = np.asarray(out, dtype=np.uint8)
+            x[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        arrays[split] = (x, np.array([label for _, label in items], dtype=np.int64))
     x_tr, y_tr = arrays["train"]
     x_te, y_te = arrays.get("test", (None, None))
-    if x_te is not None and x_te.shape[0] == 0:
-        raise fail(str(roots["test"]), "a test folder with at least one image", described("no image files"))
     k = len(class_names)
     return _checked(spec, lambda: Dataset(spec, "image", x_tr, y_tr, x_te, y_te, k, tuple(class_names)))
 
