@@ -8,6 +8,7 @@ import pickle
 import struct
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -390,6 +391,99 @@ def test_restricted_unpickler_refuses(tmp_path, payload, match):
         safe_unpickle(p)
 
 
+class _Reduce:
+    """Pickles as ``func(*args)`` (+ optional BUILD state): crafts pickles a normal object would not."""
+
+    def __init__(self, func, args, state=None):
+        self.rv = (func, args) if state is None else (func, args, state)
+
+    def __reduce__(self):
+        return self.rv
+
+
+def _reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        # numpy.ndarray may only appear as _reconstruct's first argument, never be called
+        (lambda: _Reduce(np.ndarray, ((3,), "f8")), r"refusing to call numpy.ndarray directly"),
+        (
+            lambda: _Reduce(_reconstruct(), (np.ndarray, (0,), b"O")),
+            r"refusing numpy _reconstruct with unexpected arguments",
+        ),
+        (lambda: _Reduce(_reconstruct(), (np.ndarray, (10**12,), b"b")), r"refusing numpy _reconstruct"),
+        # a dtype whose BUILD state would add (object) fields
+        (
+            lambda: _Reduce(np.dtype, ("V8", False, True), (3, "|", None, ("a",), {"a": ("f8", 0)}, 8, 1, 0)),
+            r"refusing numpy dtype dtype\('V8'\)|refusing a numpy dtype state with sub-arrays or fields",
+        ),
+        (
+            lambda: _Reduce(np.dtype, ("f8", False, True), (3, "<", None, ("a",), {"a": ("f8", 0)}, 8, 1, 0)),
+            r"refusing a numpy dtype state with sub-arrays or fields",
+        ),
+        # an array state that is a list (the object-array path) instead of raw bytes
+        (
+            lambda: _Reduce(
+                _reconstruct(), (np.ndarray, (0,), b"b"), (1, (2,), np.dtype("f8"), False, [1.0, 2.0])
+            ),
+            r"refusing a numpy array state without a raw byte buffer",
+        ),
+        # BUILD on anything but arrays and dtypes
+        (lambda: _Reduce(set, ([1, 2],), {"x": 1}), r"refusing to set the state of a set"),
+        (
+            lambda: _Reduce(__import__("subprocess").Popen, (["true"],)),
+            r"refusing to load global '(subprocess|commands).Popen'",
+        ),
+    ],
+)
+def test_restricted_unpickler_refuses_crafted_numpy_pickles(tmp_path, payload, match):
+    p = tmp_path / "crafted"
+    dump(p, payload(), protocol=2)
+    with pytest.raises(ValueError, match=match):
+        safe_unpickle(p)
+    # shared dtype singletons are untouched
+    assert np.dtype("f8").fields is None and np.dtype("f8").byteorder == "="
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes str and bytes as Python 2 ``str`` (BINSTRING), as the original CIFAR files were made."""
+
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        data = obj.encode("utf-8") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = save_py2_str
+    dispatch[bytes] = save_py2_str
+
+
+def test_cifar10_python2_style_batches(tmp_path):
+    import io
+
+    batches = write_cifar10(tmp_path)
+    for name, batch in batches.items():
+        buf = io.BytesIO()
+        Py2Pickler(buf, protocol=2).dump(batch)
+        raw = buf.getvalue()
+        assert b"_codecs" not in raw  # really the Python 2 layout
+        (tmp_path / name).write_bytes(raw)
+    ds = load_dataset(f"cifar10:{tmp_path}")
+    np.testing.assert_array_equal(ds.x_test.reshape(5, -1), batches["test_batch"][b"data"])
+    assert ds.y_train[:4].tolist() == batches["data_batch_1"][b"labels"]
+
+
 def test_restricted_unpickler_builds_plain_data(tmp_path):
     obj = {
         b"a": [1, 2.5, True, None, b"x", "y"],
@@ -404,7 +498,7 @@ def test_restricted_unpickler_builds_plain_data(tmp_path):
         assert back[b"a"] == obj[b"a"] and back["t"] == obj["t"]
         np.testing.assert_array_equal(back["arr"], obj["arr"])
         np.testing.assert_array_equal(back["s"], obj["s"])
-    assert issubclass(RestrictedUnpickler, __import__("pickle").Unpickler)
+    assert RestrictedUnpickler.find_class.__qualname__.startswith("RestrictedUnpickler")
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import pickle
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -137,31 +137,61 @@ class _Refused(pickle.UnpicklingError):
     """Raised for content the restricted unpickler will not build (as opposed to corrupt data)."""
 
 
-def _safe_dtype(spec: Any, *args: Any) -> np.dtype:
-    """``numpy.dtype`` restricted to plain numeric and string types (no objects, no records)."""
-    if not isinstance(spec, (str, bytes)):
-        raise _Refused(f"refusing numpy dtype {spec!r}: only plain type codes are allowed")
-    dt = np.dtype(spec.decode("ascii") if isinstance(spec, bytes) else spec)
-    if dt.kind not in _SAFE_DTYPE_KINDS or dt.fields is not None or dt.subdtype is not None:
+def _check_dtype(dt: Any) -> np.dtype:
+    if (
+        not isinstance(dt, np.dtype)
+        or dt.kind not in _SAFE_DTYPE_KINDS
+        or dt.fields is not None
+        or dt.subdtype is not None
+        or dt.hasobject
+    ):
         raise _Refused(f"refusing numpy dtype {dt!r}: only numeric and string arrays are allowed")
     return dt
 
 
+def _safe_dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    """``numpy.dtype`` restricted to plain numeric and string type codes (no objects, no records).
+
+    Always a fresh copy (``copy=True``), so the state applied by the pickle's BUILD can never
+    touch numpy's shared builtin dtype instances.
+    """
+    if not isinstance(spec, (str, bytes)):
+        raise _Refused(f"refusing numpy dtype {spec!r}: only plain type codes are allowed")
+    try:
+        dt = np.dtype(spec.decode("ascii") if isinstance(spec, bytes) else spec, bool(align), True)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        raise _Refused(f"refusing numpy dtype {spec!r}: not a plain type code") from None
+    return _check_dtype(dt)
+
+
+class _NdarrayToken:
+    """Stands in for ``numpy.ndarray`` in a pickle: usable only as _reconstruct's first argument."""
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Refused("refusing to call numpy.ndarray directly")
+
+
+_NDARRAY = _NdarrayToken()
+
+
 def _reconstruct_factory(real: Callable[..., Any]) -> Callable[..., Any]:
     def _reconstruct(cls: Any, shape: Any, typecode: Any) -> Any:
-        if cls is not np.ndarray:
-            raise _Refused("refusing to reconstruct a non-ndarray class")
-        if not (isinstance(typecode, bytes) and typecode in (b"b", b"B")):
-            _safe_dtype(typecode)
-        return real(cls, shape, typecode)
+        # numpy always pickles arrays as _reconstruct(ndarray, (0,), b"b") followed by BUILD.
+        if cls is not _NDARRAY or shape not in ((0,), [0]) or typecode not in (b"b", "b"):
+            raise _Refused("refusing numpy _reconstruct with unexpected arguments")
+        return real(np.ndarray, (0,), b"b")
 
     return _reconstruct
 
 
 def _frombuffer_factory(real: Callable[..., Any]) -> Callable[..., Any]:
     def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> Any:
-        if not isinstance(dtype, np.dtype) or dtype.kind not in _SAFE_DTYPE_KINDS:
-            raise _Refused(f"refusing numpy dtype {dtype!r}")
+        _check_dtype(dtype)
+        if not isinstance(buf, (bytes, bytearray)):
+            raise _Refused("refusing numpy _frombuffer without a bytes buffer")
         return real(buf, dtype, shape, order)
 
     return _frombuffer
@@ -185,7 +215,7 @@ def _allowed_globals() -> dict[tuple[str, str], Callable[..., Any]]:
     for mod in ("numpy.core", "numpy._core"):
         allowed[(f"{mod}.multiarray", "_reconstruct")] = recon
         allowed[(f"{mod}.numeric", "_frombuffer")] = frombuf
-    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "ndarray")] = _NDARRAY  # type: ignore[assignment]
     allowed[("numpy", "dtype")] = _safe_dtype
     # Protocols 0-1 (and Python 2 pickles) build sets through the builtin; harmless on any input.
     for mod in ("builtins", "__builtin__"):
@@ -194,17 +224,39 @@ def _allowed_globals() -> dict[tuple[str, str], Callable[..., Any]]:
     return allowed
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+def _check_build(inst: Any, state: Any) -> None:
+    """Allow BUILD (``__setstate__``) only on the dtypes and arrays numpy's pickles make."""
+    if isinstance(inst, np.dtype):
+        # (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+        if not (isinstance(state, tuple) and len(state) >= 5 and state[2:5] == (None, None, None)):
+            raise _Refused("refusing a numpy dtype state with sub-arrays or fields")
+        return
+    if isinstance(inst, np.ndarray):
+        # (version, shape, dtype, is_fortran, raw bytes)
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[4], (bytes, bytearray))):
+            raise _Refused("refusing a numpy array state without a raw byte buffer")
+        _check_dtype(state[2])
+        return
+    raise _Refused(f"refusing to set the state of a {type(inst).__name__} (only numpy arrays and dtypes)")
+
+
+class RestrictedUnpickler(pickle._Unpickler):
     """An unpickler that only builds plain data and numeric/string numpy arrays.
 
     Dicts, lists, tuples, sets, bytes, strings, numbers, booleans and ``None`` come from pickle
     opcodes and need no globals. The only globals resolved are numpy's array reconstruction
-    helpers (with a dtype restricted to bool/int/uint/float/bytes/str) and ``_codecs.encode``;
-    anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, any class) raises
-    :class:`pickle.UnpicklingError` before it is looked up, let alone called.
+    helpers and ``_codecs.encode``, each wrapped to accept exactly the arguments numpy's own
+    pickles use, with dtypes restricted to bool/int/uint/float/bytes/str (no objects, no
+    records); every ``__setstate__`` (BUILD) is checked the same way. Anything else
+    (``os.system``, ``builtins.eval``, ``subprocess.Popen``, any class) raises
+    :class:`pickle.UnpicklingError` when it is named, before it could be called.
+
+    It extends the pure-Python unpickler (``pickle._Unpickler``), whose opcode table can be
+    overridden; the C unpickler's cannot.
     """
 
-    _ALLOWED: dict[tuple[str, str], Callable[..., Any]] | None = None
+    _ALLOWED: ClassVar[dict[tuple[str, str], Callable[..., Any]] | None] = None
+    dispatch: ClassVar[dict[int, Callable[..., Any]]] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
 
     def find_class(self, module: str, name: str) -> Any:
         if RestrictedUnpickler._ALLOWED is None:
@@ -218,6 +270,15 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise _Refused("refusing a persistent id (only plain data and numpy arrays are allowed)")
+
+    def load_build(self) -> None:
+        _check_build(self.stack[-2], self.stack[-1])
+        inst = self.stack[-2]
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+        if isinstance(inst, np.dtype):
+            _check_dtype(inst)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def safe_unpickle(path: str | Path, *, encoding: str = "bytes") -> Any:
