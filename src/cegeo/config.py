@@ -3,21 +3,41 @@
 Configs are parsed as data (``tomllib``), never executed. Every key must be a field of the target
 dataclass: an unknown key is an error naming it and listing the valid keys; a value of the wrong
 type is an error naming the key, the expected type and the value.
+
+:class:`RunConfig` is the configuration of one training run (``cegeo train``); it is written to
+the run folder's ``config.toml`` and read back by ``cegeo train --config``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ._io import read_toml, to_toml
 from ._validation import InputError
 
-__all__ = ["from_dict", "load_toml", "to_dict", "to_toml_text"]
+__all__ = [
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "RuntimeConfig",
+    "TrainConfig",
+    "from_dict",
+    "load_run_config",
+    "load_toml",
+    "override",
+    "to_dict",
+    "to_toml_text",
+]
 
 T = TypeVar("T")
 
@@ -135,3 +155,264 @@ def to_toml_text(obj: Any) -> str:
 def load_toml(cls: type[T], path: str | Path) -> T:
     """Read a TOML file into dataclass ``cls`` (parsed as data, never executed)."""
     return from_dict(cls, read_toml(path))
+
+
+# ------------------------------------------------------------------------------------ RunConfig
+
+_SAMPLERS = ("none", "class_balanced", "sqrt")
+_SCHEDULES = ("multistep", "cosine", "constant")
+_SWITCHES = ("auto", "on", "off")
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _in_range(param: str, value: float, lo: float, hi: float, text: str) -> None:
+    if not lo <= value <= hi:
+        raise InputError(f"`{param}` must be {text}; got {value!r}.")
+
+
+def _choice(param: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"`{param}` must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data come from and how they are made imbalanced and split ([data] in TOML)."""
+
+    source: str = "digits"  # NAME[:PATH]: digits | idx:DIR | cifar10:DIR | cifar100:DIR | npz:FILE | csv:FILE | folder:DIR | gaussian
+    imbalance: str = (
+        "none"  # step:R=10,rho=0.5 | longtail:R=100 | counts:n1,n2,.. | none (R = n_max/n_min >= 1)
+    )
+    val_fraction: float = 0.1  # share of each class of the imbalanced subset held out for validation
+    test_fraction: float = 0.3  # fixed stratified test share, only for sources without a test set
+    n_max: int | None = (
+        None  # size of the largest class before the validation split (None: all the source has)
+    )
+    split_seed: int | None = None  # seed of the imbalanced subset and validation split (None: the run's seed)
+    normal_class: int | None = None  # the "no defect" class for false-alarm rates (None: not reported)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # source options, e.g. gaussian: k, d
+
+    def __post_init__(self) -> None:
+        from .data.imbalance import parse_profile
+
+        if not self.source.strip():
+            raise InputError(f"`data.source` must be a source spec NAME[:PATH]; got {self.source!r}.")
+        parse_profile(self.imbalance, "data.imbalance")
+        _in_range("data.val_fraction", self.val_fraction, 1e-12, 1 - 1e-12, "a number in (0, 1)")
+        _in_range("data.test_fraction", self.test_fraction, 1e-12, 1 - 1e-12, "a number in (0, 1)")
+        if self.n_max is not None and self.n_max < 1:
+            raise InputError(f"`data.n_max` must be an integer >= 1; got {self.n_max!r}.")
+        if self.split_seed is not None and self.split_seed < 0:
+            raise InputError(f"`data.split_seed` must be an integer >= 0; got {self.split_seed!r}.")
+        if self.normal_class is not None and self.normal_class < 0:
+            raise InputError(f"`data.normal_class` must be a class index >= 0; got {self.normal_class!r}.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network ([model] in TOML); see ``cegeo.models.list_models()``."""
+
+    name: str = "mlp"  # mlp | resnet18 | resnet32 | cnn
+    options: dict[str, Any] = dataclasses.field(
+        default_factory=dict
+    )  # e.g. width = 512, depth = 6, cosine_classifier = true
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The training loss ([loss] in TOML); see ``cegeo losses``."""
+
+    name: str = "ce"  # ce | wce | la | cdt | ldt | vs | balanced_softmax | ldam
+    hyper: dict[str, float] = dataclasses.field(
+        default_factory=dict
+    )  # e.g. gamma = 0.5 (unset: registry default)
+
+    def __post_init__(self) -> None:
+        from .losses import get_loss_info
+
+        info = get_loss_info(self.name)
+        unknown = sorted(set(self.hyper) - set(info.defaults))
+        if unknown:
+            expected = ", ".join(info.defaults) if info.defaults else "no hyperparameters"
+            raise InputError(
+                f"loss {self.name!r} takes {expected}; got unknown hyperparameter(s) {', '.join(unknown)}."
+            )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD and the learning-rate schedule ([optim] in TOML); defaults are the paper's recipe."""
+
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9  # heavy-ball momentum
+    weight_decay: float = 5e-4  # L2 penalty on every parameter (the paper regularises all)
+    nesterov: bool = False
+    schedule: str = "multistep"  # multistep | cosine (to 0 at the last step) | constant
+    milestones: tuple[int, ...] = ()  # multistep: epochs after which lr is multiplied by lr_decay
+    lr_decay: float = 0.1  # multistep factor
+    warmup_epochs: int = 0  # linear warm-up from lr/steps to lr over this many epochs
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"`optim.lr` must be a number > 0; got {self.lr!r}.")
+        _in_range("optim.momentum", self.momentum, 0.0, 1 - 1e-12, "a number in [0, 1)")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise InputError(f"`optim.weight_decay` must be a number >= 0; got {self.weight_decay!r}.")
+        if self.nesterov and self.momentum == 0:
+            raise InputError("`optim.nesterov` must be false when momentum is 0; got true.")
+        _choice("optim.schedule", self.schedule, _SCHEDULES)
+        ms = self.milestones
+        if any(m < 1 for m in ms) or any(b <= a for a, b in itertools.pairwise(ms)):
+            raise InputError(f"`optim.milestones` must be increasing epochs >= 1; got {list(ms)!r}.")
+        if not (self.lr_decay > 0 and math.isfinite(self.lr_decay)):
+            raise InputError(f"`optim.lr_decay` must be a number > 0; got {self.lr_decay!r}.")
+        if self.warmup_epochs < 0:
+            raise InputError(f"`optim.warmup_epochs` must be an integer >= 0; got {self.warmup_epochs!r}.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop ([train] in TOML)."""
+
+    epochs: int = 30  # passes over the training split
+    batch_size: int = 128  # global mini-batch (split across data-parallel ranks)
+    sampler: str = "none"  # none (shuffle) | class_balanced (each class equally likely) | sqrt (∝ sqrt(n_c))
+    drw_epoch: int | None = None  # deferred re-weighting: class-balanced loss weights after this many epochs
+    drw_beta: float = 0.9999  # DRW weights ∝ (1 - beta) / (1 - beta^n_c) (Cui et al.), mean 1
+    pad_crop: int = 0  # random-crop augmentation: zero-pad this many pixels, crop back (4 on CIFAR); 0 = off
+    flip: bool = False  # random horizontal flips (images)
+    probe_every: int = 1  # metrics + geometry probes every this many epochs (and after the last)
+    eval_batch_size: int = 1024  # batch size of the probe/evaluation passes
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise InputError(f"`train.epochs` must be an integer >= 1; got {self.epochs!r}.")
+        if self.batch_size < 1:
+            raise InputError(f"`train.batch_size` must be an integer >= 1; got {self.batch_size!r}.")
+        _choice("train.sampler", self.sampler, _SAMPLERS)
+        if self.drw_epoch is not None and not 1 <= self.drw_epoch < self.epochs:
+            raise InputError(
+                f"`train.drw_epoch` must be an integer in 1..{self.epochs - 1} (epochs before the "
+                f"switch); got {self.drw_epoch!r}."
+            )
+        _in_range("train.drw_beta", self.drw_beta, 0.0, 1 - 1e-15, "a number in [0, 1)")
+        if self.pad_crop < 0:
+            raise InputError(f"`train.pad_crop` must be an integer >= 0 (pixels); got {self.pad_crop!r}.")
+        if self.probe_every < 1:
+            raise InputError(f"`train.probe_every` must be an integer >= 1; got {self.probe_every!r}.")
+        if self.eval_batch_size < 1:
+            raise InputError(
+                f"`train.eval_batch_size` must be an integer >= 1; got {self.eval_batch_size!r}."
+            )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Hardware settings ([runtime] in TOML); they may change when a run is resumed."""
+
+    device: str = "auto"  # auto (CUDA if available, else CPU) | cpu | cuda | cuda:N
+    amp: str = "auto"  # bf16 autocast: auto = on for CUDA | on | off
+    channels_last: str = "auto"  # channels-last memory format for conv nets: auto = on for CUDA
+    compile: str = "auto"  # torch.compile the training step: auto = on for CUDA
+    compile_mode: str = "default"  # torch.compile mode
+    sync_bn: bool = True  # under DDP, BatchNorm statistics over the global batch (as one process)
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+
+    def __post_init__(self) -> None:
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise InputError(f"`runtime.device` must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {dev!r}.")
+        for name in ("amp", "channels_last", "compile"):
+            _choice(f"runtime.{name}", getattr(self, name), _SWITCHES)
+        _choice("runtime.compile_mode", self.compile_mode, _COMPILE_MODES)
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"`runtime.threads` must be an integer >= 1; got {self.threads!r}.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run (``cegeo train``; the run folder's config.toml).
+
+    Sections: ``data``, ``model``, ``loss``, ``optim``, ``train``, ``runtime``; ``seed`` seeds
+    the model initialisation, shuffling, sampling, augmentation and (unless
+    ``data.split_seed`` is set) the imbalanced subset and validation split.
+
+    Examples
+    --------
+    >>> cfg = from_dict(RunConfig, {"seed": 1, "loss": {"name": "ldt", "hyper": {"gamma": 0.5}},
+    ...                             "train": {"epochs": 3}})
+    >>> cfg.loss.hyper, cfg.train.epochs, cfg.optim.lr
+    ({'gamma': 0.5}, 3, 0.1)
+    >>> from_dict(RunConfig, {"train": {"epochs": 0}})
+    Traceback (most recent call last):
+    ...
+    cegeo._validation.InputError: `train.epochs` must be an integer >= 1; got 0.
+    """
+
+    seed: int = 0  # seeds init, shuffling, sampling, augmentation (and the split unless data.split_seed)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise InputError(f"`seed` must be an integer >= 0; got {self.seed!r}.")
+        late = [m for m in self.optim.milestones if m >= self.train.epochs]
+        if late:
+            raise InputError(
+                f"`optim.milestones` must be epochs in 1..{self.train.epochs - 1} (train.epochs = "
+                f"{self.train.epochs}); got {list(self.optim.milestones)!r}."
+            )
+        if self.optim.warmup_epochs >= self.train.epochs and self.optim.warmup_epochs > 0:
+            raise InputError(
+                f"`optim.warmup_epochs` must be fewer than train.epochs ({self.train.epochs}); "
+                f"got {self.optim.warmup_epochs!r}."
+            )
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the imbalanced subset and validation split."""
+        return self.seed if self.data.split_seed is None else self.data.split_seed
+
+    def to_toml(self) -> str:
+        """This configuration as TOML text (``None`` values omitted: they mean the default)."""
+        return to_toml_text(self)
+
+
+def override(config: T, updates: Mapping[str, Any]) -> T:
+    """A copy of a (nested) config dataclass with dotted keys replaced, validated again.
+
+    Examples
+    --------
+    >>> cfg = override(RunConfig(), {"train.epochs": 5, "loss.name": "ldt", "loss.hyper.gamma": 0.5})
+    >>> cfg.train.epochs, cfg.loss.name, cfg.loss.hyper
+    (5, 'ldt', {'gamma': 0.5})
+    """
+    data = to_dict(config)
+    for dotted, value in updates.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise InputError(f"`{dotted}` must name a setting inside a table; `{part}` is a value.")
+            node = child
+        node[leaf] = value
+    return from_dict(type(config), data)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read a run configuration (a run folder's ``config.toml`` or an experiment file).
+
+    The ``[provenance]`` table that ``cegeo train`` writes is informational and ignored, so
+    ``cegeo train --config RUN/config.toml --out NEW`` reproduces a run.
+    """
+    data = read_toml(path)
+    data.pop("provenance", None)
+    return from_dict(RunConfig, data)

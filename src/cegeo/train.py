@@ -1,0 +1,1163 @@
+"""The trainer: device-resident data, one readable loop, probes, checkpoints/resume and DDP.
+
+``Trainer(config, out).run()`` (or :func:`train`) trains one :class:`~cegeo.config.RunConfig`
+and writes the run folder described in ``docs/run-folder.md``.
+
+How it works (airbench / nanoGPT style):
+
+* **Data live on the device.** The splits are copied once, images as ``uint8`` and tabular data
+  as ``float32``; a batch is an index gather. Normalisation (per-channel or per-feature mean and
+  std of the training split) and augmentation (zero-pad + random crop, horizontal flip; off by
+  default, as in the paper) run batched on the device.
+* **Randomness is explicit.** Shuffles are ``torch.randperm(n, generator=g, device=...)``;
+  class-balanced and square-root sampling draw ``n`` indices per epoch with
+  ``torch.multinomial`` from per-sample probabilities ``q_{y_i} / n_{y_i}``; augmentation draws
+  from its own generator. The generators' states are checkpointed, so a resumed run continues
+  the exact same stream.
+* **One loop**: learning rate as a pure function of the step (:func:`lr_at`), forward under
+  bf16 autocast on CUDA, backward, SGD step, ``zero_grad(set_to_none=True)``. Deferred
+  re-weighting (``train.drw_epoch``) swaps in ``loss.with_omega(class_balanced_weights(...))``
+  after that many epochs.
+* **Probes** every ``train.probe_every`` epochs and after the last one, under ``torch.no_grad()``
+  and ``model.eval()``: a pass over the full training split (metrics and
+  :class:`~cegeo.geometry.FeatureStats`), then validation and test; one line of
+  ``metrics.jsonl``. Training time excludes probes and ``torch.compile`` (the compiled step is
+  warmed up on every batch shape before the clock starts and the weights restored); on CUDA it
+  is measured with CUDA events.
+* **Checkpoints** after every epoch, atomically (temporary file + rename), holding tensors and
+  plain values only (``torch.load(weights_only=True)``): model, optimizer, epoch, step,
+  generator states. On CPU a run killed at any moment and resumed ends with weights bitwise
+  identical to an uninterrupted run.
+* **Data parallel**: under ``torchrun --nproc_per_node=N -m cegeo train ...`` every rank holds
+  the data, draws the same global batch and trains on its shard (``batch[rank::world]``) in
+  :class:`~torch.nn.parallel.DistributedDataParallel` (NCCL on CUDA, gloo on CPU). The loss of
+  each shard is normalised by the global batch (``world * sum(shard) / sum(batch weights)``),
+  and BatchNorm statistics are synchronised over the global batch (``runtime.sync_bn``), so N
+  ranks compute what one process computes, up to floating-point summation order. Probes shard
+  the evaluation passes and all-reduce class sums; rank 0 writes the run folder (on several
+  nodes it must be on a shared file system for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._io import append_jsonl, atomic_open, environment_info, read_json, read_jsonl, write_json, write_npz
+from ._io import to_toml as _to_toml
+from ._validation import InputError, fail
+from .config import OptimConfig, RunConfig, load_run_config, to_dict
+from .geometry import FeatureStats, classifier_weight, measure
+from .losses import class_balanced_weights, create_loss, get_loss_info
+from .metrics import classification_summary
+
+__all__ = [
+    "RUN_FILES",
+    "Trainer",
+    "augment_batch",
+    "load_checkpoint",
+    "lr_at",
+    "prepare_run_folder",
+    "resolve_device",
+    "sampling_probabilities",
+    "train",
+]
+
+#: Files a run folder may hold (``docs/run-folder.md``); ``--force`` removes exactly these.
+RUN_FILES = (
+    "config.toml",
+    "metrics.jsonl",
+    "checkpoint.pt",
+    "final.json",
+    "logits_val.npz",
+    "logits_test.npz",
+    "classifier.npz",
+    "error.json",
+    "posthoc.json",
+)
+
+CHECKPOINT_FORMAT = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Small pure pieces (documented and tested on their own)
+# --------------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, steps_per_epoch: int, epochs: int, optim: OptimConfig) -> float:
+    """Learning rate of optimisation step ``step`` (0-based): a pure function of the step.
+
+    Linear warm-up over ``optim.warmup_epochs`` epochs (from ``lr / warmup_steps``), then
+
+    * ``multistep``: ``lr * lr_decay ** (number of milestones <= epoch)``, where ``epoch`` is the
+      0-based epoch of the step (``torch.optim.lr_scheduler.MultiStepLR`` stepped per epoch);
+    * ``cosine``: ``lr * (1 + cos(pi * t)) / 2`` with ``t`` the fraction of post-warm-up steps
+      done, reaching 0 at the last step;
+    * ``constant``: ``lr``.
+
+    Examples
+    --------
+    >>> opt = OptimConfig(lr=0.1, milestones=(2, 4))
+    >>> [round(lr_at(s, 10, 6, opt), 6) for s in (0, 19, 20, 39, 40, 59)]
+    [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    >>> cos = OptimConfig(lr=1.0, schedule="cosine", warmup_epochs=1)
+    >>> [round(lr_at(s, 4, 3, cos), 4) for s in (0, 3, 4, 11)]
+    [0.25, 1.0, 1.0, 0.0]
+    """
+    warmup = optim.warmup_epochs * steps_per_epoch
+    lr = optim.lr
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if optim.schedule == "multistep":
+        epoch = step // steps_per_epoch
+        return lr * optim.lr_decay ** sum(1 for m in optim.milestones if epoch >= m)
+    if optim.schedule == "cosine":
+        total = epochs * steps_per_epoch - warmup
+        t = (step - warmup) / max(total - 1, 1)
+        return lr * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+    return lr
+
+
+def sampling_probabilities(class_counts: Any, sampler: str) -> np.ndarray:
+    """Probability of drawing each class under a sampler, shape (k,).
+
+    ``none``: ``n_c / n`` (every sample once per epoch); ``class_balanced``: ``1 / k``;
+    ``sqrt``: ``sqrt(n_c) / sum_j sqrt(n_j)``. Within a class, samples are equally likely.
+
+    Examples
+    --------
+    >>> sampling_probabilities([9, 1], "sqrt").tolist()
+    [0.75, 0.25]
+    """
+    n = np.asarray(class_counts, dtype=np.float64)
+    if sampler == "none":
+        q = n
+    elif sampler == "class_balanced":
+        q = np.ones_like(n)
+    elif sampler == "sqrt":
+        q = np.sqrt(n)
+    else:
+        raise fail("sampler", "one of 'none', 'class_balanced', 'sqrt'", sampler)
+    return q / q.sum()
+
+
+def augment_batch(x: Tensor, shifts: Tensor | None, flips: Tensor | None, pad: int) -> Tensor:
+    """Random-crop and flip a batch of images on its device.
+
+    Parameters
+    ----------
+    x : Tensor of shape (B, C, H, W)
+        Any dtype (the trainer passes ``uint8``).
+    shifts : Tensor of shape (B, 2) or None
+        Crop offsets ``(dy, dx)`` in ``0..2*pad`` into the zero-padded image (``pad`` pixels on
+        every side); ``(pad, pad)`` is the identity.
+    flips : Tensor of shape (B,), bool, or None
+        Which images to mirror left-right.
+    pad : int
+
+    Examples
+    --------
+    >>> x = torch.arange(4).reshape(1, 1, 2, 2)
+    >>> augment_batch(x, torch.tensor([[1, 0]]), None, 1)[0, 0].tolist()  # content moves right by 1
+    [[0, 0], [0, 2]]
+    >>> augment_batch(x, None, torch.tensor([True]), 0)[0, 0].tolist()
+    [[1, 0], [3, 2]]
+    """
+    if shifts is not None and pad > 0:
+        B, C, H, W = x.shape
+        padded = F.pad(x, (pad, pad, pad, pad))
+        rows = shifts[:, 0:1] + torch.arange(H, device=x.device)  # (B, H)
+        cols = shifts[:, 1:2] + torch.arange(W, device=x.device)  # (B, W)
+        b = torch.arange(B, device=x.device)[:, None, None, None]
+        c = torch.arange(C, device=x.device)[None, :, None, None]
+        x = padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
+    if flips is not None:
+        x = torch.where(flips[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:local_rank`` if CUDA is available, else ``cpu``; checks availability."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise fail("runtime.device", "'cpu' or 'auto' on a machine without CUDA", spec)
+        index = int(spec[5:]) if spec.startswith("cuda:") else local_rank
+        if index >= torch.cuda.device_count():
+            raise fail("runtime.device", f"a CUDA device index < {torch.cuda.device_count()}", spec)
+        return torch.device("cuda", index)
+    if spec != "cpu":
+        raise fail("runtime.device", "'auto', 'cpu', 'cuda' or 'cuda:N'", spec)
+    return torch.device("cpu")
+
+
+def _switch(value: str, device: torch.device) -> bool:
+    return value == "on" or (value == "auto" and device.type == "cuda")
+
+
+# --------------------------------------------------------------------------------------------
+# Run folder
+# --------------------------------------------------------------------------------------------
+
+
+def _config_differences(a: RunConfig, b: RunConfig) -> list[tuple[str, Any, Any]]:
+    """Dotted keys where two configs differ, ignoring the [runtime] section."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in d.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict) and key not in ("options", "hyper"):
+                out.update(flat(value, name + "."))
+            else:
+                out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    keys = [k for k in fa if not k.startswith("runtime.")]
+    return [(k, fa[k], fb.get(k)) for k in keys if fa[k] != fb.get(k)]
+
+
+def prepare_run_folder(
+    out: str | os.PathLike[str], config: RunConfig | None, *, resume: bool = False, force: bool = False
+) -> tuple[str, RunConfig]:
+    """Decide what to do with the run folder ``out``; returns ``(action, config)``.
+
+    ``action`` is ``"new"`` (start; the folder is new, empty, or cleared with ``force``),
+    ``"resume"`` (continue from ``checkpoint.pt``) or ``"finished"`` (``resume`` on a finished
+    run: nothing to do). With ``resume`` and no ``config``, the folder's ``config.toml`` is used;
+    with both, they must agree (the ``[runtime]`` section may change). ``resume`` on a folder
+    with no run starts one, so a preempted job can be re-submitted unchanged.
+
+    Raises
+    ------
+    ValueError
+        ``out`` is a file or holds other files; it holds a run and neither ``resume`` nor
+        ``force`` was given; the config differs from the run being resumed; no config at all.
+    """
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise fail("out", "a folder for the run (new, empty, or a cegeo run folder)", f"{path} (a file)")
+    cfg_file = path / "config.toml"
+    if not cfg_file.exists():
+        if path.exists():
+            foreign = sorted(
+                p.name for p in path.iterdir() if p.name not in RUN_FILES and not p.name.startswith(".")
+            )
+            if foreign:
+                raise fail(
+                    "out", "a new or empty folder, or a cegeo run folder", f"{path} (holds {foreign[0]!r})"
+                )
+        if config is None:
+            raise InputError(f"`config` must be given: `{path}` holds no run to resume.")
+        if path.exists():
+            _clear(path)
+        return "new", config
+    finished = (path / "final.json").exists()
+    state = "a finished run" if finished else "an unfinished run"
+    if force:
+        if config is None:
+            raise InputError(f"`config` must be given with force (it replaces the run in `{path}`).")
+        _clear(path)
+        return "new", config
+    old = load_run_config(cfg_file)
+    if not resume:
+        hint = "--resume to continue it, " if not finished else ""
+        raise fail(
+            "out",
+            f"a folder without a run (pass {hint}--force to overwrite it, or choose another --out)",
+            f"{path} ({state})",
+        )
+    if config is not None:
+        diffs = _config_differences(old, config)
+        if diffs:
+            key, was, now = diffs[0]
+            raise InputError(
+                f"`{key}` must match the run being resumed in {path} (it has {was!r}); got {now!r}. "
+                "Use --force to start over."
+            )
+        # Hardware settings may change on resume (e.g. a CPU run continued on a GPU).
+        old = RunConfig(
+            **{**{f: getattr(old, f) for f in old.__dataclass_fields__}, "runtime": config.runtime}
+        )
+    if finished:
+        return "finished", old
+    if not (path / "checkpoint.pt").exists():
+        _clear(path)
+        return "new", old
+    return "resume", old
+
+
+def _clear(path: Path) -> None:
+    for name in RUN_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (path / name).unlink()
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a ``checkpoint.pt`` safely (``weights_only=True``: tensors and plain values only)."""
+    p = Path(path)
+    try:
+        ck = torch.load(p, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # corrupt or not a checkpoint
+        raise InputError(
+            f"`{p}` must be a cegeo checkpoint; got an unreadable file ({type(exc).__name__})."
+        ) from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(
+            f"`{p}` must be a cegeo checkpoint (format {CHECKPOINT_FORMAT}); got something else."
+        )
+    return ck
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed helpers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owner: bool = False  # this trainer initialised the process group (and destroys it)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def _env_world() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def _shard(n: int, rank: int, world: int) -> tuple[int, int]:
+    return n * rank // world, n * (rank + 1) // world
+
+
+def _gather_rows(t: Tensor, n: int, dist_: _Dist) -> Tensor:
+    """Concatenate every rank's contiguous shard (``_shard``) of an ``(n_r, ...)`` tensor."""
+    if not dist_.enabled:
+        return t
+    import torch.distributed as dist
+
+    sizes = [_shard(n, r, dist_.world) for r in range(dist_.world)]
+    rows = max(b - a for a, b in sizes)
+    padded = t.new_zeros((rows, *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in range(dist_.world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: b - a] for p, (a, b) in zip(parts, sizes, strict=True)])
+
+
+def _all_sum(t: Tensor, dist_: _Dist) -> Tensor:
+    if dist_.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
+class _SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch for any process-group backend (gloo included).
+
+    :class:`torch.nn.SyncBatchNorm` only runs on GPUs; this replacement uses the autograd-aware
+    ``torch.distributed.nn.functional.all_reduce`` to sum the per-channel count, sum and squared
+    deviations over all ranks (two small all-reduces per layer), so data-parallel training on
+    CPU computes what a single process computes on the whole batch.
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (got {input.dim()}-D)")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        xf = x
+        stats = torch.cat([count, xf.sum(dims)])
+        stats = all_reduce(stats)
+        n, mean = stats[0], stats[1:] / stats[0]
+        sq = ((xf - mean.view(shape)) ** 2).sum(dims)
+        var = all_reduce(sq) / n  # biased, used to normalise
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                unbiased = var.detach() * (n / (n - 1)).clamp_min(0) if float(n) > 1 else var.detach()
+                self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+                if self.num_batches_tracked is not None:
+                    self.num_batches_tracked.add_(1)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def _convert_sync_bn(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm layer synchronised across ranks (torch's SyncBatchNorm on CUDA)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, _SyncBatchNorm):
+        out = _SyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+        with torch.no_grad():
+            if module.affine:
+                out.weight = module.weight
+                out.bias = module.bias
+            out.running_mean = module.running_mean
+            out.running_var = module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+    for name, child in module.named_children():
+        out.add_module(name, _convert_sync_bn(child, device))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A rich progress bar over epochs (rank 0, interactive terminals) or one line per probe."""
+
+    def __init__(self, enabled: bool, epochs: int, start: int, title: str) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.enabled = enabled
+        self.live = enabled and self.console.is_terminal
+        self.bar: Any = None
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self.task = self.bar.add_task(title, total=epochs, completed=start, info="")
+            self.bar.start()
+
+    def update(self, epoch: int, info: str, line: str | None) -> None:
+        if not self.enabled:
+            return
+        if self.live:
+            self.bar.update(self.task, completed=epoch, info=info)
+        elif line is not None:
+            self.console.print(line, soft_wrap=True)
+
+    def close(self) -> None:
+        if self.live:
+            self.bar.stop()
+
+
+def _minority_recall(correct: np.ndarray, seen: np.ndarray, minority: np.ndarray) -> float:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = correct[minority] / seen[minority]
+    r = r[np.isfinite(r)]
+    return float(r.mean()) if r.size else float("nan")
+
+
+class Trainer:
+    """Train one run: data on the device, SGD, probes, checkpoints, resume and DDP.
+
+    Parameters
+    ----------
+    config : RunConfig or None
+        The run. ``None`` with ``resume=True`` continues the run saved in ``out``.
+    out : path, optional
+        The run folder (``docs/run-folder.md``). ``None`` trains in memory and writes nothing
+        (no checkpoints, so no resume).
+    resume : bool
+        Continue the run in ``out`` from its checkpoint (start it if there is none; return at
+        once if it finished).
+    force : bool
+        Overwrite a run in ``out``.
+    progress : bool
+        Show a progress bar (rank 0; on a non-interactive stderr, one line per probe).
+    splits : cegeo.data.Splits, optional
+        Use these splits instead of building them from ``config.data`` (for arrays already in
+        memory; ``config.toml`` then cannot rebuild the data by itself).
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The trained network (the raw module, not the DDP/compiled wrapper).
+    records : list of dict
+        The ``metrics.jsonl`` lines of the run.
+    final : dict
+        ``final.json`` after :meth:`run`.
+
+    Raises
+    ------
+    ValueError
+        Bad settings or data (from the config, the data sources, models and losses), a run
+        folder that cannot be used as asked (see :func:`prepare_run_folder`).
+
+    Examples
+    --------
+    >>> from cegeo.config import override, RunConfig
+    >>> cfg = override(RunConfig(), {"data.source": "gaussian", "data.imbalance": "step:R=4,rho=0.5",
+    ...     "data.options": {"k": 4, "d": 8, "n_per_class": 40, "n_test_per_class": 10},
+    ...     "model.options": {"width": 16, "depth": 2}, "train.epochs": 2, "train.batch_size": 32})
+    >>> final = Trainer(cfg, progress=False).run()
+    >>> final["epochs"], sorted(final["test"]["group_recall"])
+    (2, ['majority', 'minority'])
+    """
+
+    def __init__(
+        self,
+        config: RunConfig | None,
+        out: str | os.PathLike[str] | None = None,
+        *,
+        resume: bool = False,
+        force: bool = False,
+        progress: bool = True,
+        splits: Any = None,
+    ) -> None:
+        if config is not None and not isinstance(config, RunConfig):
+            raise fail("config", "a cegeo.config.RunConfig", type(config).__name__)
+        self.out = None if out is None else Path(out)
+        self.action = "new"
+        if self.out is not None:
+            self.action, config = prepare_run_folder(self.out, config, resume=resume, force=force)
+        elif config is None:
+            raise InputError("`config` must be given when there is no run folder (`out`) to resume.")
+        assert config is not None
+        self.config = config
+        self.progress = progress
+        self._splits_in = splits
+        self.records: list[dict[str, Any]] = []
+        self.final: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------- setup
+
+    def _setup_distributed(self) -> None:
+        world, rank, local = _env_world()
+        self.dist = _Dist(rank, world, local)
+        self.device = resolve_device(self.config.runtime.device, local)
+        if world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                if self.device.type == "cuda":
+                    torch.cuda.set_device(self.device)
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+                self.dist.owner = True
+            self.dist.rank, self.dist.world = dist.get_rank(), dist.get_world_size()
+
+    def _setup_data(self) -> None:
+        from .data import load_dataset, make_splits
+
+        cfg = self.config
+        if self._splits_in is not None:
+            splits = self._splits_in
+        else:
+            ds = load_dataset(cfg.data.source, seed=cfg.split_seed, **cfg.data.options)
+            splits = make_splits(
+                ds,
+                cfg.data.imbalance,
+                val_fraction=cfg.data.val_fraction,
+                seed=cfg.split_seed,
+                n_max=cfg.data.n_max,
+                test_fraction=cfg.data.test_fraction,
+            )
+        self.splits = splits
+        k = int(splits.num_classes)
+        if cfg.data.normal_class is not None and cfg.data.normal_class >= k:
+            raise fail("data.normal_class", f"a class in 0..{k - 1}", cfg.data.normal_class)
+        self.k = k
+        self.kind = splits.kind
+        self.counts = np.asarray(splits.class_counts, dtype=np.int64)
+        dev = self.device
+        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
+        self.x = {"train": as_t(splits.x_train), "val": as_t(splits.x_val), "test": as_t(splits.x_test)}
+        self.y = {
+            "train": as_t(splits.y_train.astype(np.int64)),
+            "val": as_t(splits.y_val.astype(np.int64)),
+            "test": as_t(splits.y_test.astype(np.int64)),
+        }
+        mean, std = _normalisation(splits.x_train, splits.kind)
+        self.norm_stats = {"mean": mean.tolist(), "std": std.tolist()}
+        shape = (1, -1, 1, 1) if self.kind == "image" else (1, -1)
+        scale = 255.0 if self.kind == "image" else 1.0
+        self._shift = torch.tensor(mean * scale, dtype=torch.float32, device=dev).view(shape)
+        self._scale = torch.tensor(1.0 / (std * scale), dtype=torch.float32, device=dev).view(shape)
+        if (cfg.train.pad_crop or cfg.train.flip) and self.kind != "image":
+            raise fail("train.pad_crop/flip", "off for tabular data (augmentation is for images)", self.kind)
+
+    def _setup_model(self) -> None:
+        from .models import create_model
+
+        cfg = self.config
+        info = get_loss_info(cfg.loss.name)
+        if info.needs_cosine_classifier and not _truthy(cfg.model.options.get("cosine_classifier", False)):
+            raise fail(
+                "model.options.cosine_classifier",
+                f"true for loss {cfg.loss.name!r} (it expects cosine logits)",
+                cfg.model.options.get("cosine_classifier", False),
+            )
+        torch.manual_seed(cfg.seed)
+        model = create_model(
+            cfg.model.name,
+            in_shape=tuple(self.splits.x_train.shape[1:]),
+            num_classes=self.k,
+            **cfg.model.options,
+        )
+        rt = cfg.runtime
+        self.amp = _switch(rt.amp, self.device)
+        self.channels_last = (
+            _switch(rt.channels_last, self.device)
+            and self.kind == "image"
+            and any(isinstance(m, nn.Conv2d) for m in model.modules())
+        )
+        self.compile = _switch(rt.compile, self.device)
+        if self.dist.enabled and rt.sync_bn:
+            model = _convert_sync_bn(model, self.device)
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        base = create_loss(cfg.loss.name, self.counts, **cfg.loss.hyper)
+        self.loss_base = _per_sample(base).to(self.device)
+        self.loss_drw = None
+        if cfg.train.drw_epoch is not None:
+            w = class_balanced_weights(self.counts, cfg.train.drw_beta)
+            self.loss_drw = _per_sample(self.loss_base.with_omega(w)).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.optim.lr,
+            momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay,
+            nesterov=cfg.optim.nesterov,
+        )
+        train_model: nn.Module = model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            train_model = DDP(model, device_ids=ids, broadcast_buffers=not rt.sync_bn)
+        if self.compile:
+            train_model = torch.compile(train_model, mode=rt.compile_mode)  # type: ignore[assignment]
+        self.train_model = train_model
+
+    def _setup_sampler(self) -> None:
+        cfg = self.config.train
+        n = int(self.y["train"].shape[0])
+        B = cfg.batch_size
+        self.n_train = n
+        # A last batch smaller than 2 per rank is dropped: BatchNorm needs 2 samples per batch.
+        rest = n % B
+        self.steps_per_epoch = n // B + (1 if rest >= 2 * self.dist.world else 0)
+        if self.steps_per_epoch == 0:
+            raise fail(
+                "train.batch_size",
+                f"at most the training split's size with at least 2 samples per rank (n = {n})",
+                B,
+            )
+        self.batch_sizes = sorted({min(B, n - s * B) for s in range(self.steps_per_epoch)})
+        self.sample_p = None
+        if cfg.sampler != "none":
+            q = sampling_probabilities(self.counts, cfg.sampler)
+            per_sample = q / self.counts  # (k,)
+            self.sample_p = torch.as_tensor(per_sample, dtype=torch.float32, device=self.device)[
+                self.y["train"]
+            ]
+        seed = self.config.seed
+        self.g_order = torch.Generator(device=self.device)
+        self.g_order.manual_seed(seed * 1_000_003 + 1)
+        self.g_aug = torch.Generator(device=self.device)
+        self.g_aug.manual_seed(seed * 1_000_003 + 2)
+
+    # ------------------------------------------------------------------------------- pieces
+
+    def _inputs(self, xb: Tensor) -> Tensor:
+        """Normalise a raw batch (uint8 images or float32 rows) on the device."""
+        x = (xb.float() - self._shift) * self._scale
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _epoch_order(self) -> Tensor:
+        if self.sample_p is None:
+            return torch.randperm(self.n_train, generator=self.g_order, device=self.device)
+        return torch.multinomial(self.sample_p, self.n_train, replacement=True, generator=self.g_order)
+
+    def _draw_augmentation(self, size: int) -> tuple[Tensor | None, Tensor | None]:
+        cfg = self.config.train
+        shifts = flips = None
+        if cfg.pad_crop:
+            shifts = torch.randint(
+                0, 2 * cfg.pad_crop + 1, (size, 2), generator=self.g_aug, device=self.device
+            )
+        if cfg.flip:
+            flips = torch.rand(size, generator=self.g_aug, device=self.device) < 0.5
+        return shifts, flips
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _loss_for(self, epoch: int) -> nn.Module:
+        """The loss for 0-based ``epoch``: class-balanced weights after ``drw_epoch`` epochs."""
+        drw = self.config.train.drw_epoch
+        if self.loss_drw is not None and drw is not None and epoch >= drw:
+            return self.loss_drw
+        return self.loss_base
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------------------- loop
+
+    def _train_epoch(self, epoch: int, step: int) -> tuple[int, Tensor, Tensor, Tensor]:
+        """One pass; returns the next step and (loss sum, per-class correct, per-class seen)."""
+        cfg = self.config
+        B, world, rank = cfg.train.batch_size, self.dist.world, self.dist.rank
+        loss_fn = self._loss_for(epoch)
+        omega = getattr(loss_fn, "omega", None)
+        order = self._epoch_order()
+        augment = bool(cfg.train.pad_crop or cfg.train.flip)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros(self.k, device=self.device)
+        seen = torch.zeros(self.k, device=self.device)
+        self.model.train()
+        for s in range(self.steps_per_epoch):
+            lr = lr_at(step, self.steps_per_epoch, cfg.train.epochs, cfg.optim)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            batch = order[s * B : (s + 1) * B]  # the global batch, identical on every rank
+            y_all = self.y["train"][batch]
+            norm = omega.to(torch.float32)[y_all].sum() if omega is not None else batch.numel()
+            idx, y = batch[rank::world], y_all[rank::world]  # this rank's shard
+            xb = self.x["train"][idx]
+            if augment:
+                shifts, flips = self._draw_augmentation(batch.numel())
+                xb = augment_batch(
+                    xb,
+                    None if shifts is None else shifts[rank::world],
+                    None if flips is None else flips[rank::world],
+                    cfg.train.pad_crop,
+                )
+            with self._autocast():
+                logits = self.train_model(self._inputs(xb))  # (b, k)
+            loss = loss_fn(logits, y).sum() * (world / norm)
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_sum += loss.detach().float()
+            hit = (logits.detach().argmax(1) == y).float()
+            correct.index_add_(0, y, hit)
+            seen.index_add_(0, y, torch.ones_like(hit))
+        return step, loss_sum, correct, seen
+
+    @torch.no_grad()
+    def _forward_split(
+        self, split: str, stats: FeatureStats | None, keep_features: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Logits (and features) of a whole split, sharded over ranks and gathered."""
+        model = self.model
+        x, y = self.x[split], self.y[split]
+        n = int(y.shape[0])
+        lo, hi = _shard(n, self.dist.rank, self.dist.world)
+        eb = self.config.train.eval_batch_size
+        logits, feats = [], []
+        for i in range(lo, hi, eb):
+            j = min(i + eb, hi)
+            with self._autocast():
+                h = model.features(self._inputs(x[i:j]))
+                z = model.classifier(h)
+            h, z = h.float(), z.float()
+            if stats is not None:
+                stats.update(h, y[i:j])
+            logits.append(z)
+            if keep_features:
+                feats.append(h)
+        d = int(getattr(model, "feature_dim", 0) or (feats[0].shape[1] if feats else 0))
+        z_local = torch.cat(logits) if logits else torch.zeros(0, self.k, device=self.device)
+        z_all = _gather_rows(z_local, n, self.dist)
+        f_all = None
+        if keep_features:
+            f_local = torch.cat(feats) if feats else torch.zeros(0, d, device=self.device)
+            f_all = _gather_rows(f_local, n, self.dist)
+        return z_all, f_all
+
+    def _probe(self, epoch: int, step: int, time_s: float, train_loss: float, final: bool) -> dict[str, Any]:
+        """Metrics on train/val/test and the geometry probes (one ``metrics.jsonl`` line)."""
+        cfg = self.config
+        self.model.eval()
+        d = int(self.model.feature_dim)
+        stats = FeatureStats.zeros(self.k, d, self.device)
+        z_train, _ = self._forward_split("train", stats, keep_features=False)
+        stats = stats.all_reduce()
+        z_val, f_val = self._forward_split("val", None, keep_features=final)
+        z_test, f_test = self._forward_split("test", None, keep_features=final)
+        W = classifier_weight(self.model)
+        if self.dist.rank != 0:
+            return {}
+        y_train = self.y["train"]
+        train_loss_eval = float(
+            self.loss_base(z_train, y_train).sum()
+            / (
+                self.loss_base.omega.float()[y_train].sum()
+                if getattr(self.loss_base, "omega", None) is not None
+                else y_train.numel()
+            )
+        )
+        splits = {"train": z_train, "val": z_val, "test": z_test}
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "step": step,
+            "time_s": time_s,
+            "lr": lr_at(max(step - 1, 0), self.steps_per_epoch, cfg.train.epochs, cfg.optim),
+            "train_loss": train_loss,
+            "train_loss_eval": train_loss_eval,
+            "reweighted": self._loss_for(epoch - 1) is not self.loss_base,
+        }
+        for name, z in splits.items():
+            pred = z.argmax(1).cpu().numpy()
+            record[name] = classification_summary(
+                self.y[name].cpu().numpy(), pred, self.k, self.splits.groups, cfg.data.normal_class
+            )
+        probe = measure(stats, W, loss=self.loss_base, class_counts=self.counts, groups=self.splits.groups)
+        record["geometry"] = probe.to_dict(matrices=final)
+        if final:
+            self._final_arrays = {
+                "val": (z_val, f_val),
+                "test": (z_test, f_test),
+                "W": W,
+                "theory": None if probe.theory is None else probe.theory.to_dict(),
+            }
+        return record
+
+    # ------------------------------------------------------------------------------- checkpoints
+
+    def _checkpoint_state(self, epoch: int, step: int, train_time: float, wall_time: float) -> dict[str, Any]:
+        rng: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "order": self.g_order.get_state(),
+            "aug": self.g_aug.get_state(),
+        }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "step": step,
+            "train_time_s": train_time,
+            "wall_time_s": wall_time,
+            "config_toml": self.config.to_toml(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng,
+            "normalization": dict(self.norm_stats),
+            "num_classes": self.k,
+            "world_size": self.dist.world,
+        }
+
+    def _save_checkpoint(self, state: dict[str, Any]) -> None:
+        assert self.out is not None
+        with atomic_open(self.out / "checkpoint.pt", "wb") as fh:
+            torch.save(state, fh)
+
+    def _restore(self, ck: dict[str, Any]) -> tuple[int, int, float, float]:
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        rng = ck["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.g_order.set_state(rng["order"])
+        self.g_aug.set_state(rng["aug"])
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        return int(ck["epoch"]), int(ck["step"]), float(ck["train_time_s"]), float(ck["wall_time_s"])
+
+    # ------------------------------------------------------------------------------- compile warm-up
+
+    def _warm_up_compiled(self) -> None:
+        """Compile the training step for every batch shape, then restore the weights."""
+        saved = copy.deepcopy(self.model.state_dict())
+        world, rank = self.dist.world, self.dist.rank
+        for size in self.batch_sizes:
+            idx = torch.arange(size, device=self.device)[rank::world]
+            with self._autocast():
+                out = self.train_model(self._inputs(self.x["train"][idx]))
+            (out.float().sum() * 0.0).backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.load_state_dict(saved)
+        self._sync()
+
+    # ------------------------------------------------------------------------------- run
+
+    def run(self) -> dict[str, Any]:
+        """Train (or resume) to the end; write the run folder; return ``final.json``'s content."""
+        wall0 = time.perf_counter()
+        if self.action == "finished":
+            assert self.out is not None
+            self.final = read_json(self.out / "final.json")
+            self.records = (
+                read_jsonl(self.out / "metrics.jsonl") if (self.out / "metrics.jsonl").exists() else []
+            )
+            return self.final
+        cfg = self.config
+        if cfg.runtime.threads is not None:
+            torch.set_num_threads(cfg.runtime.threads)
+        self._setup_distributed()
+        try:
+            return self._run(wall0)
+        finally:
+            if self.dist.owner:
+                import torch.distributed as dist
+
+                with contextlib.suppress(Exception):
+                    dist.destroy_process_group()
+
+    def _run(self, wall0: float) -> dict[str, Any]:
+        cfg = self.config
+        writer = self.out is not None and self.dist.rank == 0
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self._setup_data()
+        self._setup_model()
+        self._setup_sampler()
+
+        start_epoch, step, train_time, wall_before = 0, 0, 0.0, 0.0
+        if self.action == "resume":
+            assert self.out is not None
+            ck = load_checkpoint(self.out / "checkpoint.pt", map_location=self.device)
+            start_epoch, step, train_time, wall_before = self._restore(ck)
+            if self.out is not None and (self.out / "metrics.jsonl").exists():
+                # Lines written after the checkpoint (a kill between probe and save) are redone.
+                self.records = [
+                    r for r in read_jsonl(self.out / "metrics.jsonl") if r["epoch"] <= start_epoch
+                ]
+                if writer:
+                    _rewrite_jsonl(self.out / "metrics.jsonl", self.records)
+        elif writer:
+            assert self.out is not None
+            self.out.mkdir(parents=True, exist_ok=True)
+            env = environment_info()
+            env.update({"device": str(self.device), "world_size": self.dist.world})
+            text = _to_toml({**to_dict(cfg), "provenance": env})
+            with atomic_open(self.out / "config.toml", "w") as fh:
+                fh.write(text)
+
+        if self.compile:
+            self._warm_up_compiled()
+
+        epochs = cfg.train.epochs
+        minority = self.splits.groups.minority
+        title = f"{cfg.loss.name} {cfg.model.name} {self.out.name if self.out else ''}".strip()
+        bar = _Progress(self.progress and self.dist.rank == 0, epochs, start_epoch, title)
+        use_events = self.device.type == "cuda"
+        val_min = float("nan")
+        try:
+            for epoch in range(start_epoch, epochs):
+                if use_events:
+                    t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    t0.record()
+                else:
+                    c0 = time.perf_counter()
+                step, loss_sum, correct, seen = self._train_epoch(epoch, step)
+                if use_events:
+                    t1.record()
+                    t1.synchronize()
+                    train_time += t0.elapsed_time(t1) / 1000.0
+                else:
+                    train_time += time.perf_counter() - c0
+                packed = _all_sum(torch.cat([loss_sum.view(1), correct, seen]), self.dist).cpu().numpy()
+                train_loss = float(packed[0]) / (self.dist.world * self.steps_per_epoch)
+                train_min = _minority_recall(packed[1 : 1 + self.k], packed[1 + self.k :], minority)
+                done = epoch + 1
+                final = done == epochs
+                line = None
+                if done % cfg.train.probe_every == 0 or final:
+                    t_probe = time.perf_counter()
+                    record = self._probe(done, step, train_time, train_loss, final)
+                    if self.dist.rank == 0:
+                        record["probe_time_s"] = time.perf_counter() - t_probe
+                        self.records.append(record)
+                        if writer:
+                            assert self.out is not None
+                            append_jsonl(self.out / "metrics.jsonl", record)
+                        val_min = record["val"]["group_recall"][self.splits.groups.names[-1]]
+                        line = (
+                            f"epoch {done}/{epochs}  loss {train_loss:.4f}  val bal-acc "
+                            f"{record['val']['balanced_accuracy']:.4f}  val minority recall {val_min:.4f}"
+                        )
+                if self.out is not None:
+                    state = self._checkpoint_state(
+                        done, step, train_time, wall_before + time.perf_counter() - wall0
+                    )
+                    if writer:
+                        self._save_checkpoint(state)
+                bar.update(
+                    done,
+                    f"loss {train_loss:.4f}  minority recall: train {train_min:.3f} val {val_min:.3f}",
+                    line,
+                )
+        finally:
+            bar.close()
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+        self.final = (
+            self._finish(train_time, wall_before + time.perf_counter() - wall0) if self.dist.rank == 0 else {}
+        )
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return self.final
+
+    def _finish(self, train_time: float, wall_time: float) -> dict[str, Any]:
+        cfg = self.config
+        last = self.records[-1]
+        arrays = self._final_arrays
+        final: dict[str, Any] = {
+            "finished": True,
+            "epochs": cfg.train.epochs,
+            "wall_time_s": wall_time,
+            "train_time_s": train_time,
+            "samples_per_s": self._samples_trained / train_time if train_time > 0 else None,
+            "num_classes": self.k,
+            "class_counts": self.counts.tolist(),
+            "groups": self.splits.groups.as_dict(),
+            "loss": {"name": cfg.loss.name, "hyper": dict(getattr(self.loss_base, "spec", None).hyper)},
+            "model": cfg.model.name,
+            "data": cfg.data.source,
+            "imbalance": cfg.data.imbalance,
+            "seed": cfg.seed,
+            "device": str(self.device),
+            "world_size": self.dist.world,
+            "amp": self.amp,
+            "compile": self.compile,
+            "channels_last": self.channels_last,
+            "train": last["train"],
+            "val": last["val"],
+            "test": last["test"],
+            "geometry": last["geometry"],
+            "theory": arrays["theory"],
+            "history": _history(self.records),
+            "environment": environment_info(),
+        }
+        if self.out is not None:
+            for split in ("val", "test"):
+                z, f = arrays[split]
+                write_npz(
+                    self.out / f"logits_{split}.npz",
+                    logits=z.cpu().numpy().astype(np.float32),
+                    labels=self.y[split].cpu().numpy().astype(np.int64),
+                    features=f.cpu().numpy().astype(np.float32),
+                )
+            write_npz(self.out / "classifier.npz", W=arrays["W"].float().cpu().numpy())
+            write_json(self.out / "final.json", final)
+        return final
+
+    @property
+    def _samples_trained(self) -> int:
+        """Samples processed over all epochs (the last short batch dropped if it was)."""
+        B = self.config.train.batch_size
+        return self.config.train.epochs * min(self.n_train, self.steps_per_epoch * B)
+
+
+def _history(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """First probed epoch (and its training time) reaching 95% of the best val balanced accuracy."""
+    scores = [(r["epoch"], r["time_s"], r["val"]["balanced_accuracy"]) for r in records]
+    if not scores:
+        return {}
+    best_epoch, _, best = max(scores, key=lambda s: s[2])
+    first = next(s for s in scores if s[2] >= 0.95 * best)
+    return {
+        "best_val_bal_acc": best,
+        "best_epoch": best_epoch,
+        "epoch_to_95pct_bal_acc": first[0],
+        "time_to_95pct_bal_acc_s": first[1],
+    }
+
+
+def _rewrite_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    from ._io import dumps_json
+
+    with atomic_open(path, "w") as fh:
+        for r in records:
+            fh.write(dumps_json(r, indent=None) + "\n")
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _per_sample(loss: nn.Module) -> nn.Module:
+    """The registry loss set to per-sample output without per-call validation (checked once)."""
+    loss.reduction = "none"
+    loss.validate = False
+    return loss
+
+
+def _normalisation(x: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (images, in [0, 1] units) or per-feature mean and std of the training split."""
+    if kind == "image":
+        C = x.shape[1]
+        s1 = np.zeros(C)
+        s2 = np.zeros(C)
+        for i in range(0, x.shape[0], 4096):
+            chunk = x[i : i + 4096].astype(np.float64) / 255.0
+            s1 += chunk.sum(axis=(0, 2, 3))
+            s2 += (chunk**2).sum(axis=(0, 2, 3))
+        m = x.shape[0] * x.shape[2] * x.shape[3]
+        mean = s1 / m
+        std = np.sqrt(np.maximum(s2 / m - mean**2, 0.0))
+    else:
+        mean = x.mean(axis=0, dtype=np.float64)
+        std = x.std(axis=0, dtype=np.float64)
+    std = np.where(std > 1e-8, std, 1.0)  # constant channels/features are centred, not scaled
+    return mean, std
+
+
+def train(
+    config: RunConfig | None,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one run and return ``final.json``'s content (see :class:`Trainer`)."""
+    return Trainer(config, out, resume=resume, force=force, progress=progress).run()
