@@ -193,8 +193,10 @@ def test_tau_norm_checks_the_linear_head(run):
     data = dict(np.load(run / "logits_val.npz"))
     data["logits"] = data["logits"] + 1.0  # a bias: logits != features @ W.T
     write_npz(run / "logits_val.npz", **data)
-    with pytest.raises(ValueError, match=r"logits differ from features @ W.T"):
+    with pytest.raises(ValueError, match=r"tau_norm cannot use run .*logits differ from features @ W.T"):
         create_rebalancer("tau_norm").fit(RunFolder(run).val)
+    out = run_posthoc(run, "all", write=False)  # 'all' skips it with the reason instead
+    assert "tau_norm" not in out["methods"] and "differ from features @ W.T" in out["skipped"]["tau_norm"]
 
 
 # ------------------------------------------------------------------------------------- evaluate
