@@ -366,3 +366,25 @@ def test_posthoc_errors(run, cli, args, match):
     assert r.code == 2 and re.search(match, r.err), r.err
     assert len(r.err.strip().splitlines()) == 1
     assert not (run / "posthoc.json").exists()
+
+
+@pytest.mark.slow
+def test_posthoc_on_a_real_trainer_run(tmp_path, cli):
+    """The trainer's run folder satisfies everything the rebalancers read (contract end to end)."""
+    run = tmp_path / "digits"
+    r = cli(
+        "train", "--data", "digits", "--imbalance", "step:R=10,rho=0.5", "--model", "mlp",
+        "--model-option", "width=64", "--model-option", "depth=2", "--loss", "ce", "--epochs", "3",
+        "--seed", "0", "--device", "cpu", "--no-progress", "--out", run,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    r = cli("posthoc", run, "--method", "all", "--normal-class", "0", "--max-false-alarm", "0.1", "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    assert out["skipped"] == {} and out["methods"] == list_rebalancers()
+    assert out["raw"]["test"]["n"] == json.loads((run / "final.json").read_text())["test"]["n"]
+    assert out["raw"]["test"]["balanced_accuracy"] == pytest.approx(
+        json.loads((run / "final.json").read_text())["test"]["balanced_accuracy"], abs=1e-6
+    )
+    r = cli("evaluate", run, "--json")
+    assert r.code == 0 and json.loads(r.out)["group_recall"].keys() == {"majority", "minority"}
