@@ -263,7 +263,7 @@ def test_posthoc_all_writes_posthoc_json_and_helps(run, cli):
     assert "raw (argmax)" in r.out and "skipped operating_point" in r.out
     out = json.loads((run / "posthoc.json").read_text())
     assert out["methods"] == ["posthoc_la", "tau_norm", "geometry", "geometry_tuned", "lws"]
-    assert "operating_point" in out["skipped"]
+    assert "operating_point" in out["skipped"] and out["warnings"] == []
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # atomic: no leftovers
     raw = out["raw"]["test"]["balanced_accuracy"]
     # The head's majority rows are 1.8x longer; normalising them (tau = 1) undoes exactly that bias.
@@ -382,6 +382,8 @@ def test_posthoc_on_a_real_trainer_run(tmp_path, cli):
     assert r.code == 0, r.err
     out = json.loads(r.out)
     assert out["skipped"] == {} and out["methods"] == list_rebalancers()
+    # digits at the trainer's default val fraction keeps ~1 validation sample per minority class
+    assert "validation has fewer than 5 samples in class(es) [5, 6, 7, 8, 9]" in out["warnings"][0]
     assert out["raw"]["test"]["n"] == json.loads((run / "final.json").read_text())["test"]["n"]
     assert out["raw"]["test"]["balanced_accuracy"] == pytest.approx(
         json.loads((run / "final.json").read_text())["test"]["balanced_accuracy"], abs=1e-6

@@ -917,7 +917,9 @@ class LWS(_LogitAffine):
     ``s >= 1e-6`` (k' = classes present). The objective is convex in s (CE is convex in the
     logits, which are linear in s); ``alpha`` > 0 makes it strictly convex and keeps s finite
     when validation is separable. Solved with L-BFGS-B and the exact gradient. No
-    hyperparameter is searched; ``metric`` only scores the result.
+    hyperparameter is searched; ``metric`` only scores the result. With k free scales and a
+    handful of validation samples per class it can overfit validation (it did on digits with
+    1-3 validation samples per minority class: ``bench/posthoc_digits.py``).
 
     Parameters
     ----------
@@ -1013,7 +1015,8 @@ class OperatingPoint(Rebalancer):
     rate ``<= max_false_alarm``. Among thresholds with the same validation recall the one with
     the lowest validation false-alarm rate wins, placed mid-way (in log-odds) between the
     neighbouring validation scores. Works on log-odds ``log p_N/(1-p_N)``, which never
-    saturate.
+    saturate. ``fit``'s ``metric`` only scores the chosen point (``val_score_``); the
+    threshold is always chosen by the recall-under-budget rule above.
 
     Parameters
     ----------
@@ -1362,6 +1365,10 @@ def _unmet_need(info: RebalancerInfo, run: RunFolder, val: RunSplit, normal_clas
     return None
 
 
+# Fewer validation samples than this in a class earns a warning in run_posthoc's result.
+_FEW_VAL = 5
+
+
 def run_posthoc(
     run: str | Path | RunFolder,
     methods: str | Sequence[str] = "all",
@@ -1398,7 +1405,8 @@ def run_posthoc(
         ``run``, ``metric``, ``normal_class``, ``max_false_alarm``, ``methods`` (the fitted
         methods in order), ``raw`` and ``results[name]`` each with ``val``/``test`` summaries
         (:func:`evaluate_split`), the fitted description (:meth:`Rebalancer.to_dict`), ``skipped``
-        (name -> reason), ``created`` and ``environment``.
+        (name -> reason), ``warnings`` (e.g. classes with very few validation samples),
+        ``created`` and ``environment``.
 
     Raises
     ------
@@ -1433,7 +1441,15 @@ def run_posthoc(
         },
         "results": {},
         "skipped": {},
+        "warnings": [],
     }
+    support = np.bincount(val.labels, minlength=folder.num_classes)  # (k,)
+    if support.min() < _FEW_VAL:
+        few = np.flatnonzero(support < _FEW_VAL)
+        out["warnings"].append(
+            f"validation has fewer than {_FEW_VAL} samples in class(es) {few.tolist()} (min "
+            f"{int(support.min())}): choices made on it are noisy; a larger validation split helps"
+        )
     for name in names:
         info = _REBALANCERS.get(name)
         reason = _unmet_need(info, folder, val, normal_class)

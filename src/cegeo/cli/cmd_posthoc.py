@@ -88,6 +88,8 @@ def print_posthoc(result: dict[str, Any]) -> None:
         )
     for name, reason in result["skipped"].items():
         console.print(f"skipped {name}: {reason}")
+    for text in result["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {text}")
 
 
 @app.command("posthoc")
