@@ -1,0 +1,190 @@
+"""``cegeo theory``: tables, JSON, gamma grids, tuning, the figure, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cegeo.theory import ldt_step, seli_step
+
+
+def as_json(cli, *args):
+    r = cli("theory", *args, "--json")
+    assert r.code == 0, r.err
+    return json.loads(r.out)
+
+
+def test_help_states_the_ratio_convention(cli):
+    r = cli("theory", "--help")
+    assert r.code == 0
+    text = " ".join(r.out.split())
+    assert "R = n_max/n_min >= 1" in text and "--gamma-grid" in text and "--tune" in text
+
+
+def test_step_table(cli):
+    r = cli("theory", "--step", "k=10,R=10,rho=0.5", "--loss", "ldt", "--gamma", "0.5")
+    assert r.code == 0, r.err
+    for text in ("per group", "majority", "minority", "classifiers W", "class means H", "ETF", "-0.1111"):
+        assert text in r.out
+    assert r.err == ""
+
+
+def test_step_json_matches_the_section_4_4_vector(cli):
+    d = as_json(cli, "--step", "k=10,R=10,rho=0.5")
+    s = d["geometry"]["summary"]
+    assert (round(s["W_ratio"], 4), round(s["W_cos_min_min"], 4), round(s["H_ratio"], 4)) == (
+        2.6721,
+        0.0334,
+        0.3508,
+    )
+    assert d["profile"] == {"kind": "step", "k": 10, "R": 10.0, "rho": 0.5, "n_min": 1.0}
+    assert d["groups"] == {"majority": [0, 1, 2, 3, 4], "minority": [5, 6, 7, 8, 9]}
+    assert d["etf"]["cos"] == pytest.approx(-1 / 9)
+    assert len(d["geometry"]["cos_W"]) == 10 and d["geometry"]["matrices_included"]
+
+
+def test_balanced_step_keeps_two_groups_and_nan_becomes_null(cli):
+    d = as_json(cli, "--step", "k=2,R=1,rho=0.5")
+    assert d["groups"] == {"majority": [0], "minority": [1]}
+    s = d["geometry"]["summary"]
+    assert s["W_cos_maj_maj"] is None and s["W_ratio"] == pytest.approx(1.0)
+
+
+def test_gamma_grid_matches_the_step_formulas(cli):
+    d = as_json(cli, "--step", "k=10,R=10,rho=0.5", "--loss", "ldt", "--gamma-grid", "-1.5:1.5:13")
+    grid = d["grid"]
+    assert grid["param"] == "gamma" and len(grid["values"]) == 13
+    for gamma, s in zip(grid["values"], grid["summaries"], strict=True):
+        ref = ldt_step(10, 10.0, 0.5, (1.0, 10.0**-gamma)).summary
+        for key, value in ref.items():
+            assert s[key] == pytest.approx(value, rel=1e-8), (gamma, key)
+    i = grid["values"].index(0.5)
+    assert grid["distance_to_etf"][i] < 1e-9
+
+
+def test_gamma_grid_table(cli):
+    r = cli("theory", "--longtail", "k=10,R=100", "--loss", "cdt", "--gamma-grid", "-1,0,1")
+    assert r.code == 0, r.err
+    assert "classifiers W against gamma" in r.out and "class means H against gamma" in r.out
+
+
+def test_tune_json(cli):
+    d = as_json(cli, "--counts", "5000,2000,500,100,50", "--loss", "cdt", "--tune")
+    results = {r["loss"]: r for r in d["tune"]["results"]}
+    assert set(results) == {"cdt", "ldt"}
+    assert results["ldt"]["value"] == pytest.approx(0.5, abs=1e-6) and results["ldt"]["residual"] < 1e-8
+    assert results["cdt"]["residual"] > 0.05
+    sym = np.array(d["tune"]["symmetric_temperatures"])
+    n = np.array([5000, 2000, 500, 100, 50])
+    assert np.allclose(sym, np.sqrt(n) / np.sqrt(n).mean())
+
+
+def test_tune_table_for_a_flat_family(cli):
+    r = cli("theory", "--step", "k=4,R=10,rho=0.5", "--loss", "la", "--tune")
+    assert r.code == 0, r.err
+    assert "any (flat)" in r.out and "symmetric setting" in r.out
+
+
+def test_longtail_counts_and_per_class_table(cli):
+    d = as_json(cli, "--longtail", "k=10,R=100")
+    counts = np.array(d["class_counts"])
+    assert counts[0] == pytest.approx(100) and counts[-1] == pytest.approx(1)
+    assert np.allclose(counts[1:] / counts[:-1], 100 ** (-1 / 9))
+    r = cli("theory", "--counts", "500,300,100,20")
+    assert r.code == 0 and "per class" in r.out
+
+
+def test_hyper_and_json_hyper_record(cli):
+    d = as_json(
+        cli,
+        "--step",
+        "k=10,R=10,rho=0.5",
+        "--loss",
+        "vs",
+        "--gamma",
+        "0.25",
+        "--hyper",
+        "tau=2",
+        "--hyper",
+        "normalize=0",
+    )
+    assert d["hyper"] == {"gamma": 0.25, "tau": 2.0, "normalize": 0.0}
+    # VS's offsets drop out: CDT's geometry at the same gamma.
+    cdt = as_json(cli, "--step", "k=10,R=10,rho=0.5", "--loss", "cdt", "--gamma", "0.25")
+    assert d["geometry"]["summary"] == pytest.approx(cdt["geometry"]["summary"], rel=1e-10)
+
+
+def test_non_integer_R_works(cli):
+    d = as_json(cli, "--step", "k=4,R=2.5,rho=0.5")
+    assert d["geometry"]["summary"]["W_ratio"] == pytest.approx(
+        seli_step(4, 2.5, 0.5).summary["W_ratio"], rel=1e-10
+    )
+
+
+def test_plot_writes_a_figure(cli, tmp_path):
+    out = tmp_path / "ldt.png"
+    r = cli("theory", "--step", "k=10,R=10,rho=0.5", "--loss", "ldt", "--plot", str(out), "--json")
+    assert r.code == 0, r.err
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert "wrote" in r.err
+    json.loads(r.out)  # stdout stays pure JSON
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--step", "k=10,R=10,rho=0.5", "--loss", "focal"], r"unknown loss 'focal'"),
+        (["--step", "k=10,R=10,rho=0.5", "--loss", "ldam"], r"`--loss` must be a loss the theory covers"),
+        (["--step", "k=10,R=0.1,rho=0.5"], r"`R` must be a number >= 1"),
+        (["--longtail", "k=10,R=0.01"], r"`R` must be a number >= 1"),
+        (["--step", "k=10,R=10,rho=0.25"], r"`rho` must be a value with rho\*k a whole number"),
+        (["--counts", "500,0,50"], r"`--counts` must be positive integers"),
+        (["--counts", "500"], r"`--counts` must be at least 2"),
+        (["--counts", "5,a"], r"`--counts` must be comma-separated positive integers"),
+        (
+            ["--step", "k=10,R=10,rho=0.5", "--loss", "ldt", "--gamma-grid", "1:0:5"],
+            r"`--gamma-grid` must be START:STOP:NUM",
+        ),
+        (["--step", "k=10,R=10,rho=0.5", "--loss", "ldt", "--gamma-grid", "a,b"], r"`--gamma-grid` must be"),
+        (
+            ["--step", "k=10,R=10,rho=0.5", "--gamma-grid", "0:1:3"],
+            r"`--gamma-grid` must be a loss with a family parameter",
+        ),
+        (
+            ["--step", "k=10,R=10,rho=0.5", "--loss", "ldt", "--gamma", "1", "--gamma-grid", "0:1:3"],
+            r"give gamma once",
+        ),
+        (
+            ["--step", "k=10,R=10,rho=0.5", "--loss", "ldt", "--gamma", "1", "--hyper", "gamma=2"],
+            r"give gamma once",
+        ),
+        (["--step", "k=10,R=10,rho=0.5", "--gamma", "1"], r"loss 'ce' takes no hyperparameters"),
+        (["--step", "k=10,R=10,rho=0.5", "--loss", "ldt", "--hyper", "tau"], r"`--hyper` must be name=value"),
+        (
+            ["--step", "k=10,R=10,rho=0.5", "--loss", "ldt", "--plot", "fig.xyz"],
+            r"`--plot` must be a file name ending",
+        ),
+        ([], r"give exactly one of --step \| --longtail \| --counts; got 0"),
+        (["--step", "k=4,R=2,rho=0.5", "--counts", "5,1"], r"give exactly one of .*; got 2"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(cli, args, match):
+    import re
+
+    r = cli("theory", *args)
+    assert r.code == 2, (r.out, r.err)
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.err
+    assert re.search(match, lines[0]), lines[0]
+    assert r.out == ""
+
+
+def test_nan_free_json_for_large_k_without_matrices(cli):
+    counts = ",".join(str(c) for c in np.random.default_rng(0).integers(1, 100, 250))
+    d = as_json(cli, "--counts", counts)
+    assert not d["geometry"]["matrices_included"] and "cos_W" not in d["geometry"]
+    assert len(d["geometry"]["w_norms"]) == 250
+    assert all(v is None or math.isfinite(v) for v in d["geometry"]["summary"].values())
