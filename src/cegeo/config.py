@@ -197,6 +197,9 @@ class DataConfig:
 
         if not self.source.strip():
             raise InputError(f"`data.source` must be a source spec NAME[:PATH]; got {self.source!r}.")
+        from .data import get_dataset_info, parse_spec
+
+        get_dataset_info(parse_spec(self.source)[0])
         parse_profile(self.imbalance, "data.imbalance")
         _in_range("data.val_fraction", self.val_fraction, 1e-12, 1 - 1e-12, "a number in (0, 1)")
         _in_range("data.test_fraction", self.test_fraction, 1e-12, 1 - 1e-12, "a number in (0, 1)")
@@ -216,6 +219,15 @@ class ModelConfig:
     options: dict[str, Any] = dataclasses.field(
         default_factory=dict
     )  # e.g. width = 512, depth = 6, cosine_classifier = true
+
+    def __post_init__(self) -> None:
+        from .models import get_model_info
+
+        info = get_model_info(self.name)
+        unknown = sorted(set(self.options) - set(info.options))
+        if unknown:
+            valid = ", ".join(info.options)
+            raise InputError(f"`model.options` must be options of {self.name!r} ({valid}); got {unknown[0]!r}.")
 
 
 @dataclass(frozen=True)

@@ -250,7 +250,9 @@ def prepare_run_folder(
     """
     path = Path(out)
     if path.exists() and not path.is_dir():
-        raise fail("out", "a folder for the run (new, empty, or a cegeo run folder)", f"{path} (a file)")
+        raise InputError(
+            f"`out` must be a folder for the run (new, empty, or a cegeo run folder); got the file {path}."
+        )
     cfg_file = path / "config.toml"
     if not cfg_file.exists():
         if path.exists():
@@ -258,8 +260,9 @@ def prepare_run_folder(
                 p.name for p in path.iterdir() if p.name not in RUN_FILES and not p.name.startswith(".")
             )
             if foreign:
-                raise fail(
-                    "out", "a new or empty folder, or a cegeo run folder", f"{path} (holds {foreign[0]!r})"
+                raise InputError(
+                    f"`out` must be a new or empty folder, or a cegeo run folder; got {path}, which "
+                    f"holds {foreign[0]!r}."
                 )
         if config is None:
             raise InputError(f"`config` must be given: `{path}` holds no run to resume.")
@@ -276,10 +279,9 @@ def prepare_run_folder(
     old = load_run_config(cfg_file)
     if not resume:
         hint = "--resume to continue it, " if not finished else ""
-        raise fail(
-            "out",
-            f"a folder without a run (pass {hint}--force to overwrite it, or choose another --out)",
-            f"{path} ({state})",
+        raise InputError(
+            f"`out` must be a folder without a run; got {path}, which holds {state} (pass {hint}"
+            "--force to overwrite it, or choose another --out)."
         )
     if config is not None:
         diffs = _config_differences(old, config)
@@ -558,6 +560,7 @@ class Trainer:
         self._splits_in = splits
         self.records: list[dict[str, Any]] = []
         self.final: dict[str, Any] = {}
+        self._ready = False
 
     # ------------------------------------------------------------------------------- setup
 
@@ -700,14 +703,23 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- pieces
 
-    def _inputs(self, xb: Tensor) -> Tensor:
-        """Normalise a raw batch (uint8 images or float32 rows) on the device."""
+    def inputs(self, xb: Tensor) -> Tensor:
+        """Normalise a raw batch (uint8 images or float32 rows, on the device) for the model.
+
+        Images: ``(x / 255 - mean_c) / std_c`` per channel; tabular: ``(x - mean_j) / std_j`` per
+        feature; means and stds of the training split (``checkpoint.pt``'s ``normalization``).
+        """
         x = (xb.float() - self._shift) * self._scale
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _epoch_order(self) -> Tensor:
+    def epoch_order(self) -> Tensor:
+        """Training-sample indices of the next epoch (advances the order generator).
+
+        A permutation of ``0..n-1`` without a sampler; ``n`` draws with replacement from
+        ``q_{y_i} / n_{y_i}`` with one (:func:`sampling_probabilities`).
+        """
         if self.sample_p is None:
             return torch.randperm(self.n_train, generator=self.g_order, device=self.device)
         return torch.multinomial(self.sample_p, self.n_train, replacement=True, generator=self.g_order)
@@ -747,7 +759,7 @@ class Trainer:
         B, world, rank = cfg.train.batch_size, self.dist.world, self.dist.rank
         loss_fn = self._loss_for(epoch)
         omega = getattr(loss_fn, "omega", None)
-        order = self._epoch_order()
+        order = self.epoch_order()
         augment = bool(cfg.train.pad_crop or cfg.train.flip)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros(self.k, device=self.device)
@@ -771,7 +783,7 @@ class Trainer:
                     cfg.train.pad_crop,
                 )
             with self._autocast():
-                logits = self.train_model(self._inputs(xb))  # (b, k)
+                logits = self.train_model(self.inputs(xb))  # (b, k)
             loss = loss_fn(logits, y).sum() * (world / norm)
             loss.backward()
             self.optimizer.step()
@@ -797,7 +809,7 @@ class Trainer:
         for i in range(lo, hi, eb):
             j = min(i + eb, hi)
             with self._autocast():
-                h = model.features(self._inputs(x[i:j]))
+                h = model.features(self.inputs(x[i:j]))
                 z = model.classifier(h)
             h, z = h.float(), z.float()
             if stats is not None:
@@ -912,7 +924,7 @@ class Trainer:
         for size in self.batch_sizes:
             idx = torch.arange(size, device=self.device)[rank::world]
             with self._autocast():
-                out = self.train_model(self._inputs(self.x["train"][idx]))
+                out = self.train_model(self.inputs(self.x["train"][idx]))
             (out.float().sum() * 0.0).backward()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.load_state_dict(saved)
@@ -930,22 +942,24 @@ class Trainer:
                 read_jsonl(self.out / "metrics.jsonl") if (self.out / "metrics.jsonl").exists() else []
             )
             return self.final
-        cfg = self.config
-        if cfg.runtime.threads is not None:
-            torch.set_num_threads(cfg.runtime.threads)
-        self._setup_distributed()
         try:
+            self.setup()
             return self._run(wall0)
         finally:
-            if self.dist.owner:
+            if getattr(self, "dist", None) is not None and self.dist.owner:
                 import torch.distributed as dist
 
                 with contextlib.suppress(Exception):
                     dist.destroy_process_group()
 
-    def _run(self, wall0: float) -> dict[str, Any]:
-        cfg = self.config
-        writer = self.out is not None and self.dist.rank == 0
+    def setup(self) -> Trainer:
+        """Join the process group (under torchrun), build the data, model, loss, optimizer and
+        sampler on the device; called by :meth:`run` (idempotent). Returns ``self``."""
+        if self._ready:
+            return self
+        if self.config.runtime.threads is not None:
+            torch.set_num_threads(self.config.runtime.threads)
+        self._setup_distributed()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -953,6 +967,12 @@ class Trainer:
         self._setup_data()
         self._setup_model()
         self._setup_sampler()
+        self._ready = True
+        return self
+
+    def _run(self, wall0: float) -> dict[str, Any]:
+        cfg = self.config
+        writer = self.out is not None and self.dist.rank == 0
 
         start_epoch, step, train_time, wall_before = 0, 0, 0.0, 0.0
         if self.action == "resume":

@@ -1,0 +1,462 @@
+"""The trainer end to end on tiny digits/gaussian runs: run folder, probes, resume, samplers, DRW."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cegeo._io import read_json, read_jsonl
+from cegeo.config import RunConfig, load_run_config, override
+from cegeo.geometry import classifier_weight
+from cegeo.losses import class_balanced_weights
+from cegeo.train import (
+    Trainer,
+    augment_batch,
+    load_checkpoint,
+    lr_at,
+    prepare_run_folder,
+    sampling_probabilities,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DIGITS = {
+    "data.imbalance": "step:R=10,rho=0.5",
+    "model.options": {"width": 32, "depth": 2},
+    "train.batch_size": 64,
+    "runtime.threads": 1,
+}
+GAUSS = {
+    "data.source": "gaussian",
+    "data.imbalance": "step:R=5,rho=0.5",
+    "data.options": {"k": 4, "d": 6, "n_per_class": 60, "n_test_per_class": 20, "separation": 3.0},
+    "model.options": {"width": 16, "depth": 2},
+    "train.batch_size": 32,
+    "runtime.threads": 1,
+}
+
+
+def cfg(base: dict, **dotted) -> RunConfig:
+    return override(RunConfig(), {**base, **{k.replace("__", "."): v for k, v in dotted.items()}})
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One finished digits run (ldt, augmentation, probes every 2 epochs), shared by several tests."""
+    out = tmp_path_factory.mktemp("runs") / "ldt"
+    config = cfg(
+        DIGITS,
+        loss__name="ldt",
+        loss__hyper={"gamma": 0.5},
+        train__epochs=3,
+        train__probe_every=2,
+        train__pad_crop=1,
+        train__flip=True,
+        data__normal_class=0,
+    )
+    trainer = Trainer(config, out, progress=False)
+    final = trainer.run()
+    return trainer, final, out
+
+
+# ------------------------------------------------------------------------------------ run folder
+
+
+def test_run_folder_files_and_keys(digits_run):
+    trainer, final, out = digits_run
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "config.toml",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "final.json",
+        "logits_val.npz",
+        "logits_test.npz",
+        "classifier.npz",
+    }
+    # config.toml reproduces the run's configuration; its [provenance] has versions and commit
+    assert load_run_config(out / "config.toml") == trainer.config
+    import tomllib
+
+    prov = tomllib.loads((out / "config.toml").read_text())["provenance"]
+    assert {"cegeo", "torch", "numpy", "python", "platform", "device"} <= set(prov)
+    # metrics.jsonl: the probed epochs (every 2, and the last)
+    lines = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in lines] == [2, 3]
+    steps = trainer.steps_per_epoch
+    assert [r["step"] for r in lines] == [2 * steps, 3 * steps]
+    for r in lines:
+        assert {"epoch", "step", "time_s", "lr", "train_loss", "train", "val", "test", "geometry"} <= set(r)
+        for split in ("train", "val", "test"):
+            s = r[split]
+            assert {"n", "accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall", "g_mean"} <= set(
+                s
+            )
+            assert set(s["group_recall"]) == {"majority", "minority"}
+            assert "false_alarm" in s  # normal_class = 0
+        g = r["geometry"]
+        assert {
+            "w_norms",
+            "h_norms",
+            "summary",
+            "summary_centred",
+            "nc1",
+            "dist_W",
+            "dist_H",
+            "dist_M",
+        } <= set(g)
+        assert len(g["w_norms"]) == 10 and g["dist_W"] is not None
+    assert lines[0]["time_s"] < lines[1]["time_s"]
+    assert lines[0]["train"]["n"] == int(trainer.splits.class_counts.sum())
+    # final.json per docs/run-folder.md
+    assert final == read_json(out / "final.json")
+    assert final["finished"] is True and final["epochs"] == 3
+    assert final["class_counts"] == trainer.splits.class_counts.tolist()
+    assert final["groups"] == {"majority": [0, 1, 2, 3, 4], "minority": [5, 6, 7, 8, 9]}
+    assert final["loss"] == {"name": "ldt", "hyper": {"gamma": 0.5, "normalize": 1.0}}
+    assert (final["model"], final["data"], final["imbalance"], final["seed"]) == (
+        "mlp",
+        "digits",
+        "step:R=10,rho=0.5",
+        0,
+    )
+    assert final["test"] == lines[-1]["test"] and final["geometry"]["cos_W"]
+    assert final["theory"]["summary"]["W_ratio"] == pytest.approx(1.0)  # LDT gamma = 1/2: symmetric
+    assert set(final["history"]) >= {"epoch_to_95pct_bal_acc", "time_to_95pct_bal_acc_s"}
+    assert final["environment"]["torch"] == torch.__version__
+    assert 0 < final["train_time_s"] <= final["wall_time_s"]
+
+
+def test_logits_and_classifier_files(digits_run):
+    trainer, final, out = digits_run
+    W = np.load(out / "classifier.npz")["W"]
+    assert W.shape == (10, 32) and W.dtype == np.float32
+    for split, y in (("val", trainer.splits.y_val), ("test", trainer.splits.y_test)):
+        with np.load(out / f"logits_{split}.npz") as f:
+            logits, labels, feats = f["logits"], f["labels"], f["features"]
+        assert logits.dtype == np.float32 and feats.dtype == np.float32 and labels.dtype == np.int64
+        np.testing.assert_array_equal(labels, y)
+        assert logits.shape == (y.size, 10) and feats.shape == (y.size, 32)
+        np.testing.assert_allclose(logits, feats @ W.T, rtol=1e-4, atol=1e-4)
+    # the predictions behind final["test"] are the argmax of logits_test
+    pred = np.load(out / "logits_test.npz")["logits"].argmax(1)
+    assert final["test"]["accuracy"] == pytest.approx(np.mean(pred == trainer.splits.y_test))
+
+
+def test_checkpoint_is_safe_to_load_and_complete(digits_run):
+    trainer, _, out = digits_run
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 3 and ck["step"] == 3 * trainer.steps_per_epoch
+    assert {"model", "optimizer", "rng", "normalization", "config_toml"} <= set(ck)
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(ck["model"][key], value)
+
+
+def test_probes_match_numpy_over_the_training_set(digits_run):
+    """The logged geometry equals a direct NumPy computation on the trained model's features."""
+    trainer, final, _ = digits_run
+    model = trainer.model.eval()
+    with torch.no_grad():
+        h = model.features(trainer.inputs(trainer.x["train"])).double().numpy()
+    y = trainer.splits.y_train
+    W = classifier_weight(model).double().numpy()
+    k = 10
+    mu = np.stack([h[y == c].mean(0) for c in range(k)])
+    cm = mu - h.mean(0)
+    resid = h - mu[y]
+    sigma_w = resid.T @ resid / len(y)
+    sigma_b = cm.T @ cm / k
+    vals, vecs = np.linalg.eigh(sigma_b)
+    top = np.argsort(vals)[::-1][: k - 1]
+    nc1 = np.trace(sigma_w @ (vecs[:, top] / vals[top]) @ vecs[:, top].T) / k
+    g = final["geometry"]
+    np.testing.assert_allclose(g["h_norms"], np.linalg.norm(mu, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(g["h_norms_centred"], np.linalg.norm(cm, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(g["w_norms"], np.linalg.norm(W, axis=1), rtol=1e-6)
+    assert g["nc1"] == pytest.approx(nc1, rel=1e-4)
+    sq_h = np.sum(mu**2, 1)
+    assert g["summary"]["H_ratio"] == pytest.approx(sq_h[:5].mean() / sq_h[5:].mean(), rel=1e-5)
+    from cegeo.theory import distance
+
+    assert g["dist_M"] == pytest.approx(distance(W @ mu.T, np.array(final["theory"]["M"])), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------ resume
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    """A real subprocess killed with SIGKILL mid-run, resumed, ends with identical weights."""
+    args = [
+        *("--data", "digits", "--imbalance", "step:R=10,rho=0.5", "--model", "mlp"),
+        *("--model-option", "width=64", "--model-option", "depth=2", "--loss", "ldt", "--gamma", "0.5"),
+        *("--epochs", "14", "--batch-size", "64", "--pad-crop", "1", "--flip", "--sampler", "sqrt"),
+        *("--drw-epoch", "8", "--milestones", "10", "--threads", "1", "--no-progress"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "cegeo", "train", *args]
+    subprocess.run([*cmd, "--out", str(tmp_path / "A")], check=True, env=env, capture_output=True)
+    b = tmp_path / "B"
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(b)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (b / "metrics.jsonl").exists() and (b / "metrics.jsonl").read_text().count("\n") >= 3:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (b / "final.json").exists(), "the run finished before it could be killed"
+    killed_at = load_checkpoint(b / "checkpoint.pt")["epoch"]
+    assert 2 <= killed_at < 14
+    subprocess.run([*cmd, "--out", str(b), "--resume"], check=True, env=env, capture_output=True)
+    a_ck, b_ck = load_checkpoint(tmp_path / "A" / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    assert a_ck["model"].keys() == b_ck["model"].keys()
+    for key in a_ck["model"]:
+        assert torch.equal(a_ck["model"][key], b_ck["model"][key]), key
+    for sa, sb in zip(a_ck["optimizer"]["state"].values(), b_ck["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "A" / "classifier.npz")["W"], np.load(b / "classifier.npz")["W"]
+    )
+    la, lb = read_jsonl(tmp_path / "A" / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl")
+    assert [r["epoch"] for r in lb] == list(range(1, 15))  # every epoch logged once
+    assert [r["test"] for r in la] == [r["test"] for r in lb]
+
+
+class _CrashAfterProbe(Trainer):
+    """Dies between writing an epoch's metrics line and saving its checkpoint."""
+
+    crash_epoch = 2
+
+    def _save_checkpoint(self, state):
+        if state["epoch"] == self.crash_epoch:
+            raise KeyboardInterrupt("simulated crash")
+        super()._save_checkpoint(state)
+
+
+def test_resume_redoes_epochs_logged_after_the_checkpoint(tmp_path):
+    config = cfg(GAUSS, train__epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        _CrashAfterProbe(config, tmp_path / "r", progress=False).run()
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "r" / "metrics.jsonl")] == [1, 2]
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["epoch"] == 1
+    Trainer(None, tmp_path / "r", resume=True, progress=False).run()
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "r" / "metrics.jsonl")] == [1, 2, 3]
+    straight = Trainer(config, tmp_path / "s", progress=False)
+    straight.run()
+    resumed = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model"]
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed[key], value), key
+
+
+def test_resume_of_a_finished_run_does_nothing(digits_run):
+    _, final, out = digits_run
+    before = (out / "checkpoint.pt").stat().st_mtime_ns
+    again = Trainer(None, out, resume=True, progress=False)
+    assert again.action == "finished"
+    assert again.run() == final
+    assert (out / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+# ------------------------------------------------------------------------------------ run folder rules
+
+
+def test_run_folder_rules(tmp_path, digits_run):
+    _, _, finished = digits_run
+    config = cfg(GAUSS, train__epochs=1)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"which holds 'notes\.txt'"):
+        prepare_run_folder(tmp_path / "other", config)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="got the file"):
+        prepare_run_folder(tmp_path / "file", config)
+    with pytest.raises(ValueError, match=r"holds a finished run \(pass --force"):
+        prepare_run_folder(finished, config)
+    with pytest.raises(ValueError, match="must match the run being resumed"):
+        prepare_run_folder(finished, config, resume=True)
+    with pytest.raises(ValueError, match="holds no run to resume"):
+        prepare_run_folder(tmp_path / "empty", None, resume=True)
+    assert prepare_run_folder(tmp_path / "new", config)[0] == "new"
+    assert prepare_run_folder(tmp_path / "new2", config, resume=True)[0] == "new"  # nothing to resume yet
+    # an unfinished run needs --resume or --force
+    run = tmp_path / "unfinished"
+    _CrashAfterProbe.crash_epoch = 1
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _CrashAfterProbe(cfg(GAUSS, train__epochs=2), run, progress=False).run()
+    finally:
+        _CrashAfterProbe.crash_epoch = 2
+    with pytest.raises(ValueError, match="an unfinished run"):
+        prepare_run_folder(run, cfg(GAUSS, train__epochs=2))
+    # the run died before its first checkpoint: resume starts over
+    assert prepare_run_folder(run, cfg(GAUSS, train__epochs=2), resume=True)[0] == "new"
+    assert not (run / "metrics.jsonl").exists()
+    # runtime settings may change on resume; force overwrites
+    action, resumed = prepare_run_folder(
+        finished, override(load_run_config(finished / "config.toml"), {"runtime.threads": 2}), resume=True
+    )
+    assert action == "finished" and resumed.runtime.threads == 2
+    assert prepare_run_folder(run, config, force=True)[0] == "new"
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="must be a cegeo checkpoint"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+# ------------------------------------------------------------------------------------ samplers, DRW
+
+
+@pytest.mark.parametrize("sampler", ["none", "class_balanced", "sqrt"])
+def test_samplers_draw_the_right_class_frequencies(sampler):
+    t = Trainer(
+        cfg(GAUSS, train__sampler=sampler, data__imbalance="step:R=10,rho=0.5"), progress=False
+    ).setup()
+    counts = t.counts
+    y = t.y["train"]
+    epochs = 300
+    drawn = torch.cat([y[t.epoch_order()] for _ in range(epochs)])
+    freq = np.bincount(drawn.numpy(), minlength=4) / drawn.numel()
+    q = sampling_probabilities(counts, sampler)
+    n = drawn.numel()
+    assert np.all(np.abs(freq - q) < 5 * np.sqrt(q * (1 - q) / n) + 1e-12), (freq, q)
+    if sampler == "none":
+        order = t.epoch_order()
+        assert torch.equal(order.sort().values, torch.arange(t.n_train))
+    else:  # within a class, every sample is drawn about equally often
+        idx = torch.cat([t.epoch_order() for _ in range(epochs)])
+        per_sample = np.bincount(idx.numpy(), minlength=t.n_train)
+        minority = np.flatnonzero(t.splits.y_train == 3)
+        expect = q[3] / counts[3] * idx.numel()
+        assert np.all(np.abs(per_sample[minority] - expect) < 6 * np.sqrt(expect))
+
+
+def test_sampling_probabilities_values():
+    np.testing.assert_allclose(sampling_probabilities([90, 10], "none"), [0.9, 0.1])
+    np.testing.assert_allclose(sampling_probabilities([90, 10], "class_balanced"), [0.5, 0.5])
+    np.testing.assert_allclose(sampling_probabilities([9, 1], "sqrt"), [0.75, 0.25])
+    with pytest.raises(ValueError, match="`sampler` must be one of"):
+        sampling_probabilities([9, 1], "random")
+
+
+def test_deferred_reweighting_switches_at_the_epoch():
+    plain = Trainer(cfg(GAUSS, train__epochs=4), progress=False)
+    drw = Trainer(cfg(GAUSS, train__epochs=4, train__drw_epoch=2), progress=False)
+    plain.run()
+    drw.run()
+    assert [r["reweighted"] for r in drw.records] == [False, False, True, True]
+    assert not any(r["reweighted"] for r in plain.records)
+    # identical until the switch, different after it
+    assert [r["train_loss"] for r in drw.records[:2]] == [r["train_loss"] for r in plain.records[:2]]
+    assert drw.records[2]["train_loss"] != plain.records[2]["train_loss"]
+    weights = drw._loss_for(2).omega.numpy()
+    np.testing.assert_allclose(weights, class_balanced_weights(drw.counts, 0.9999))
+    assert drw._loss_for(1).omega is None
+
+
+# ------------------------------------------------------------------------------------ pieces
+
+
+def test_lr_schedule_matches_torch_multistep():
+    from cegeo.config import OptimConfig
+
+    opt = OptimConfig(lr=0.1, milestones=(3, 5), lr_decay=0.5)
+    param = torch.nn.Parameter(torch.zeros(1))
+    sgd = torch.optim.SGD([param], lr=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(sgd, milestones=[3, 5], gamma=0.5)
+    steps = 4
+    for epoch in range(7):
+        for s in range(steps):
+            assert lr_at(epoch * steps + s, steps, 7, opt) == pytest.approx(sgd.param_groups[0]["lr"])
+        sgd.step()
+        sched.step()
+    cos = OptimConfig(lr=0.2, schedule="cosine", warmup_epochs=2)
+    values = [lr_at(s, 5, 10, cos) for s in range(50)]
+    assert values[0] == pytest.approx(0.02) and values[9] == pytest.approx(0.2)
+    assert values[10] == pytest.approx(0.2) and values[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in itertools.pairwise(values[10:]))
+    assert lr_at(17, 5, 10, OptimConfig(lr=0.3, schedule="constant")) == 0.3
+
+
+def test_augment_batch_matches_per_sample_crops(rng):
+    x = torch.from_numpy(rng.integers(0, 256, size=(16, 3, 5, 7), dtype=np.uint8))
+    pad = 2
+    shifts = torch.from_numpy(rng.integers(0, 2 * pad + 1, size=(16, 2)))
+    flips = torch.from_numpy(rng.random(16) < 0.5)
+    got = augment_batch(x, shifts, flips, pad).numpy()
+    for i in range(16):
+        p = np.pad(x[i].numpy(), ((0, 0), (pad, pad), (pad, pad)))
+        dy, dx = shifts[i].tolist()
+        want = p[:, dy : dy + 5, dx : dx + 7]
+        if flips[i]:
+            want = want[:, :, ::-1]
+        np.testing.assert_array_equal(got[i], want)
+    assert torch.equal(augment_batch(x, torch.full((16, 2), pad), None, pad), x)
+
+
+def test_cuda_extras_are_off_on_cpu_by_default():
+    t = Trainer(
+        cfg(DIGITS, model__name="cnn", model__options={"width": 8}, train__epochs=1), progress=False
+    ).setup()
+    assert t.device.type == "cpu"
+    assert (t.amp, t.compile, t.channels_last) == (False, False, False)
+    assert t.train_model is t.model
+
+
+def test_bf16_autocast_can_be_switched_on_on_cpu():
+    t = Trainer(cfg(GAUSS, train__epochs=1, runtime__amp="on"), progress=False)
+    final = t.run()
+    assert final["amp"] is True and final["compile"] is False
+    assert np.isfinite(final["train"]["balanced_accuracy"])
+
+
+def test_in_memory_run_with_given_splits_and_tabular_model():
+    from cegeo.data import load_dataset, make_splits
+
+    ds = load_dataset("gaussian", k=3, d=4, n_per_class=30, n_test_per_class=5)
+    splits = make_splits(ds, "longtail:R=3", seed=1)
+    t = Trainer(cfg(GAUSS, train__epochs=2), splits=splits, progress=False)
+    final = t.run()
+    assert final["class_counts"] == splits.class_counts.tolist()
+    assert t.out is None and len(t.records) == 2
+
+
+@pytest.mark.parametrize(
+    ("updates", "match"),
+    [
+        ({"train.pad_crop": 2}, "augmentation is for images"),
+        ({"data.normal_class": 9}, r"`data.normal_class` must be a class in 0\.\.3"),
+        ({"loss.name": "ldam"}, "`model.options.cosine_classifier` must be true for loss 'ldam'"),
+        (
+            {"data.imbalance": "none", "data.options": {"k": 4, "d": 6, "n_per_class": 1}},
+            "too few for a validation split",
+        ),
+    ],
+)
+def test_setup_errors(updates, match):
+    with pytest.raises(ValueError, match=match):
+        Trainer(override(cfg(GAUSS), updates), progress=False).setup()
+
+
+@pytest.mark.cuda
+def test_cuda_run_uses_amp_channels_last_and_compile(tmp_path):
+    t = Trainer(
+        cfg(DIGITS, model__name="cnn", model__options={"width": 16}, train__epochs=2, runtime__device="cuda"),
+        tmp_path / "cuda",
+        progress=False,
+    )
+    final = t.run()
+    assert (final["amp"], final["compile"], final["channels_last"]) == (True, True, True)
+    assert np.isfinite(final["geometry"]["nc1"])
