@@ -70,6 +70,18 @@ def part_predict(repeats: int) -> None:
     print(f"    Grams by one SVD (used):      median {med_svd:.3f} s, min {min(svd):.3f} s")
     print(f"    Grams by two eigh (baseline): median {med_base:.3f} s, min {min(base):.3f} s")
     print(f"    ratio SVD / eigh (median): {med_svd / med_base:.2f}")
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - ships with scikit-learn
+        threadpool_limits = None
+    if threadpool_limits is not None:
+        with threadpool_limits(limits=1):
+            one = timed(lambda: predict(loss, n), repeats)
+        print(
+            f"    predict with one BLAS thread: median {statistics.median(one):.3f} s "
+            f"(ratio default threads / one thread: {statistics.median(total) / statistics.median(one):.2f}; "
+            "on a loaded 2-core machine OpenBLAS threads contend, see OPENBLAS_NUM_THREADS)"
+        )
     # Accuracy where the exact answer is known (STEP, §4.3 table): R = 1e6, k = 10, one minority.
     step = seli_step(10, 1e6, 0.1)
     cn = step.class_counts
