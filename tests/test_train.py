@@ -193,6 +193,7 @@ def test_probes_match_numpy_over_the_training_set(digits_run):
 # ------------------------------------------------------------------------------------ resume
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     """A real subprocess killed with SIGKILL mid-run, resumed, ends with identical weights."""
     args = [

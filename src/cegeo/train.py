@@ -561,6 +561,7 @@ class Trainer:
         self.records: list[dict[str, Any]] = []
         self.final: dict[str, Any] = {}
         self._ready = False
+        self._final: dict[str, Any] | None = None  # the last probe's record and arrays
 
     # ------------------------------------------------------------------------------- setup
 
@@ -866,7 +867,8 @@ class Trainer:
         probe = measure(stats, W, loss=self.loss_base, class_counts=self.counts, groups=self.splits.groups)
         record["geometry"] = probe.to_dict(matrices=final)
         if final:
-            self._final_arrays = {
+            self._final = {
+                "record": record,
                 "val": (z_val, f_val),
                 "test": (z_test, f_test),
                 "W": W,
@@ -1051,6 +1053,11 @@ class Trainer:
                 )
         finally:
             bar.close()
+        if self._final is None:
+            # Killed after the last checkpoint but before final.json: probe the final weights again
+            # (the metrics line of the last epoch is already in metrics.jsonl).
+            last_loss = self.records[-1]["train_loss"] if self.records else float("nan")
+            self._probe(epochs, step, train_time, last_loss, final=True)
         if self.dist.enabled:
             import torch.distributed as dist
 
@@ -1066,8 +1073,9 @@ class Trainer:
 
     def _finish(self, train_time: float, wall_time: float) -> dict[str, Any]:
         cfg = self.config
-        last = self.records[-1]
-        arrays = self._final_arrays
+        arrays = self._final
+        assert arrays is not None
+        last = arrays["record"]
         final: dict[str, Any] = {
             "finished": True,
             "epochs": cfg.train.epochs,

@@ -1,0 +1,202 @@
+"""``cegeo train``: runs, --config (with overrides), --resume, and one line + exit 2 per bad option."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cegeo._io import read_jsonl
+from cegeo.config import load_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model-option", "width=16", "--model-option", "depth=2", "--threads", "1", "--no-progress"]
+GAUSS = ["--data", "gaussian", "--data-option", "k=3", "--data-option", "n_per_class=40", *TINY]
+
+
+def _idx(path: Path, arr: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + arr.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path):
+    """A tiny MNIST-format folder: 10 classes, 28x28, 60 train / 8 test images per class."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "mnist"
+    root.mkdir()
+    for prefix, per in (("train", 60), ("t10k", 8)):
+        y = np.repeat(np.arange(10), per)
+        x = rng.integers(0, 50, size=(y.size, 28, 28))
+        for c in range(10):  # a class-specific bright square, so there is something to learn
+            x[y == c, 2 * c : 2 * c + 6, 4:10] = 250
+        _idx(root / f"{prefix}-images-idx3-ubyte.gz", x)
+        _idx(root / f"{prefix}-labels-idx1-ubyte.gz", y)
+    return root
+
+
+def test_train_digits_end_to_end(cli, tmp_path):
+    out = tmp_path / "ldt"
+    r = cli(
+        "train",
+        *("--data", "digits", "--imbalance", "step:R=10,rho=0.5", "--model", "mlp", "--loss", "ldt"),
+        *("--gamma", "0.5", "--epochs", "2", "--seed", "0", "--out", out, *TINY),
+    )
+    assert r.code == 0, r.err
+    assert "balanced accuracy" in r.out and "minority recall" in r.out and str(out) in r.out
+    final = json.loads((out / "final.json").read_text())
+    assert final["loss"]["hyper"]["gamma"] == 0.5 and final["imbalance"] == "step:R=10,rho=0.5"
+    # the run's config.toml reproduces it exactly (CPU: bitwise)
+    again = tmp_path / "again"
+    r2 = cli("train", "--config", out / "config.toml", "--out", again, "--no-progress")
+    assert r2.code == 0, r2.err
+    assert json.loads((again / "final.json").read_text())["test"] == final["test"]
+    np.testing.assert_array_equal(
+        np.load(out / "classifier.npz")["W"], np.load(again / "classifier.npz")["W"]
+    )
+
+
+def test_experiment_config_with_a_user_data_path(cli, tmp_path, tiny_mnist):
+    """experiments/mlp_mnist_step10.toml runs on MNIST-format files given by --data."""
+    exp = ROOT / "experiments" / "mlp_mnist_step10.toml"
+    cfg = load_run_config(exp)
+    assert (cfg.model.options, cfg.optim.milestones, cfg.train.epochs) == (
+        {"width": 2048, "depth": 6},
+        (116, 232),
+        350,
+    )
+    out = tmp_path / "run"
+    r = cli(
+        "train",
+        *("--config", exp, "--data", f"idx:{tiny_mnist}", "--n-max", "50", "--epochs", "2"),
+        *("--milestones", "1", "--model-option", "width=32", "--model-option", "depth=2"),
+        *("--out", out, "--no-progress"),
+    )
+    assert r.code == 0, r.err
+    final = json.loads((out / "final.json").read_text())
+    assert final["data"] == f"idx:{tiny_mnist}" and final["test"]["n"] == 80
+    assert final["class_counts"] == [45] * 5 + [4] * 5  # 50 / 5 per class minus 1/11 for validation
+    used = load_run_config(out / "config.toml")
+    assert (used.model.options, used.optim.milestones, used.train.epochs) == (
+        {"width": 32, "depth": 2},
+        (1,),
+        2,
+    )
+    assert used.loss.name == "ldt" and used.loss.hyper == {"gamma": 0.5}  # from the file
+
+
+def test_experiment_configs_parse_and_follow_the_paper():
+    for name, model in (("mlp_mnist_step10", "mlp"), ("resnet18_cifar10_step10", "resnet18")):
+        cfg = load_run_config(ROOT / "experiments" / f"{name}.toml")
+        assert cfg.model.name == model and cfg.data.imbalance == "step:R=10,rho=0.5"
+        assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.1, 0.9, 5e-4)
+        assert (cfg.train.batch_size, cfg.train.epochs, cfg.optim.milestones) == (128, 350, (116, 232))
+        assert (cfg.train.pad_crop, cfg.train.flip) == (0, False)
+
+
+def test_resume_continues_with_the_folder_config(cli, tmp_path):
+    out = tmp_path / "r"
+    assert cli("train", *GAUSS, "--epochs", "2", "--out", out).code == 0
+    final = json.loads((out / "final.json").read_text())
+    (out / "final.json").unlink()  # as if killed after the last checkpoint
+    r = cli("train", "--resume", "--out", out, "--no-progress")
+    assert r.code == 0, r.err
+    assert json.loads((out / "final.json").read_text())["test"] == final["test"]
+    assert [x["epoch"] for x in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+    r = cli("train", "--resume", "--out", out)
+    assert r.code == 0 and "finished already" in r.out
+    r = cli("train", *GAUSS, "--epochs", "2", "--out", out, "--force")
+    assert r.code == 0, r.err
+
+
+def test_help_states_the_ratio_convention(cli):
+    r = cli("train", "--help")
+    assert r.code == 0 and "R = n_max/n_min >= 1" in " ".join(r.out.split())
+
+
+@pytest.fixture
+def finished(cli, tmp_path_factory):
+    out = tmp_path_factory.mktemp("done") / "run"
+    assert cli("train", *GAUSS, "--epochs", "1", "--out", out).code == 0
+    return out
+
+
+BAD = [
+    (["--loss", "focal"], "unknown loss 'focal'"),
+    (["--model", "vgg"], "unknown model 'vgg'"),
+    (["--data", "mnist"], "unknown dataset 'mnist'"),
+    (["--data", "idx:/nonexistent/mnist"], "idx:DIR' with an existing directory"),
+    (["--imbalance", "step:R=0.1,rho=0.5"], "`R` must be a number >= 1"),
+    (["--imbalance", "steep:R=10"], "`data.imbalance` must be"),
+    (["--epochs", "0"], "`train.epochs` must be an integer >= 1"),
+    (["--batch-size", "0"], "`train.batch_size` must be an integer >= 1"),
+    (["--imbalance", "counts:40,40,1"], "class 2 has 1 sample(s), too few for a validation split"),
+    (["--loss", "ldam"], "`model.options.cosine_classifier` must be true for loss 'ldam'"),
+    (["--gamma", "0.5"], "loss 'ce' takes no hyperparameters; got unknown hyperparameter(s) gamma"),
+    (["--loss", "ldt", "--hyper", "beta=2"], "loss 'ldt' takes gamma, normalize; got unknown"),
+    (["--hyper", "gamma"], "`--hyper` must be name=value"),
+    (["--model-option", "depth"], "`--model-option` must be name=value"),
+    (["--model-option", "colour=red"], "`model.options` must be options of 'mlp'"),
+    (["--model-option", "depth=0"], "`depth` must be an integer >= 1"),
+    (["--sampler", "oversample"], "`train.sampler` must be one of 'none', 'class_balanced', 'sqrt'"),
+    (["--epochs", "3", "--drw-epoch", "3"], "`train.drw_epoch` must be an integer in 1..2"),
+    (["--milestones", "a,b"], "`--milestones` must be comma-separated epochs"),
+    (["--epochs", "3", "--milestones", "5"], "`optim.milestones` must be epochs in 1..2"),
+    (["--lr", "0"], "`optim.lr` must be a number > 0"),
+    (["--momentum", "1.5"], "`optim.momentum` must be a number in [0, 1)"),
+    (["--schedule", "step"], "`optim.schedule` must be one of"),
+    (["--pad-crop", "2"], "augmentation is for images"),
+    (["--device", "tpu"], "`runtime.device` must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    (["--amp", "maybe"], "`runtime.amp` must be one of 'auto', 'on', 'off'"),
+    (["--val-fraction", "1.5"], "`data.val_fraction` must be a number in (0, 1)"),
+    (["--normal-class", "7"], "`data.normal_class` must be a class in 0..2"),
+    (["--config", "/nonexistent/run.toml"], "file not found"),
+]
+
+
+@pytest.mark.parametrize(("args", "match"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_options_exit_2_with_one_line(cli, tmp_path, args, match):
+    base = TINY if "--data" in args else GAUSS
+    r = cli("train", *base, *args, "--out", tmp_path / "x")
+    assert r.code == 2, (r.out, r.err)
+    assert r.err.startswith("error: ") and r.err.count("\n") == 1, r.err
+    assert match in r.err, r.err
+    assert "Traceback" not in r.err
+    assert not (tmp_path / "x").exists()  # nothing written for a run that never started
+
+
+def test_cuda_device_without_cuda_is_an_error(cli, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = cli("train", *GAUSS, "--device", "cuda", "--out", tmp_path / "x")
+    assert r.code == 2 and "`runtime.device` must be 'cpu' or 'auto' on a machine without CUDA" in r.err
+
+
+def test_bad_config_file(cli, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepoch = 3\n")
+    r = cli("train", "--config", bad, "--out", tmp_path / "x")
+    assert r.code == 2 and "unknown key `train.epoch`" in r.err
+    bad.write_text("[train\n")
+    r = cli("train", "--config", bad, "--out", tmp_path / "x")
+    assert r.code == 2 and "must be valid TOML" in r.err
+
+
+def test_out_holding_a_run(cli, tmp_path, finished):
+    r = cli("train", *GAUSS, "--epochs", "2", "--out", finished)
+    assert r.code == 2 and "holds a finished run (pass --force" in r.err
+    r = cli("train", *GAUSS, "--epochs", "2", "--out", finished, "--resume")
+    assert r.code == 2 and "`train.epochs` must match the run being resumed" in r.err
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.tex").write_text("x")
+    r = cli("train", *GAUSS, "--out", other)
+    assert r.code == 2 and "which holds 'thesis.tex'" in r.err
+    assert (other / "thesis.tex").read_text() == "x"

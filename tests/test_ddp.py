@@ -1,0 +1,118 @@
+"""Data-parallel training with two CPU processes (gloo, via torchrun) against one process.
+
+Tolerance: every ranks' shard loss is normalised by the global batch and BatchNorm statistics
+are synchronised, so two ranks compute what one process computes up to floating-point
+summation order; after 4 epochs the weights agree to 1e-5 (absolute, weights of order 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cegeo._io import read_jsonl
+from cegeo.train import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = [
+    *("--data", "digits", "--imbalance", "step:R=10,rho=0.5", "--model", "mlp"),
+    *("--model-option", "width=32", "--model-option", "depth=2", "--loss", "ldt", "--gamma", "0.5"),
+    *("--epochs", "4", "--batch-size", "64", "--pad-crop", "1", "--flip", "--sampler", "sqrt"),
+    *("--probe-every", "2", "--no-progress", "--threads", "1"),
+]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = subprocess.run(
+        [sys.executable, "-m", "cegeo", "train", *ARGS, "--out", str(one)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr
+    ddp = _torchrun("-m", "cegeo", "train", *ARGS, "--out", str(two))
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("run folder:") == 1  # only rank 0 reports (and writes)
+    assert {p.name for p in two.iterdir()} == {p.name for p in one.iterdir()}
+
+    a, b = load_checkpoint(one / "checkpoint.pt"), load_checkpoint(two / "checkpoint.pt")
+    assert (a["world_size"], b["world_size"]) == (1, 2)
+    for key, value in a["model"].items():
+        other = b["model"][key]
+        if value.is_floating_point():
+            assert torch.allclose(value, other, rtol=0, atol=1e-5), (key, (value - other).abs().max())
+        else:
+            assert torch.equal(value, other), key
+    fa = json.loads((one / "final.json").read_text())
+    fb = json.loads((two / "final.json").read_text())
+    assert fb["world_size"] == 2
+    for split in ("val", "test"):
+        assert fb[split]["balanced_accuracy"] == pytest.approx(fa[split]["balanced_accuracy"], abs=0.01)
+    for key in ("W_ratio", "H_ratio", "W_cos_maj_min"):
+        assert fb["geometry"]["summary"][key] == pytest.approx(fa["geometry"]["summary"][key], rel=1e-3)
+    assert fb["geometry"]["nc1"] == pytest.approx(fa["geometry"]["nc1"], rel=1e-3)
+    # the probes ran over every training sample, though each rank held half of them
+    la, lb = read_jsonl(one / "metrics.jsonl"), read_jsonl(two / "metrics.jsonl")
+    assert [r["epoch"] for r in lb] == [2, 4]
+    assert [r["train"]["n"] for r in lb] == [r["train"]["n"] for r in la]
+    for x, y in (("logits_test.npz", "logits"), ("logits_val.npz", "features")):
+        np.testing.assert_allclose(np.load(one / x)[y], np.load(two / x)[y], atol=1e-3)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from cegeo.geometry import FeatureStats, feature_stats
+    from cegeo.train import _Dist, _gather_rows, _shard
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(101, 5)) * 10 + 3
+    y = rng.integers(0, 4, size=101)
+    y[:4] = np.arange(4)
+    lo, hi = _shard(101, rank, world)
+    st = feature_stats(h[lo:hi], y[lo:hi], 4).all_reduce()
+    full = feature_stats(h, y, 4)
+    for a, b in zip(st.to_numpy(), full.to_numpy()):
+        assert np.allclose(a, b, rtol=1e-12, atol=1e-9), (a, b)
+    rows = _gather_rows(torch.from_numpy(h[lo:hi]), 101, _Dist(rank, world))
+    assert torch.equal(rows, torch.from_numpy(h))
+    if rank == 0:
+        open(sys.argv[1], "w").write("ok")
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.mark.slow
+def test_feature_stats_all_reduce_and_gather_over_two_ranks(tmp_path):
+    script = tmp_path / "reduce.py"
+    script.write_text(SCRIPT)
+    done = tmp_path / "done"
+    r = _torchrun(str(script), str(done))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert done.read_text() == "ok"
