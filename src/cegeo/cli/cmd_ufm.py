@@ -1,0 +1,649 @@
+"""``cegeo ufm``: simulate the unconstrained features model and compare it with the theory.
+
+Examples::
+
+    cegeo ufm --step k=10,R=10,rho=0.5 --n-min 5 --d 20 --loss ldt --gamma-grid -1.5:1.5:13 --out runs/ufm
+    cegeo ufm --config experiments/ufm_paper.toml --out runs/ufm_paper
+    cegeo ufm --config experiments/ufm_paper.toml --path --out runs/ufm_paper   # + regularisation path
+    cegeo ufm --config experiments/ufm_paper.toml --epochs 300 --seeds 0,1,2    # quick look
+
+Every configuration (loss x grid value x seed) trains in one batched tensor program
+(:func:`cegeo.ufm.simulate`); the exact regularised minimiser at the same weight decay
+(:func:`cegeo.ufm.minimize_ufm`) splits the gap to the theory into an optimisation part
+(GD vs minimiser) and a regularisation part (minimiser vs the lam -> 0 limit).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .._io import environment_info, read_toml, write_json, write_text
+from .._validation import InputError, check_finite, check_int, fail
+from ..config import from_dict, to_dict, to_toml_text
+from ..theory import predict
+from ..ufm import (
+    PANEL_KEYS,
+    PathResult,
+    UFMConfig,
+    UFMExperiment,
+    UFMMinimum,
+    UFMResult,
+    minimize_ufm,
+    regularization_path,
+    write_rows_csv,
+)
+from . import app
+from ._common import console, err_console, parse_counts, parse_grid, parse_hyper, parse_longtail, parse_step
+
+GAP_FROM = -0.5  # the paper's comparison range: gamma >= -0.5
+THEORY_POINTS = 121  # points of the theory curve in the figure
+_PANEL_NAMES = {
+    "ratio": "norm² ratio maj/min (rel.)",
+    "cos_maj_maj": "cos maj-maj",
+    "cos_min_min": "cos min-min",
+    "cos_maj_min": "cos maj-min",
+}
+
+
+def panel_label(key: str) -> str:
+    row, _, rest = key.partition("_")
+    return f"{row}: {_PANEL_NAMES[rest]}"
+
+
+def gap(key: str, value: float, reference: float) -> float:
+    """Panel gap: relative for norm ratios (they span decades), absolute for cosines."""
+    if key.endswith("ratio"):
+        return abs(value / reference - 1.0)
+    return abs(value - reference)
+
+
+# ------------------------------------------------------------------------------------ options
+
+
+def _int_list(text: str, option: str, minimum: int = 0) -> list[int]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            value = int(part)
+        except ValueError:
+            raise fail(option, "comma-separated integers", text) from None
+        out.append(check_int(option, value, minimum=minimum))
+    return out
+
+
+def _float_list(text: str, option: str) -> list[float]:
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise fail(option, "comma-separated numbers", text) from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise fail(option, "comma-separated finite numbers", text)
+    return values
+
+
+def _int(text: str, option: str, minimum: int) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise fail(option, f"an integer >= {minimum}", text) from None
+    return check_int(option, value, minimum=minimum)
+
+
+def _float(text: str, option: str) -> float:
+    try:
+        return check_finite(option, float(text))
+    except ValueError:
+        raise fail(option, "a finite number", text) from None
+
+
+def _overrides(opts: dict[str, Any]) -> dict[str, Any]:
+    """Experiment keys from the command-line options given (each checked with its flag's name)."""
+    out: dict[str, Any] = {}
+    if opts["step"] is not None:
+        parse_step(opts["step"])
+        out["step"] = opts["step"]
+    if opts["longtail"] is not None:
+        parse_longtail(opts["longtail"])
+        out["longtail"] = opts["longtail"]
+    if opts["counts"] is not None:
+        out["counts"] = [int(c) for c in parse_counts(opts["counts"])]
+    ints = {"n_min": 1, "d": 1, "epochs": 1, "batch_size": 0, "threads": 1, "log_every": 1}
+    for key, minimum in ints.items():
+        if opts[key] is not None:
+            out[key] = _int(opts[key], "--" + key.replace("_", "-"), minimum)
+    for key in ("lr", "momentum", "weight_decay", "lr_decay", "init_std", "path_tol"):
+        if opts[key] is not None:
+            out[key] = _float(opts[key], "--" + key.replace("_", "-"))
+    if opts["loss"]:
+        out["losses"] = [name.strip() for item in opts["loss"] for name in item.split(",") if name.strip()]
+        if not out["losses"]:
+            raise fail("--loss", "one or more loss names", opts["loss"])
+    if opts["gamma_grid"] is not None:
+        parse_grid(opts["gamma_grid"])
+        out["gamma_grid"] = opts["gamma_grid"]
+    if opts["hyper"]:
+        out["hyper"] = parse_hyper(opts["hyper"])
+    if opts["milestones"] is not None:
+        out["milestones"] = _int_list(opts["milestones"], "--milestones", minimum=1)
+    if opts["seeds"] is not None:
+        out["seeds"] = _int_list(opts["seeds"], "--seeds")
+        if not out["seeds"]:
+            raise fail("--seeds", "one or more comma-separated seeds >= 0", opts["seeds"])
+    if opts["path_lams"] is not None:
+        out["path_lams"] = _float_list(opts["path_lams"], "--path-lams")
+    for key in ("dtype", "device"):
+        if opts[key] is not None:
+            out[key] = opts[key]
+    return out
+
+
+def build_experiment(config: Path | None, opts: dict[str, Any]) -> UFMExperiment:
+    """The experiment: the TOML file (if any) with the command-line options on top."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        if not config.is_file():
+            raise fail("--config", "an existing TOML file", str(config))
+        data = read_toml(config)
+    over = _overrides(opts)
+    if any(key in over for key in ("step", "longtail", "counts")):
+        for key in ("step", "longtail", "counts"):
+            data.pop(key, None)
+    data.update(over)
+    if not any(key in data for key in ("step", "longtail", "counts")):
+        raise InputError("give a class profile: --step, --longtail or --counts (or --config FILE); got none.")
+    return from_dict(UFMExperiment, data).validate()
+
+
+# --------------------------------------------------------------------------------- comparisons
+
+
+def _group_key(cfg: UFMConfig, param: str | None) -> tuple[str, float | None]:
+    return cfg.loss, (None if param is None else float(cfg.full_hyper()[param]))
+
+
+def _mean_std(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    keys = [*PANEL_KEYS, "cos_WH", "dist_W", "dist_H", "dist_M", "nc1", "grad_rel", "train_acc"]
+    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+    std = {k: float(np.nanstd([r[k] for r in rows])) for k in keys}
+    return mean, std
+
+
+def compare(exp: UFMExperiment, result: UFMResult, tol: float) -> dict[str, Any]:
+    """Per loss: theory, UFM (mean over seeds) and minimiser summaries per grid value, and gaps."""
+    counts, groups = result.class_counts, result.groups
+    finals = result.final_rows()
+    out: dict[str, Any] = {}
+    for loss in dict.fromkeys(c.loss for c in result.configs):
+        param = exp.family_param(loss)
+        members: dict[float | None, list[int]] = {}
+        for b, cfg in enumerate(result.configs):
+            if cfg.loss == loss:
+                members.setdefault(_group_key(cfg, param)[1], []).append(b)
+        points = []
+        for value, idx in members.items():
+            cfg = result.configs[idx[0]]
+            ufm_mean, ufm_std = _mean_std([finals[b] for b in idx])
+            minimum = minimize_ufm(cfg, counts, result.d, tol=tol, groups=groups)
+            points.append(
+                {
+                    "value": value,
+                    "configs": idx,
+                    "theory": result.theory[idx[0]].summary,
+                    "ufm": ufm_mean,
+                    "ufm_std": ufm_std,
+                    "minimiser": _minimum_dict(minimum),
+                }
+            )
+        selected = [p for p in points if p["value"] is None or p["value"] >= GAP_FROM]
+        panels = {}
+        for key in PANEL_KEYS:
+            total = [gap(key, p["ufm"][key], p["theory"][key]) for p in selected]
+            opt = [gap(key, p["ufm"][key], p["minimiser"]["metrics"][key]) for p in selected]
+            reg = [gap(key, p["minimiser"]["metrics"][key], p["theory"][key]) for p in selected]
+            i = int(np.nanargmax(total)) if selected and not np.all(np.isnan(total)) else None
+            panels[key] = {
+                "ufm_vs_theory": None if i is None else total[i],
+                "at": None if i is None else selected[i]["value"],
+                "optimisation": _nanmax(opt),
+                "regularisation": _nanmax(reg),
+            }
+        out[loss] = {
+            "param": param,
+            "points": points,
+            "gap_filter": f"{param} >= {GAP_FROM:g}" if param else "all",
+            "gaps": panels,
+        }
+    return out
+
+
+def _nanmax(values: Sequence[float]) -> float | None:
+    arr = np.asarray(values, dtype=float)
+    return None if arr.size == 0 or np.all(np.isnan(arr)) else float(np.nanmax(arr))
+
+
+def _minimum_dict(m: UFMMinimum) -> dict[str, Any]:
+    return {
+        "lam": m.lam,
+        "objective": m.objective,
+        "grad_rel": m.grad_rel,
+        "certificate": m.certificate,
+        "converged": m.converged,
+        "iterations": m.iterations,
+        "metrics": m.metrics,
+    }
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    v = float(v)
+    if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
+        return f"{v:.2e}"
+    return f"{v:.4f}"
+
+
+_SHORT = {"ratio": "ratio", "cos_maj_maj": "maj-maj", "cos_min_min": "min-min", "cos_maj_min": "maj-min"}
+
+
+def _short(key: str) -> str:
+    row, _, rest = key.partition("_")
+    return f"{row} {_SHORT.get(rest, rest)}"
+
+
+def gap_table(loss: str, entry: dict[str, Any], lam: float) -> Table:
+    """Per panel: largest UFM-theory gap and its split (optimisation, regularisation)."""
+    param = entry["param"] or ""
+    table = Table(title=f"{loss}: largest gap to theory over {entry['gap_filter']}")
+    table.add_column("panel", no_wrap=True)
+    table.add_column("UFM - theory", justify="right")
+    table.add_column(f"at {param}".strip(), justify="right")
+    table.add_column("optimisation", justify="right")
+    table.add_column("regularisation", justify="right")
+    for key, g in entry["gaps"].items():
+        at = "" if g["at"] is None else f"{g['at']:g}"
+        table.add_row(
+            panel_label(key), _fmt(g["ufm_vs_theory"]), at, _fmt(g["optimisation"]), _fmt(g["regularisation"])
+        )
+    table.caption = (
+        f"optimisation = GD vs the exact minimiser at lam = {lam:g} (L-BFGS); regularisation = that "
+        "minimiser vs the lam -> 0 limit. Ratios: |a/b - 1|; cosines: |a - b|."
+    )
+    return table
+
+
+def _g(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{float(v):.3g}"
+
+
+def path_table(loss: str, entry: dict[str, Any], shown: int = 5) -> Table:
+    """Rows = panels and Gram distances; columns = some lams of the path and the trend fit."""
+    lams = entry["lams"]
+    cols = sorted({round(j * (len(lams) - 1) / max(shown - 1, 1)) for j in range(min(shown, len(lams)))})
+    table = Table(
+        title=f"{loss}: exact minimiser vs the lam -> 0 limit, largest gap over {entry['gap_filter']}"
+    )
+    table.add_column("panel", no_wrap=True)
+    for j in cols:
+        table.add_column(f"{lams[j]:.0e}", justify="right")
+    for col in ("fit a", "fit b", "0.01 at"):
+        table.add_column(col, justify="right")
+    for key, row in entry["panels"].items():
+        t = row["trend"]
+        v = None if t is None else t["log10_lam_for_0.01"]
+        at = "–" if v is None or not math.isfinite(v) else f"1e{v:.0f}"
+        label = _short(key).replace("dist_", "d_") + ("" if row["monotone"] else " (!)")
+        table.add_row(
+            label,
+            *(_g(row["max_gap"][j]) for j in cols),
+            "–" if t is None else _g(t["a"]),
+            "–" if t is None else _g(t["b"]),
+            at,
+        )
+    table.caption = (
+        f"fit over the {entry['fit_points']} smallest lams: gap ≈ a + b/log(1/lam); a = extrapolated gap at "
+        "lam -> 0, '0.01 at' = lam where the fit reaches 0.01. Ratios |a/b - 1|, cosines |a - b|, "
+        "d_* normalised-Gram distances; (!) = not monotone in lam. All lams: path.csv, summary.json."
+    )
+    return table
+
+
+def write_figures(out: Path, exp: UFMExperiment, result: UFMResult, comparison: dict[str, Any]) -> list[Path]:
+    from ..report.figures import geometry_vs_gamma_figure, save_figure
+
+    written = []
+    k = int(result.class_counts.size)
+    for loss, entry in comparison.items():
+        param = entry["param"]
+        if param is None:
+            continue
+        xs = [p["value"] for p in entry["points"]]
+        dense = np.linspace(min(xs), max(xs), THEORY_POINTS)
+        base = next(c for c in result.configs if c.loss == loss)
+        theory = []
+        for v in dense:
+            cfg = UFMConfig(loss, {**dict(base.hyper), param: float(v)})
+            theory.append(
+                predict(cfg.build_loss(result.class_counts), result.class_counts, result.groups).summary
+            )
+        lam = base.lam
+        seeds = len(exp.seeds)
+        ufm_label = f"UFM, GD {exp.epochs} epochs, lam={lam:g}" + (
+            f" (mean ± std of {seeds} seeds)" if seeds > 1 else ""
+        )
+        fig = geometry_vs_gamma_figure(
+            dense,
+            theory,
+            k,
+            markers={
+                ufm_label: (xs, [p["ufm"] for p in entry["points"]]),
+                f"exact minimiser at lam={lam:g} (L-BFGS)": (
+                    xs,
+                    [p["minimiser"]["metrics"] for p in entry["points"]],
+                ),
+            },
+            marker_err={ufm_label: [p["ufm_std"] for p in entry["points"]]} if seeds > 1 else None,
+            title=f"UFM vs theory: {loss}, {exp.describe()}, d={exp.d}",
+            xlabel=param,
+        )
+        written.append(save_figure(fig, out / f"ufm_{loss}.png"))
+    return written
+
+
+# --------------------------------------------------------------------------------------- path
+
+
+def run_paths(exp: UFMExperiment, configs: Sequence[UFMConfig], progress: Any = None) -> list[PathResult]:
+    """One regularisation path per distinct (loss, hyperparameters) (seeds do not matter)."""
+    seen: dict[tuple, UFMConfig] = {}
+    for c in configs:
+        seen.setdefault((c.loss, tuple(sorted(c.full_hyper().items()))), c)
+    counts, groups = exp.class_counts(), exp.groups()
+    paths = []
+    for i, cfg in enumerate(seen.values()):
+        paths.append(regularization_path(cfg, counts, exp.lams(), exp.d, tol=exp.path_tol, groups=groups))
+        if progress is not None:
+            progress(i + 1, len(seen))
+    return paths
+
+
+def path_summary(exp: UFMExperiment, paths: Sequence[PathResult]) -> dict[str, Any]:
+    """Per loss and panel: the largest minimiser-vs-theory gap at each lam, and its trend fit."""
+    from ..ufm import fit_log_trend
+
+    lams = exp.lams()
+    # Fit the asymptotic regime only: the smallest half of the grid (at least 3 points).
+    fit_points = min(len(lams), max(3, len(lams) // 2 + 1))
+    out: dict[str, Any] = {}
+    for loss in dict.fromkeys(p.config.loss for p in paths):
+        param = exp.family_param(loss)
+        chosen = [
+            p
+            for p in paths
+            if p.config.loss == loss and (param is None or p.config.full_hyper()[param] >= GAP_FROM)
+        ]
+        rows = {}
+        for key in (*PANEL_KEYS, "dist_W", "dist_H", "dist_M"):
+            per_lam = []
+            for j in range(len(lams)):
+                if key.startswith("dist_"):
+                    vals = [p.rows[j][key] for p in chosen]
+                else:
+                    vals = [gap(key, p.rows[j][key], p.theory.summary[key]) for p in chosen]
+                per_lam.append(_nanmax(vals))
+            finite = [(lam, v) for lam, v in zip(lams, per_lam, strict=True) if v is not None]
+            trend = (
+                fit_log_trend([f[0] for f in finite], [f[1] for f in finite], last=fit_points)
+                if len(finite) >= 2
+                else None
+            )
+            monotone = all(
+                b <= a * (1 + 1e-9) + 1e-15
+                for a, b in itertools.pairwise(per_lam)
+                if a is not None and b is not None
+            )
+            rows[key] = {
+                "max_gap": per_lam,
+                "monotone": monotone,
+                "trend": None
+                if trend is None
+                else {
+                    "a": trend.a,
+                    "b": trend.b,
+                    "rms": trend.rms,
+                    "log10_lam_for_0.01": trend.log10_lam_for(0.01),
+                },
+            }
+        out[loss] = {
+            "param": param,
+            "gap_filter": f"{param} >= {GAP_FROM:g}" if param else "all",
+            "lams": lams,
+            "fit_points": fit_points,
+            "panels": rows,
+            "all_converged": all(r["converged"] for p in chosen for r in p.rows),
+            "max_certificate": max(r["certificate"] for p in chosen for r in p.rows) if chosen else None,
+        }
+    return out
+
+
+def write_path_figures(out: Path, exp: UFMExperiment, paths: Sequence[PathResult]) -> list[Path]:
+    from ..report.figures import geometry_vs_gamma_figure, save_figure
+
+    written = []
+    lams = exp.lams()
+    show = sorted({0, len(lams) // 2, len(lams) - 1})
+    for loss in dict.fromkeys(p.config.loss for p in paths):
+        param = exp.family_param(loss)
+        if param is None:
+            continue
+        chosen = [p for p in paths if p.config.loss == loss]
+        xs = [p.config.full_hyper()[param] for p in chosen]
+        markers = {f"minimiser, lam={lams[j]:.0e}": (xs, [p.rows[j] for p in chosen]) for j in show}
+        fig = geometry_vs_gamma_figure(
+            xs,
+            [p.theory.summary for p in chosen],
+            int(exp.class_counts().size),
+            markers=markers,
+            title=f"regularisation path: {loss}, {exp.describe()} (theory = lam -> 0 limit)",
+            xlabel=param,
+        )
+        written.append(save_figure(fig, out / f"path_{loss}.png"))
+    return written
+
+
+# ---------------------------------------------------------------------------------- command
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=quiet or not err_console.is_terminal,
+    )
+
+
+@app.command("ufm")
+def ufm_command(
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="A TOML experiment (e.g. experiments/ufm_paper.toml; keys = the long options with "
+        "underscores). Options given on the command line override its keys.",
+    ),
+    step: str | None = typer.Option(
+        None,
+        "--step",
+        help="(R, rho)-STEP profile 'k=10,R=10,rho=0.5': rho*k minority classes of n_min samples, "
+        "the others R*n_min (majorities first). R = n_max/n_min >= 1.",
+    ),
+    longtail: str | None = typer.Option(
+        None,
+        "--longtail",
+        help="Exponential long tail 'k=10,R=100' with n_min samples in the smallest class.",
+    ),
+    counts: str | None = typer.Option(None, "--counts", help="Explicit class counts '50,50,5,5'."),
+    n_min: str | None = typer.Option(None, "--n-min", help="Samples in the smallest class [5]."),
+    d: str | None = typer.Option(None, "--d", help="Embedding dimension [20]."),
+    loss: list[str] | None = typer.Option(
+        None,
+        "--loss",
+        help="Loss(es), repeat or comma-separate (e.g. cdt,ldt) [ldt]. ParametricCE members only.",
+    ),
+    gamma_grid: str | None = typer.Option(
+        None,
+        "--gamma-grid",
+        help="Sweep each loss's family parameter (gamma; tau for la): START:STOP:NUM (inclusive, "
+        "e.g. -1.5:1.5:13) or a comma-separated list.",
+    ),
+    hyper: list[str] | None = typer.Option(
+        None, "--hyper", help="A fixed hyperparameter name=value, repeatable (e.g. --hyper normalize=0)."
+    ),
+    epochs: str | None = typer.Option(None, "--epochs", help="Epochs [6000]."),
+    lr: str | None = typer.Option(None, "--lr", help="Learning rate [0.1]."),
+    momentum: str | None = typer.Option(None, "--momentum", help="Momentum [0.9]; 0 = plain GD."),
+    weight_decay: str | None = typer.Option(
+        None, "--weight-decay", help="lam on W and H [5e-4]: F = mean loss + lam/2 (|W|² + |H|²)."
+    ),
+    milestones: str | None = typer.Option(
+        None,
+        "--milestones",
+        help="Epochs where lr *= --lr-decay, e.g. 2000,4000 [2000,4000]; 'none' for none.",
+    ),
+    lr_decay: str | None = typer.Option(None, "--lr-decay", help="lr multiplier at each milestone [0.1]."),
+    batch_size: str | None = typer.Option(None, "--batch-size", help="Mini-batch size; 0 = full batch [0]."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, one run each [0]."),
+    init_std: str | None = typer.Option(None, "--init-std", help="W, H start i.i.d. N(0, s²) [0.1]."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float64 or float32 [float64]."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda[:i] [cpu]."),
+    threads: str | None = typer.Option(
+        None, "--threads", help="CPU intra-op threads [1: bitwise-reproducible batches, no OpenMP stalls]."
+    ),
+    log_every: str | None = typer.Option(None, "--log-every", help="Epochs between table rows [100]."),
+    path: bool = typer.Option(
+        False,
+        "--path",
+        help="Also follow the exact minimiser along a decreasing lam grid (regularisation path).",
+    ),
+    path_lams: str | None = typer.Option(
+        None,
+        "--path-lams",
+        help="Comma-separated decreasing lams for --path [weight decay x 10^(0,-2,..,-16)].",
+    ),
+    path_tol: str | None = typer.Option(
+        None, "--path-tol", help="Relative gradient tolerance of L-BFGS [1e-9]."
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Folder for ufm.csv (one row per config per logged epoch), ufm_<loss>.png (the paper's "
+        "figure), summary.json, config.toml (+ path.csv, path_<loss>.png with --path).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Simulate the regularised UFM for many losses/settings at once and compare with the theory.
+
+    R = n_max/n_min >= 1. Prints, per panel of the paper's figure, the largest gap between the
+    UFM and the theory for gamma >= -0.5, split into optimisation (GD vs the exact minimiser at
+    the same weight decay) and regularisation (that minimiser vs the lam -> 0 limit).
+    """
+    opts = dict(
+        step=step,
+        longtail=longtail,
+        counts=counts,
+        n_min=n_min,
+        d=d,
+        loss=loss,
+        gamma_grid=gamma_grid,
+        hyper=hyper,
+        epochs=epochs,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        milestones=milestones,
+        lr_decay=lr_decay,
+        batch_size=batch_size,
+        seeds=seeds,
+        init_std=init_std,
+        dtype=dtype,
+        device=device,
+        threads=threads,
+        log_every=log_every,
+        path_lams=path_lams,
+        path_tol=path_tol,
+    )
+    exp = build_experiment(config, opts)
+    if out is not None and out.exists() and not out.is_dir():
+        raise fail("--out", "a folder (it is created if missing)", str(out))
+    configs = exp.configs()
+    console.print(
+        f"cegeo ufm: {len(configs)} configuration(s) on {exp.describe()} (n = {int(exp.class_counts().sum())}), "
+        f"d = {exp.d}, {exp.epochs} epochs, lr {exp.lr:g}, momentum {exp.momentum:g}, weight decay "
+        f"{exp.weight_decay:g}, {'full batch' if not exp.batch_size else f'batch {exp.batch_size}'}, "
+        f"{exp.dtype} on {exp.device}"
+    )
+    t0 = time.perf_counter()
+    with _progress(quiet) as bar:
+        task = bar.add_task("UFM epochs", total=exp.epochs)
+        result = exp.run(progress=lambda done, total: bar.update(task, completed=done))
+    sim_s = time.perf_counter() - t0
+    console.print(f"trained in {result.train_time_s:.2f} s ({sim_s:.2f} s with logging)")
+    comparison = compare(exp, result, exp.path_tol)
+    for name, entry in comparison.items():
+        console.print(gap_table(name, entry, exp.weight_decay))
+    paths: list[PathResult] = []
+    summary_path: dict[str, Any] | None = None
+    if path:
+        with _progress(quiet) as bar:
+            task = bar.add_task("regularisation paths", total=None)
+            paths = run_paths(exp, configs, lambda i, total: bar.update(task, completed=i, total=total))
+        summary_path = path_summary(exp, paths)
+        for name, entry in summary_path.items():
+            console.print(path_table(name, entry))
+            if not entry["all_converged"]:
+                console.print(f"note: some {name} path points stopped above the tolerance {exp.path_tol:g}.")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        result.to_csv(out / "ufm.csv")
+        figures = write_figures(out, exp, result, comparison)
+        write_text(out / "config.toml", to_toml_text(exp))
+        summary = {
+            "experiment": to_dict(exp),
+            "profile": exp.describe(),
+            "class_counts": result.class_counts,
+            "groups": result.groups.as_dict(),
+            "objective": "F = mean_i omega_{y_i} loss_i / mean omega + weight_decay/2 (||W||^2 + ||H||^2)",
+            "gap_definition": "norm ratios |a/b - 1|, cosines |a - b|",
+            "train_time_s": result.train_time_s,
+            "wall_time_s": sim_s,
+            "configs": [
+                {**row, "theory": result.theory[b].summary} for b, row in enumerate(result.final_rows())
+            ],
+            "comparison": comparison,
+            "path": summary_path,
+            "environment": environment_info(),
+        }
+        write_json(out / "summary.json", summary)
+        written = [out / "ufm.csv", out / "summary.json", out / "config.toml", *figures]
+        if paths:
+            write_rows_csv(out / "path.csv", [row for p in paths for row in p.rows])
+            written += [out / "path.csv", *write_path_figures(out, exp, paths)]
+        console.print("wrote " + ", ".join(str(p) for p in written))
