@@ -82,6 +82,7 @@ __all__ = [
     "fit_log_trend",
     "loss_vectors",
     "minimize_ufm",
+    "nc1_score",
     "regularization_path",
     "simulate",
     "ufm_objective",
@@ -97,7 +98,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "epoch",
     "step",
     "lr_now",
-    "loss",  # L(W H): the loss's mean over all training samples
+    "train_loss",  # L(W H): the loss's mean over all training samples
     "objective",  # F = L + lam/2 (||W||^2 + ||H||^2)
     "grad_rel",  # ||grad F|| / (lam ||(W, H)||): 0 at a stationary point
     "train_acc",
@@ -118,6 +119,10 @@ METRIC_COLUMNS: tuple[str, ...] = (
 )
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_RESERVED_COLUMNS = frozenset(
+    {"config", "loss", "lam", "lr", "momentum", "milestones", "lr_decay", "seed", "batch_size", "d", "dtype"}
+    | set(METRIC_COLUMNS)
+)
 
 
 # ------------------------------------------------------------------------------ configurations
@@ -196,7 +201,9 @@ class UFMConfig:
     def columns(self) -> dict[str, Any]:
         """The configuration columns of a tidy row."""
         out: dict[str, Any] = {"loss": self.loss}
-        out.update(self.full_hyper())
+        for name, value in self.full_hyper().items():
+            # Hyperparameters are columns under their own names unless that would shadow one.
+            out[f"hyper_{name}" if name in _RESERVED_COLUMNS else name] = value
         out.update(
             lam=float(self.lam),
             lr=float(self.lr),
@@ -298,23 +305,36 @@ def ufm_objective(loss: ParametricCE, W: Tensor, H: Tensor, labels: Tensor, lam:
 # ------------------------------------------------------------------------------- measurements
 
 
-def _nc1_batch(H: Tensor, means: Tensor, labels: Tensor, counts: Tensor) -> Tensor:
-    """Batched NC1 (module docstring convention); H (B, d, n), means (B, d, k) in float64."""
-    _, d, n = H.shape
-    k = means.shape[2]
-    within = H - means[:, :, labels]  # (B, d, n)
-    sigma_w = within @ within.transpose(1, 2) / n  # (B, d, d)
-    mu_g = (means * counts).sum(2, keepdim=True) / counts.sum()  # (B, d, 1)
-    C = means - mu_g  # (B, d, k)
+def nc1_score(H: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """NC1 = tr(Sigma_W Sigma_B^+)/k of embeddings ``H`` (d, n) (module docstring weighting).
+
+    ``Sigma_W`` averages over all samples, ``Sigma_B`` weighs every class the same about the
+    sample mean; the pseudo-inverse keeps the top ``k - 1`` eigenvalues above 1e-12 of the
+    largest. NaN when the class means coincide.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> H = np.array([[1.0, 1.0, -1.0, -1.0], [0.1, -0.1, 0.0, 0.0]])
+    >>> round(nc1_score(H, np.array([0, 0, 1, 1]), 2), 6)  # within spread 0.005 over between 1
+    0.0
+    """
+    n = H.shape[1]
+    onehot = np.zeros((n, k))
+    onehot[np.arange(n), labels] = 1.0
+    means = H @ (onehot / onehot.sum(0))  # (d, k)
+    within = H - means[:, labels]
+    sigma_w = within @ within.T / n  # (d, d)
+    C = means - H.mean(1, keepdims=True)  # (d, k)
     # Eigenvectors of Sigma_B = C C^T / k from the small k x k Gram C^T C / k.
-    lam, U = torch.linalg.eigh(C.transpose(1, 2) @ C / k)  # ascending, (B, k), (B, k, k)
-    lam, U = lam.flip(1)[:, : min(k - 1, d)], U.flip(2)[:, :, : min(k - 1, d)]
-    keep = lam > lam[:, :1].clamp_min(0) * 1e-12
-    safe = torch.where(keep, lam, torch.ones_like(lam))
-    V = C @ U / torch.sqrt(k * safe).unsqueeze(1)  # (B, d, r) orthonormal eigenvectors
-    quad = torch.einsum("bdr,bde,ber->br", V, sigma_w, V)  # (B, r)
-    out = torch.where(keep, quad / safe, torch.zeros_like(quad)).sum(1) / k
-    return torch.where(keep.any(1), out, torch.full_like(out, float("nan")))
+    lam, U = np.linalg.eigh(C.T @ C / k)
+    lam, U = lam[::-1][: min(k - 1, H.shape[0])], U[:, ::-1][:, : min(k - 1, H.shape[0])]
+    keep = lam > max(lam[0], 0.0) * 1e-12 if lam.size else np.zeros(0, dtype=bool)
+    if not np.any(keep):
+        return float("nan")
+    lam, U = lam[keep], U[:, keep]
+    V = C @ U / np.sqrt(k * lam)  # (d, r) orthonormal eigenvectors of Sigma_B
+    return float(np.sum(np.einsum("dr,de,er->r", V, sigma_w, V) / lam) / k)
 
 
 @dataclass
@@ -355,11 +375,16 @@ def _measure(
     W: Tensor,
     H: Tensor,
     pr: _Problem,
-    lam: Tensor,
+    lams: Sequence[float],
     groups: Groups,
     theory: Sequence[Geometry],
 ) -> list[dict[str, Any]]:
-    """One metrics dict per configuration (computed in float64 on the run's device)."""
+    """One metrics dict per configuration, in float64.
+
+    The loss and its gradient are computed batched on the device with the training step's
+    kernels; everything else per configuration in NumPy, so a configuration's row does not
+    depend on its batch companions.
+    """
     W = W.double()
     H = H.double()
     pr64 = _Problem(
@@ -374,78 +399,59 @@ def _measure(
         pr.coef.double(),
         pr.neg_target.double(),
     )
-    loss, Z, gW, gH, _ = _full_loss_grad(W, H, pr64)
-    lam = lam.double().view(-1)
-    sqW = W.pow(2).sum((1, 2))
-    sqH = H.pow(2).sum((1, 2))
-    objective = loss + 0.5 * lam * (sqW + sqH)
-    assert gW is not None and gH is not None
-    gnorm = torch.sqrt(
-        (gW + lam.view(-1, 1, 1) * W).pow(2).sum((1, 2)) + (gH + lam.view(-1, 1, 1) * H).pow(2).sum((1, 2))
-    )
-    grad_rel = gnorm / (lam * torch.sqrt(sqW + sqH))
-    pred = Z.argmax(1)  # (B, n)
-    correct = (pred == pr.labels).double()  # (B, n)
-    counts_t = torch.as_tensor(pr.counts, dtype=torch.float64, device=W.device)
-    per_class = correct @ pr64.onehot.T / counts_t  # (B, k) recall per class
-    means = H @ (pr64.onehot.T / counts_t)  # (B, d, k)
-    G_W = W @ W.transpose(1, 2)
-    G_H = means.transpose(1, 2) @ means
-    M = W @ means
-    nc1 = _nc1_batch(H, means, pr.labels, counts_t)
-    scalars = (
-        torch.stack(
-            [
-                loss,
-                objective,
-                grad_rel,
-                correct.mean(1),
-                per_class.mean(1),
-                torch.sqrt(sqW),
-                torch.sqrt(sqH),
-                nc1,
-            ],
-            1,
-        )
-        .cpu()
-        .numpy()
-    )
-    G_W, G_H, M = G_W.cpu().numpy(), G_H.cpu().numpy(), M.cpu().numpy()
+    loss_t, Z, gW_t, gH_t, _ = _full_loss_grad(W, H, pr64)
+    assert gW_t is not None and gH_t is not None
+    losses = loss_t.cpu().numpy()
+    pred_all = Z.argmax(1).cpu().numpy()  # (B, n)
+    W_all, H_all = W.cpu().numpy(), H.cpu().numpy()
+    gW_all, gH_all = gW_t.cpu().numpy(), gH_t.cpu().numpy()
+    counts = pr.counts.astype(np.float64)
+    k = counts.size
+    labels = _labels(pr.counts)
+    avg = np.zeros((labels.size, k))
+    avg[np.arange(labels.size), labels] = 1.0 / counts[labels]  # (n, k): class means
     maj, mino = groups.members(groups.names[0]), groups.members(groups.names[-1])
+    nan = float("nan")
     rows = []
-    for b in range(W.shape[0]):
-        s = scalars[b]
-        finite = bool(np.all(np.isfinite(G_W[b])) and np.all(np.isfinite(G_H[b])) and np.isfinite(s[0]))
+    for b, lam in enumerate(lams):
+        Wb, Hb = W_all[b], H_all[b]
+        sq_w, sq_h = float(np.sum(Wb * Wb)), float(np.sum(Hb * Hb))
+        loss = float(losses[b])
+        gnorm = math.sqrt(float(np.sum((gW_all[b] + lam * Wb) ** 2) + np.sum((gH_all[b] + lam * Hb) ** 2)))
+        scale = lam * math.sqrt(sq_w + sq_h)
+        correct = pred_all[b] == labels
         row: dict[str, Any] = {
-            "loss": float(s[0]),
-            "objective": float(s[1]),
-            "grad_rel": float(s[2]),
-            "train_acc": float(s[3]),
-            "train_bal_acc": float(s[4]),
-            "finite": finite,
-            "W_norm": float(s[5]),
-            "H_norm": float(s[6]),
+            "train_loss": loss,
+            "objective": loss + 0.5 * lam * (sq_w + sq_h),
+            "grad_rel": gnorm / scale if scale > 0 else nan,
+            "train_acc": float(correct.mean()),
+            "train_bal_acc": float(np.mean(np.bincount(labels, weights=correct, minlength=k) / counts)),
+            "W_norm": math.sqrt(sq_w),
+            "H_norm": math.sqrt(sq_h),
         }
-        nan = float("nan")
-        if finite:
-            wn, hn = np.sqrt(np.clip(np.diag(G_W[b]), 0, None)), np.sqrt(np.clip(np.diag(G_H[b]), 0, None))
-            row.update(
-                W_norm_maj=float(wn[maj].mean()),
-                W_norm_min=float(wn[mino].mean()),
-                H_norm_maj=float(hn[maj].mean()),
-                H_norm_min=float(hn[mino].mean()),
-            )
-            row.update(group_summary(G_W[b], G_H[b], M[b], groups))
-            row["nc1"] = float(s[7])
-            th = theory[b]
-            row.update(
-                dist_W=_safe_distance(G_W[b], th.G_W),
-                dist_H=_safe_distance(G_H[b], th.G_H),
-                dist_M=_safe_distance(M[b], th.M),
-            )
-        else:
-            for key in METRIC_COLUMNS[10:]:
-                row[key] = nan
+        finite = bool(np.isfinite(loss) and np.all(np.isfinite(Wb)) and np.all(np.isfinite(Hb)))
+        row["finite"] = finite
+        if not finite:
+            row.update({key: nan for key in METRIC_COLUMNS[METRIC_COLUMNS.index("W_norm_maj") :]})
+            rows.append(row)
+            continue
+        means = Hb @ avg  # (d, k)
+        G_W, G_H, M = Wb @ Wb.T, means.T @ means, Wb @ means
+        wn, hn = np.sqrt(np.diag(G_W)), np.sqrt(np.diag(G_H))
+        row.update(
+            W_norm_maj=float(wn[maj].mean()),
+            W_norm_min=float(wn[mino].mean()),
+            H_norm_maj=float(hn[maj].mean()),
+            H_norm_min=float(hn[mino].mean()),
+        )
+        row.update(group_summary(G_W, G_H, M, groups))
+        th = theory[b]
+        row.update(
+            nc1=nc1_score(Hb, labels, k),
+            dist_W=_safe_distance(G_W, th.G_W),
+            dist_H=_safe_distance(G_H, th.G_H),
+            dist_M=_safe_distance(M, th.M),
+        )
         rows.append(row)
     return rows
 
@@ -644,7 +650,7 @@ def simulate(
     >>> res = simulate(cfgs, [4, 4, 1, 1], d=4, epochs=50, log_every=25)
     >>> len(res.rows), res.rows[-1]["epoch"], res.rows[-1]["gamma"]
     (6, 50, 0.5)
-    >>> res.rows[-1]["loss"] < res.rows[1]["loss"]
+    >>> res.rows[-1]["train_loss"] < res.rows[1]["train_loss"]
     True
     """
     if isinstance(configs, UFMConfig):
@@ -735,11 +741,11 @@ def simulate(
         cfg_cols.append(cols)
     shuffle_gens = [torch.Generator().manual_seed(_seeds(c.seed)[1]) for c in configs]
     steps_per_epoch = 1 if batch_size is None else math.ceil(n / batch_size)
-    lam64 = torch.tensor([c.lam for c in configs], dtype=torch.float64, device=dev)
+    lam_list = [float(c.lam) for c in configs]
 
     def log(epoch: int) -> None:
         lr_now = lr_np[min(epoch, epochs - 1)]
-        for b, metrics in enumerate(_measure(W, H, pr, lam64, grp, theory)):
+        for b, metrics in enumerate(_measure(W, H, pr, lam_list, grp, theory)):
             row = dict(cfg_cols[b])
             row.update(epoch=epoch, step=epoch * steps_per_epoch, lr_now=float(lr_now[b]))
             row.update(metrics)
@@ -968,6 +974,9 @@ class UFMMinimum:
         L-BFGS iterations (all restarts).
     converged : bool
         ``grad_rel <= tol``.
+    escapes : int
+        Saddles left along the certificate's direction before the final point (a warm start
+        from a minimiser whose minority rows are exactly 0 sits on such a saddle).
     metrics : dict
         The measurement columns (:data:`METRIC_COLUMNS` where defined; ``nc1`` is 0).
     x : ndarray
@@ -986,6 +995,12 @@ class UFMMinimum:
     converged: bool
     metrics: dict[str, float]
     x: np.ndarray = field(repr=False)
+    escapes: int = 0
+
+    @property
+    def is_global(self) -> bool:
+        """Converged and certified (``certificate <= 1 + 1e-6``; meaningful for ``d >= k``)."""
+        return self.converged and self.certificate <= 1 + 1e-6
 
 
 def _class_metrics(
@@ -1031,7 +1046,10 @@ def minimize_ufm(
 
     Solves the class-level problem (the minimiser collapses each class to one embedding) in
     the scaled variables of ``F / lam``, restarting L-BFGS from where it stopped until
-    ``||grad (F/lam)|| <= tol ||x||`` or ``max_iter`` iterations.
+    ``||grad (F/lam)|| <= tol ||x||`` or ``max_iter`` iterations (finishing with Newton steps
+    when float64 line searches stall). For ``d >= k`` a stationary point whose certificate
+    exceeds 1 is a saddle; the solver leaves it along the violating direction and descends
+    again, so the result is the global minimiser (``is_global``).
 
     Parameters
     ----------
@@ -1115,20 +1133,8 @@ def _one_blas_thread() -> Iterator[None]:
         yield
 
 
-def _minimize(
-    prob: _ClassLevel,
-    x: np.ndarray,
-    tol: float,
-    max_iter: int,
-    config: UFMConfig,
-    lam_v: float,
-    k: int,
-    d: int,
-    d_eff: int,
-    counts: np.ndarray,
-    grp: Groups,
-    theory: Geometry,
-) -> UFMMinimum:
+def _stationary(prob: _ClassLevel, x: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, float, int]:
+    """L-BFGS (restarted while it makes progress), then Newton polish: (x, grad_rel, iterations)."""
     from scipy.optimize import minimize
 
     iterations = 0
@@ -1159,7 +1165,64 @@ def _minimize(
         # L-BFGS's line search needs f to decrease, which float64 cannot resolve once
         # ||grad|| ~ 1e-8 ||x||; Newton steps accepted on the gradient norm finish the job.
         x, grad_rel = _newton_polish(prob, x, tol)
-        f = prob(x)[0]
+    return x, grad_rel, iterations
+
+
+def _escape(prob: _ClassLevel, x: np.ndarray) -> np.ndarray | None:
+    """Leave a non-global stationary point along the certificate's violating direction.
+
+    With ``S = grad_{M'} L`` and its top singular pair ``-S = s u v^T + ...`` (``s > lam``), adding
+    ``a u z^T`` to ``W`` and ``a z v^T`` to ``G`` for a unit ``z`` orthogonal to both factors
+    changes ``M'`` by ``a^2 u v^T`` and ``F`` by ``a^2 (lam - s) + O(a^4)`` < 0 (a rank-deficient
+    saddle always has such a ``z``; otherwise a small random kick is used). Returns the point
+    with the lower objective, or None if none was found.
+    """
+    W, G = prob.unpack(x)
+    _, dM = prob.loss_and_dM(prob.logits(x))
+    U, _, Vt = np.linalg.svd(-(dM * prob.isqn))
+    u, v = U[:, 0], Vt[0]
+    _, sing, Zt = np.linalg.svd(np.vstack([W, G.T]))
+    rank = int(np.sum(sing > 1e-8 * max(sing.max(), 1e-300)))
+    f0 = prob(x)[0]
+    scale = max(float(np.linalg.norm(x)) / math.sqrt(2 * prob.k), 1e-3)
+    if rank < prob.d:
+        z = Zt[rank]
+        step = np.concatenate([np.outer(u, z).ravel(), np.outer(z, v).ravel()])
+    else:
+        step = np.random.default_rng(0).standard_normal(x.size) * 1e-2
+    for j in range(40):
+        cand = x + scale * 0.5**j * step
+        if prob(cand)[0] < f0:
+            return cand
+    return None
+
+
+def _minimize(
+    prob: _ClassLevel,
+    x: np.ndarray,
+    tol: float,
+    max_iter: int,
+    config: UFMConfig,
+    lam_v: float,
+    k: int,
+    d: int,
+    d_eff: int,
+    counts: np.ndarray,
+    grp: Groups,
+    theory: Geometry,
+) -> UFMMinimum:
+    x, grad_rel, iterations = _stationary(prob, x, tol, max_iter)
+    escapes = 0
+    # A stationary point with certificate > 1 is a saddle of the factored problem (for d >= k
+    # the convex problem's optimality condition fails): leave it and descend again.
+    while d >= k and prob.certificate(x) > 1 + 1e-6 and escapes < 10 and iterations < max_iter:
+        out = _escape(prob, x)
+        if out is None:
+            break
+        escapes += 1
+        x, grad_rel, more = _stationary(prob, out, tol, max_iter - iterations)
+        iterations += more
+    f = float(prob(x)[0])
     W_eff, G = prob.unpack(x)
     W = np.zeros((k, d))
     W[:, :d_eff] = W_eff
@@ -1172,7 +1235,7 @@ def _minimize(
         lam=lam_v,
         W=W.copy(),
         H=Hc.copy(),
-        objective=float(f * lam_v),
+        objective=f * lam_v,
         loss=L,
         grad_rel=grad_rel,
         certificate=prob.certificate(x),
@@ -1180,6 +1243,7 @@ def _minimize(
         converged=grad_rel <= tol,
         metrics=_class_metrics(W, Hc, counts.astype(np.float64), grp, theory),
         x=x,
+        escapes=escapes,
     )
 
 

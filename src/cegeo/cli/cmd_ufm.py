@@ -176,8 +176,12 @@ def _group_key(cfg: UFMConfig, param: str | None) -> tuple[str, float | None]:
 
 def _mean_std(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
     keys = [*PANEL_KEYS, "cos_WH", "dist_W", "dist_H", "dist_M", "nc1", "grad_rel", "train_acc"]
-    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
-    std = {k: float(np.nanstd([r[k] for r in rows])) for k in keys}
+    mean, std = {}, {}
+    for key in keys:
+        v = np.array([r[key] for r in rows], dtype=float)
+        v = v[np.isfinite(v)]  # NaN where a group has one class, or a run diverged
+        mean[key] = float(v.mean()) if v.size else float("nan")
+        std[key] = float(v.std()) if v.size else float("nan")
     return mean, std
 
 
