@@ -57,6 +57,9 @@ def test_ufm_end_to_end(cli, tmp_path):
     gap = ldt["gaps"]["W_ratio"]
     assert gap["at"] >= -0.5 and gap["ufm_vs_theory"] > 0 and gap["regularisation"] > 0
     assert all(p["minimiser"]["converged"] for p in ldt["points"])
+    with (out / "path.csv").open() as fh:
+        path_rows = list(csv.DictReader(fh))
+    assert len(path_rows) == 8 * 4 and {r["loss"] for r in path_rows} == {"cdt", "ldt"}
     path = summary["path"]["ldt"]
     assert path["lams"] == [1e-2, 1e-4, 1e-6, 1e-8] and path["panels"]["dist_W"]["monotone"]
     # The written config reproduces the experiment.

@@ -339,6 +339,7 @@ def test_path_approaches_the_theory_monotonically(loss, hyper):
         assert trend.rms < 1e-3
     rows = path.rows
     assert [r["lam"] for r in rows] == lams and all(r["converged"] for r in rows)
+    assert all(r["loss"] == loss and r["train_loss"] > 0 for r in rows)
     assert rows[-1]["gap_W_ratio"] == pytest.approx(rows[-1]["W_ratio"] - path.theory.summary["W_ratio"])
 
 

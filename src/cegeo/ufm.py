@@ -1335,9 +1335,10 @@ class PathResult:
     minima : list of UFMMinimum
         One per ``lam``, in the order given (decreasing).
     rows : list of dict
-        Configuration columns, ``lam``, ``log10_lam``, solver diagnostics (``objective``,
-        ``loss``, ``grad_rel``, ``certificate``, ``iterations``, ``converged``), the
-        measurement columns and ``gap_<panel>`` = value - theory for the eight panels.
+        Configuration columns (``loss`` is the loss's name), ``lam``, ``log10_lam``, solver
+        diagnostics (``objective``, ``train_loss``, ``grad_rel``, ``certificate``,
+        ``iterations``, ``escapes``, ``converged``), the measurement columns and
+        ``gap_<panel>`` = value - theory for the eight panels.
     """
 
     config: UFMConfig
@@ -1439,10 +1440,11 @@ def regularization_path(
             lam=lam,
             log10_lam=math.log10(lam),
             objective=m.objective,
-            loss=m.loss,
+            train_loss=m.loss,
             grad_rel=m.grad_rel,
             certificate=m.certificate,
             iterations=m.iterations,
+            escapes=m.escapes,
             converged=m.converged,
         )
         row.update(m.metrics)

@@ -326,6 +326,18 @@ def path_table(loss: str, entry: dict[str, Any], shown: int = 5) -> Table:
     return table
 
 
+def _theory_curve(
+    base: UFMConfig, param: str, xs: Sequence[float], counts: np.ndarray, groups: Any
+) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """The closed-form summaries on a fine grid spanning ``xs`` (the figure's black curve)."""
+    dense = np.linspace(min(xs), max(xs), THEORY_POINTS) if len(xs) > 1 else np.asarray(xs, dtype=float)
+    theory = []
+    for v in dense:
+        cfg = UFMConfig(base.loss, {**dict(base.hyper), param: float(v)})
+        theory.append(predict(cfg.build_loss(counts), counts, groups).summary)
+    return dense, theory
+
+
 def write_figures(out: Path, exp: UFMExperiment, result: UFMResult, comparison: dict[str, Any]) -> list[Path]:
     from ..report.figures import geometry_vs_gamma_figure, save_figure
 
@@ -336,14 +348,8 @@ def write_figures(out: Path, exp: UFMExperiment, result: UFMResult, comparison: 
         if param is None:
             continue
         xs = [p["value"] for p in entry["points"]]
-        dense = np.linspace(min(xs), max(xs), THEORY_POINTS)
         base = next(c for c in result.configs if c.loss == loss)
-        theory = []
-        for v in dense:
-            cfg = UFMConfig(loss, {**dict(base.hyper), param: float(v)})
-            theory.append(
-                predict(cfg.build_loss(result.class_counts), result.class_counts, result.groups).summary
-            )
+        dense, theory = _theory_curve(base, param, xs, result.class_counts, result.groups)
         lam = base.lam
         seeds = len(exp.seeds)
         ufm_label = f"UFM, GD {exp.epochs} epochs, lam={lam:g}" + (
@@ -456,10 +462,11 @@ def write_path_figures(out: Path, exp: UFMExperiment, paths: Sequence[PathResult
             continue
         chosen = [p for p in paths if p.config.loss == loss]
         xs = [p.config.full_hyper()[param] for p in chosen]
-        markers = {f"minimiser, lam={lams[j]:.0e}": (xs, [p.rows[j] for p in chosen]) for j in show}
+        markers = {f"exact minimiser, lam={lams[j]:.0e}": (xs, [p.rows[j] for p in chosen]) for j in show}
+        dense, theory = _theory_curve(chosen[0].config, param, xs, exp.class_counts(), exp.groups())
         fig = geometry_vs_gamma_figure(
-            xs,
-            [p.theory.summary for p in chosen],
+            dense,
+            theory,
             int(exp.class_counts().size),
             markers=markers,
             title=f"regularisation path: {loss}, {exp.describe()} (theory = lam -> 0 limit)",
@@ -505,12 +512,12 @@ def ufm_command(
         help="Exponential long tail 'k=10,R=100' with n_min samples in the smallest class.",
     ),
     counts: str | None = typer.Option(None, "--counts", help="Explicit class counts '50,50,5,5'."),
-    n_min: str | None = typer.Option(None, "--n-min", help="Samples in the smallest class [5]."),
-    d: str | None = typer.Option(None, "--d", help="Embedding dimension [20]."),
+    n_min: str | None = typer.Option(None, "--n-min", help="Samples in the smallest class (default: 5)."),
+    d: str | None = typer.Option(None, "--d", help="Embedding dimension (default: 20)."),
     loss: list[str] | None = typer.Option(
         None,
         "--loss",
-        help="Loss(es), repeat or comma-separate (e.g. cdt,ldt) [ldt]. ParametricCE members only.",
+        help="Loss(es), repeat or comma-separate (e.g. cdt,ldt) (default: ldt). ParametricCE members only.",
     ),
     gamma_grid: str | None = typer.Option(
         None,
@@ -521,27 +528,39 @@ def ufm_command(
     hyper: list[str] | None = typer.Option(
         None, "--hyper", help="A fixed hyperparameter name=value, repeatable (e.g. --hyper normalize=0)."
     ),
-    epochs: str | None = typer.Option(None, "--epochs", help="Epochs [6000]."),
-    lr: str | None = typer.Option(None, "--lr", help="Learning rate [0.1]."),
-    momentum: str | None = typer.Option(None, "--momentum", help="Momentum [0.9]; 0 = plain GD."),
+    epochs: str | None = typer.Option(None, "--epochs", help="Epochs (default: 6000)."),
+    lr: str | None = typer.Option(None, "--lr", help="Learning rate (default: 0.1)."),
+    momentum: str | None = typer.Option(None, "--momentum", help="Momentum (default: 0.9); 0 = plain GD."),
     weight_decay: str | None = typer.Option(
-        None, "--weight-decay", help="lam on W and H [5e-4]: F = mean loss + lam/2 (|W|² + |H|²)."
+        None, "--weight-decay", help="lam on W and H (default: 5e-4): F = mean loss + lam/2 (|W|² + |H|²)."
     ),
     milestones: str | None = typer.Option(
         None,
         "--milestones",
-        help="Epochs where lr *= --lr-decay, e.g. 2000,4000 [2000,4000]; 'none' for none.",
+        help="Epochs where lr *= --lr-decay, e.g. 2000,4000 (default: 2000,4000); 'none' for none.",
     ),
-    lr_decay: str | None = typer.Option(None, "--lr-decay", help="lr multiplier at each milestone [0.1]."),
-    batch_size: str | None = typer.Option(None, "--batch-size", help="Mini-batch size; 0 = full batch [0]."),
-    seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, one run each [0]."),
-    init_std: str | None = typer.Option(None, "--init-std", help="W, H start i.i.d. N(0, s²) [0.1]."),
-    dtype: str | None = typer.Option(None, "--dtype", help="float64 or float32 [float64]."),
-    device: str | None = typer.Option(None, "--device", help="cpu or cuda[:i] [cpu]."),
+    lr_decay: str | None = typer.Option(
+        None, "--lr-decay", help="lr multiplier at each milestone (default: 0.1)."
+    ),
+    batch_size: str | None = typer.Option(
+        None, "--batch-size", help="Mini-batch size; 0 = full batch (default: 0)."
+    ),
+    seeds: str | None = typer.Option(
+        None, "--seeds", help="Comma-separated seeds, one run each (default: 0)."
+    ),
+    init_std: str | None = typer.Option(
+        None, "--init-std", help="W, H start i.i.d. N(0, s²) (default: 0.1)."
+    ),
+    dtype: str | None = typer.Option(None, "--dtype", help="float64 or float32 (default: float64)."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda[:i] (default: cpu)."),
     threads: str | None = typer.Option(
-        None, "--threads", help="CPU intra-op threads [1: bitwise-reproducible batches, no OpenMP stalls]."
+        None,
+        "--threads",
+        help="CPU intra-op threads (default: 1: bitwise-reproducible batches, no OpenMP stalls).",
     ),
-    log_every: str | None = typer.Option(None, "--log-every", help="Epochs between table rows [100]."),
+    log_every: str | None = typer.Option(
+        None, "--log-every", help="Epochs between table rows (default: 100)."
+    ),
     path: bool = typer.Option(
         False,
         "--path",
@@ -550,10 +569,10 @@ def ufm_command(
     path_lams: str | None = typer.Option(
         None,
         "--path-lams",
-        help="Comma-separated decreasing lams for --path [weight decay x 10^(0,-2,..,-16)].",
+        help="Comma-separated decreasing lams for --path (default: weight decay x 10^(0,-2,..,-16)).",
     ),
     path_tol: str | None = typer.Option(
-        None, "--path-tol", help="Relative gradient tolerance of L-BFGS [1e-9]."
+        None, "--path-tol", help="Relative gradient tolerance of L-BFGS (default: 1e-9)."
     ),
     out: Path | None = typer.Option(
         None,
@@ -565,9 +584,7 @@ def ufm_command(
 ) -> None:
     """Simulate the regularised UFM for many losses/settings at once and compare with the theory.
 
-    R = n_max/n_min >= 1. Prints, per panel of the paper's figure, the largest gap between the
-    UFM and the theory for gamma >= -0.5, split into optimisation (GD vs the exact minimiser at
-    the same weight decay) and regularisation (that minimiser vs the lam -> 0 limit).
+    All configurations (loss x grid value x seed) train in one batched tensor program. Prints, per panel of the paper's figure, the largest gap between the UFM and the theory for gamma >= -0.5, split into optimisation (GD vs the exact minimiser at the same weight decay) and regularisation (that minimiser vs the lam -> 0 limit). R = n_max/n_min >= 1.
     """
     opts = dict(
         step=step,
