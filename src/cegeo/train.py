@@ -398,25 +398,23 @@ class _SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
-        xf = x
-        stats = torch.cat([count, xf.sum(dims)])
-        stats = all_reduce(stats)
+        xf = x.float()  # statistics in float32 even under autocast
+        count = torch.full((1,), x.numel() / x.shape[1], dtype=torch.float32, device=x.device)
+        stats = all_reduce(torch.cat([count, xf.sum(dims)]))
         n, mean = stats[0], stats[1:] / stats[0]
-        sq = ((xf - mean.view(shape)) ** 2).sum(dims)
-        var = all_reduce(sq) / n  # biased, used to normalise
+        var = all_reduce(((xf - mean.view(shape)) ** 2).sum(dims)) / n  # biased, used to normalise
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                unbiased = var.detach() * (n / (n - 1)).clamp_min(0) if float(n) > 1 else var.detach()
+                unbiased = var.detach() * n / (n - 1).clamp_min(1)  # the trainer keeps n >= 2
                 self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
                 if self.num_batches_tracked is not None:
                     self.num_batches_tracked.add_(1)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return y.to(x.dtype)
 
 
 def _convert_sync_bn(module: nn.Module, device: torch.device) -> nn.Module:
@@ -561,7 +559,8 @@ class Trainer:
         self.records: list[dict[str, Any]] = []
         self.final: dict[str, Any] = {}
         self._ready = False
-        self._final: dict[str, Any] | None = None  # the last probe's record and arrays
+        self._final: dict[str, Any] | None = None  # the last probe's record and arrays (rank 0)
+        self._final_probed = False
 
     # ------------------------------------------------------------------------------- setup
 
@@ -838,6 +837,8 @@ class Trainer:
         z_val, f_val = self._forward_split("val", None, keep_features=final)
         z_test, f_test = self._forward_split("test", None, keep_features=final)
         W = classifier_weight(self.model)
+        if final:
+            self._final_probed = True  # on every rank: all of them took part in this probe
         if self.dist.rank != 0:
             return {}
         y_train = self.y["train"]
@@ -979,7 +980,9 @@ class Trainer:
         start_epoch, step, train_time, wall_before = 0, 0, 0.0, 0.0
         if self.action == "resume":
             assert self.out is not None
-            ck = load_checkpoint(self.out / "checkpoint.pt", map_location=self.device)
+            # Loaded on the CPU (generator states must be CPU byte tensors); load_state_dict copies
+            # the weights and optimizer state to the model's device.
+            ck = load_checkpoint(self.out / "checkpoint.pt")
             start_epoch, step, train_time, wall_before = self._restore(ck)
             if self.out is not None and (self.out / "metrics.jsonl").exists():
                 # Lines written after the checkpoint (a kill between probe and save) are redone.
@@ -1053,7 +1056,7 @@ class Trainer:
                 )
         finally:
             bar.close()
-        if self._final is None:
+        if not self._final_probed:
             # Killed after the last checkpoint but before final.json: probe the final weights again
             # (the metrics line of the last epoch is already in metrics.jsonl).
             last_loss = self.records[-1]["train_loss"] if self.records else float("nan")
