@@ -489,3 +489,21 @@ def test_cuda_batched_run_matches_cpu():
     np.testing.assert_allclose(gpu.W, cpu.W, rtol=0, atol=1e-10)
     alone = simulate(MIXED[3], COUNTS, d=5, epochs=60, batch_size=5, device="cuda")
     np.testing.assert_allclose(alone.W[0], gpu.W[3], rtol=0, atol=1e-12)
+
+
+def test_balanced_counts_have_no_minority_group_and_no_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = simulate(UFMConfig("ce", lam=1e-2, lr=1.0), [5, 5, 5], d=3, epochs=2000)
+        best = minimize_ufm(UFMConfig("ce", lam=1e-2), [5, 5, 5], d=3)
+    row = res.final_rows()[0]
+    assert (
+        math.isnan(row["W_ratio"])
+        and math.isnan(row["W_norm_min"])
+        and math.isnan(best.metrics["H_norm_min"])
+    )
+    # Balanced CE: the minimiser is a simplex ETF at every lam (cos = -1/(k-1) = -0.5).
+    assert row["W_cos_maj_maj"] == pytest.approx(-0.5, abs=1e-9)
+    assert best.metrics["dist_W"] < 1e-8 and row["dist_W"] < 1e-8

@@ -438,12 +438,7 @@ def _measure(
         means = Hb @ avg  # (d, k)
         G_W, G_H, M = Wb @ Wb.T, means.T @ means, Wb @ means
         wn, hn = np.sqrt(np.diag(G_W)), np.sqrt(np.diag(G_H))
-        row.update(
-            W_norm_maj=float(wn[maj].mean()),
-            W_norm_min=float(wn[mino].mean()),
-            H_norm_maj=float(hn[maj].mean()),
-            H_norm_min=float(hn[mino].mean()),
-        )
+        row.update(_group_norms(wn, hn, maj, mino))
         row.update(group_summary(G_W, G_H, M, groups))
         th = theory[b]
         row.update(
@@ -454,6 +449,20 @@ def _measure(
         )
         rows.append(row)
     return rows
+
+
+def _group_norms(wn: np.ndarray, hn: np.ndarray, maj: np.ndarray, mino: np.ndarray) -> dict[str, float]:
+    """Mean norms per group (NaN for an empty group, e.g. balanced counts have no minority)."""
+
+    def mean(v: np.ndarray, idx: np.ndarray) -> float:
+        return float(v[idx].mean()) if idx.size else float("nan")
+
+    return {
+        "W_norm_maj": mean(wn, maj),
+        "W_norm_min": mean(wn, mino),
+        "H_norm_maj": mean(hn, maj),
+        "H_norm_min": mean(hn, mino),
+    }
 
 
 def _safe_distance(G: np.ndarray, G_ref: np.ndarray) -> float:
@@ -1015,10 +1024,7 @@ def _class_metrics(
         "train_bal_acc": float(correct.mean()),
         "W_norm": float(np.linalg.norm(W)),
         "H_norm": float(np.sqrt(np.sum(hn**2 * counts))),
-        "W_norm_maj": float(wn[maj].mean()),
-        "W_norm_min": float(wn[mino].mean()),
-        "H_norm_maj": float(hn[maj].mean()),
-        "H_norm_min": float(hn[mino].mean()),
+        **_group_norms(wn, hn, maj, mino),
     }
     out.update(group_summary(G_W, G_H, M, groups))
     out.update(

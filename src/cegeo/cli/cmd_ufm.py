@@ -297,7 +297,8 @@ def _g(v: Any) -> str:
 def path_table(loss: str, entry: dict[str, Any], shown: int = 5) -> Table:
     """Rows = panels and Gram distances; columns = some lams of the path and the trend fit."""
     lams = entry["lams"]
-    cols = sorted({round(j * (len(lams) - 1) / max(shown - 1, 1)) for j in range(min(shown, len(lams)))})
+    m = min(shown, len(lams))
+    cols = sorted({round(j * (len(lams) - 1) / max(m - 1, 1)) for j in range(m)})
     table = Table(
         title=f"{loss}: exact minimiser vs the lam -> 0 limit, largest gap over {entry['gap_filter']}"
     )
@@ -309,7 +310,11 @@ def path_table(loss: str, entry: dict[str, Any], shown: int = 5) -> Table:
     for key, row in entry["panels"].items():
         t = row["trend"]
         v = None if t is None else t["log10_lam_for_0.01"]
-        at = "–" if v is None or not math.isfinite(v) else f"1e{v:.0f}"
+        last = row["max_gap"][-1]
+        if last is not None and last <= 0.01:
+            at = "reached"
+        else:
+            at = "–" if v is None or not math.isfinite(v) else f"1e{v:.0f}"
         label = _short(key).replace("dist_", "d_") + ("" if row["monotone"] else " (!)")
         table.add_row(
             label,
