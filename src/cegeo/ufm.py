@@ -10,8 +10,12 @@ both, the objective every routine here minimises is (one formula, stated once)::
 
 ``L`` is exactly what a registry loss (:func:`cegeo.losses.create_loss`, ``reduction="mean"``)
 returns for the logits ``(W H)^T``, and ``lam/2 ||.||^2`` is what ``torch.optim.SGD``'s
-``weight_decay=lam`` adds to the gradient, so GD on ``F`` *is* the usual training loop. (THEORY
-§4 writes the sum of the losses; that is ``F`` times ``n`` with ``lam_sum = n * lam``.)
+``weight_decay=lam`` adds to the gradient, so GD on ``F`` *is* the usual training loop. THEORY
+§4 writes the sum of the losses, ``sum_i omega_{y_i} loss_i + lam_sum/2 (...)``: that is ``F``
+times ``s = sum_i omega_{y_i}`` (``n`` without weights) with ``lam_sum = s * lam``, the same
+minimisers. THEORY §6's reference path (k = 4, R = 10, LDT gamma = 1/2: squared-norm ratio 1.31,
+1.21, 1.16, 1.08 at lam = 1e-2 .. 1e-8) is in that sum form with ``n_min = 1``, i.e. ``lam / 22``
+here (tested).
 
 Symbols: ``omega`` per-class weights, ``Dc`` (``delta_logit``) logit temperatures, ``Dl``
 (``delta_label``) label temperatures, ``iota`` logit offsets, read from the loss's buffers.
@@ -93,7 +97,7 @@ PANEL_KEYS: tuple[str, ...] = tuple(
     f"{row}_{key}" for row in ("W", "H") for key in ("ratio", "cos_maj_maj", "cos_min_min", "cos_maj_min")
 )
 
-#: Columns of one logged row besides the configuration columns (see :meth:`UFMResult.rows`).
+#: Columns of one logged row after the configuration columns (see :attr:`UFMResult.rows`).
 METRIC_COLUMNS: tuple[str, ...] = (
     "epoch",
     "step",
@@ -353,10 +357,8 @@ class _Problem:
     neg_target: Tensor  # (B, k, n): -onehot * coef
 
 
-def _full_loss_grad(
-    W: Tensor, H: Tensor, pr: _Problem, need_grad: bool = True
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor]:
-    """Full-batch loss (B,), logits (B,k,n) and gradients of L w.r.t. W and H (float64 path)."""
+def _full_loss_grad(W: Tensor, H: Tensor, pr: _Problem) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Full-batch loss L (B,), logits Z (B, k, n) and the gradients of L w.r.t. W and H."""
     Z = torch.bmm(W, H)  # (B, k, n)
     T = Z * pr.scale
     if pr.iota is not None:
@@ -365,10 +367,8 @@ def _full_loss_grad(
     w = pr.omega[:, pr.labels]  # (B, n)
     per = -(logp * pr.onehot).sum(1)  # (B, n)
     loss = (w * per).sum(1) / w.sum(1)
-    if not need_grad:
-        return loss, Z, None, None, logp
-    dZ = torch.exp(logp) * pr.coef + pr.neg_target
-    return loss, Z, torch.bmm(dZ, H.transpose(1, 2)), torch.bmm(W.transpose(1, 2), dZ), logp
+    dZ = torch.exp(logp) * pr.coef + pr.neg_target  # coef (P - Y)
+    return loss, Z, torch.bmm(dZ, H.transpose(1, 2)), torch.bmm(W.transpose(1, 2), dZ)
 
 
 def _measure(
@@ -399,8 +399,7 @@ def _measure(
         pr.coef.double(),
         pr.neg_target.double(),
     )
-    loss_t, Z, gW_t, gH_t, _ = _full_loss_grad(W, H, pr64)
-    assert gW_t is not None and gH_t is not None
+    loss_t, Z, gW_t, gH_t = _full_loss_grad(W, H, pr64)
     losses = loss_t.cpu().numpy()
     pred_all = Z.argmax(1).cpu().numpy()  # (B, n)
     W_all, H_all = W.cpu().numpy(), H.cpu().numpy()
