@@ -324,6 +324,16 @@ def test_posthoc_needs_two_samples_per_class(data):
     ImbalancedMLPClassifier(**{**FAST, "epochs": 1}).fit(X, y)
 
 
+def test_failed_posthoc_fit_leaves_no_half_fitted_estimator(data):
+    X, y = data
+    clf = ImbalancedMLPClassifier(**FAST, random_state=0).fit(X, y)  # a previous, successful fit
+    clf.set_params(posthoc="posthoc_la", posthoc_params={"grid": []})
+    with pytest.raises(ValueError, match=r"`grid` must be a non-empty sequence of finite numbers"):
+        clf.fit(X, y)
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
+
+
 def test_mixed_label_types_are_an_error(data):
     X, y = data
     mixed = y.astype(object)

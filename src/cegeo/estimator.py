@@ -19,8 +19,9 @@ Minority-aware defaults (what differs from :class:`sklearn.neural_network.MLPCla
 Training: AdamW (or SGD with momentum) with a cosine learning-rate decay to 0 over ``epochs``
 epochs of shuffled mini-batches, in float32 on ``device``; predictions are computed in float64
 so that they do not depend on how rows are batched. Determinism: with an integer
-``random_state`` two fits on the same data and machine give identical models (initialisation
-and shuffling draw from private generators; the global torch RNG is left untouched).
+``random_state`` two CPU fits on the same data and machine give identical models
+(initialisation and shuffling draw from private generators; the global torch RNG is left
+untouched); on CUDA, up to the GPU's own non-deterministic kernels.
 """
 
 from __future__ import annotations
@@ -235,9 +236,10 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. The fitted
         model is kept on the CPU (portable pickles); predictions run on this device.
     n_threads : int or None, default=None
-        torch CPU threads for training and prediction (restored afterwards). None: one thread
-        when a step's work (rows x parameters) is below 2^24 multiply-adds, where threads cost
-        more than they save, else torch's current setting.
+        torch CPU threads for training and prediction (``torch.set_num_threads`` is process-wide;
+        the previous value is restored afterwards). None: one thread when a step's work (rows x
+        parameters) is below 2^24 multiply-adds, where threads cost more than they save, else
+        torch's current setting.
 
     Attributes
     ----------
@@ -488,7 +490,14 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
         self.posthoc_ = None
         if self.posthoc is not None:
             assert val_pos is not None
-            self.posthoc_ = self._fit_posthoc(self._logits(X[val_pos]), y_idx[val_pos], k)
+            try:
+                self.posthoc_ = self._fit_posthoc(self._logits(X[val_pos]), y_idx[val_pos], k)
+            except Exception:
+                # A failed fit leaves no half-fitted estimator behind (e.g. an impossible
+                # operating-point budget is only known once the model's logits are).
+                for name in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
+                    delattr(self, name)
+                raise
         return self
 
     def _train(
