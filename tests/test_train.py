@@ -25,6 +25,7 @@ from cegeo.train import (
     lr_at,
     prepare_run_folder,
     sampling_probabilities,
+    summary_from_confusion,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,8 +149,11 @@ def test_logits_and_classifier_files(digits_run):
         assert logits.shape == (y.size, 10) and feats.shape == (y.size, 32)
         np.testing.assert_allclose(logits, feats @ W.T, rtol=1e-4, atol=1e-4)
     # the predictions behind final["test"] are the argmax of logits_test
-    pred = np.load(out / "logits_test.npz")["logits"].argmax(1)
-    assert final["test"]["accuracy"] == pytest.approx(np.mean(pred == trainer.splits.y_test))
+    from cegeo.metrics import classification_summary
+
+    for split, y in (("val", trainer.splits.y_val), ("test", trainer.splits.y_test)):
+        pred = np.load(out / f"logits_{split}.npz")["logits"].argmax(1)
+        _close(final[split], classification_summary(y, pred, 10, trainer.splits.groups, normal_class=0))
 
 
 def test_checkpoint_is_safe_to_load_and_complete(digits_run):
@@ -389,6 +393,45 @@ def test_lr_schedule_matches_torch_multistep():
     assert values[10] == pytest.approx(0.2) and values[-1] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in itertools.pairwise(values[10:]))
     assert lr_at(17, 5, 10, OptimConfig(lr=0.3, schedule="constant")) == 0.3
+
+
+def _close(a, b, where=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _close(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{where}[{i}]")
+    elif a is None or b is None or isinstance(a, int):
+        assert a == b, (where, a, b)
+    elif np.isnan(a):
+        assert np.isnan(b), where
+    else:
+        assert a == pytest.approx(b, rel=1e-12, abs=1e-15), (where, a, b)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_summary_from_confusion_equals_classification_summary(seed):
+    from cegeo.data.imbalance import groups, step_groups
+    from cegeo.metrics import classification_summary, confusion_matrix
+
+    r = np.random.default_rng(seed)
+    k = 6
+    y = r.integers(0, k, 200)
+    pred = np.where(r.random(200) < 0.6, y, r.integers(0, k, 200))
+    if seed % 2:
+        y[y == 5] = 4  # a class absent from y_true
+    if seed % 3 == 0:
+        pred[pred == 2] = 1  # a class never predicted
+    grp = step_groups(k, 0.5) if seed < 3 else groups([9, 9, 5, 5, 1, 1], thresholds=(6, 2))
+    want = classification_summary(y, pred, k, grp, normal_class=0)
+    got = summary_from_confusion(confusion_matrix(y, pred, k), grp, normal_class=0)
+    _close(got, want)
+    assert summary_from_confusion(
+        confusion_matrix(y, pred, k), None, 5 if seed % 2 else None
+    ).keys() <= want.keys() | {"false_alarm"}
 
 
 def test_augment_batch_matches_per_sample_crops(rng):

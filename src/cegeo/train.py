@@ -61,7 +61,6 @@ from ._validation import InputError, fail
 from .config import OptimConfig, RunConfig, load_run_config, to_dict
 from .geometry import FeatureStats, classifier_weight, measure
 from .losses import class_balanced_weights, create_loss, get_loss_info
-from .metrics import classification_summary
 
 __all__ = [
     "RUN_FILES",
@@ -72,6 +71,7 @@ __all__ = [
     "prepare_run_folder",
     "resolve_device",
     "sampling_probabilities",
+    "summary_from_confusion",
     "train",
 ]
 
@@ -151,6 +151,72 @@ def sampling_probabilities(class_counts: Any, sampler: str) -> np.ndarray:
     else:
         raise fail("sampler", "one of 'none', 'class_balanced', 'sqrt'", sampler)
     return q / q.sum()
+
+
+def summary_from_confusion(
+    confusion: Any, groups: Any = None, normal_class: int | None = None
+) -> dict[str, Any]:
+    """:func:`cegeo.metrics.classification_summary` computed from a confusion matrix.
+
+    The probes count predictions on the device (``bincount`` of ``k * y + prediction``, all-reduced
+    across ranks) and only this (k, k) matrix reaches the CPU; the result has the same keys and
+    values as ``classification_summary(y_true, y_pred, k, groups, normal_class)`` (tested), except
+    that a ``normal_class`` absent from the split gives ``false_alarm = None`` instead of an error.
+
+    Parameters
+    ----------
+    confusion : array-like of shape (k, k)
+        ``C[i, j]`` = samples of class i predicted j.
+    groups : cegeo.data.Groups, optional
+    normal_class : int, optional
+
+    Examples
+    --------
+    >>> s = summary_from_confusion([[3, 1], [0, 2]])
+    >>> s["accuracy"], s["balanced_accuracy"], s["per_class"]["recall"]
+    (0.8333333333333334, 0.875, [0.75, 1.0])
+    """
+    cm = np.asarray(confusion, dtype=np.int64)
+    n = int(cm.sum())
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    tp = np.diag(cm).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, tp / np.maximum(support, 1), np.nan)
+        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
+        denom = 2 * tp + (predicted - tp) + (support - tp)
+        f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+        negatives = n - support
+        fpr = np.where(negatives > 0, (predicted - tp) / np.maximum(negatives, 1), np.nan)
+    present = recall[~np.isnan(recall)]
+    out: dict[str, Any] = {
+        "n": n,
+        "accuracy": float(tp.sum() / n) if n else float("nan"),
+        "balanced_accuracy": float(np.mean(present)) if present.size else float("nan"),
+        "macro_f1": float(np.mean(f1[(support > 0) | (predicted > 0)])) if n else float("nan"),
+        "worst_class_recall": float(np.min(present)) if present.size else float("nan"),
+        "g_mean": (0.0 if np.any(present == 0) else float(np.exp(np.mean(np.log(present)))))
+        if present.size
+        else float("nan"),
+    }
+    if groups is not None:
+        gr = {}
+        for name in groups.names:
+            r = recall[groups.members(name)]
+            r = r[~np.isnan(r)]
+            gr[name] = float(np.mean(r)) if r.size else float("nan")
+        out["group_recall"] = gr
+    if normal_class is not None:
+        c = int(normal_class)
+        out["false_alarm"] = float(1.0 - recall[c]) if support[c] > 0 else None
+    out["per_class"] = {
+        "support": support.tolist(),
+        "recall": [None if np.isnan(v) else float(v) for v in recall],
+        "precision": precision.tolist(),
+        "f1": f1.tolist(),
+        "false_positive_rate": [None if np.isnan(v) else float(v) for v in fpr],
+    }
+    return out
 
 
 def augment_batch(x: Tensor, shifts: Tensor | None, flips: Tensor | None, pad: int) -> Tensor:
@@ -797,74 +863,73 @@ class Trainer:
 
     @torch.no_grad()
     def _forward_split(
-        self, split: str, stats: FeatureStats | None, keep_features: bool
-    ) -> tuple[Tensor, Tensor | None]:
-        """Logits (and features) of a whole split, sharded over ranks and gathered."""
-        model = self.model
+        self, split: str, stats: FeatureStats | None, keep: bool
+    ) -> tuple[np.ndarray, float, Tensor | None, Tensor | None]:
+        """One eval-mode pass over a split, sharded over ranks.
+
+        Returns the confusion matrix (k, k) and the mean loss (``loss_base``, weighted like its
+        ``mean``) over the whole split (all-reduced), and with ``keep`` the gathered logits and
+        features. Nothing but k*k + 2 numbers leaves the device unless ``keep``.
+        """
+        model, k = self.model, self.k
         x, y = self.x[split], self.y[split]
         n = int(y.shape[0])
         lo, hi = _shard(n, self.dist.rank, self.dist.world)
         eb = self.config.train.eval_batch_size
+        omega = getattr(self.loss_base, "omega", None)
+        cm = torch.zeros(k * k, dtype=torch.float64, device=self.device)
+        loss = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum, weight)
         logits, feats = [], []
         for i in range(lo, hi, eb):
             j = min(i + eb, hi)
+            yb = y[i:j]
             with self._autocast():
                 h = model.features(self.inputs(x[i:j]))
                 z = model.classifier(h)
             h, z = h.float(), z.float()
             if stats is not None:
-                stats.update(h, y[i:j])
-            logits.append(z)
-            if keep_features:
+                stats.update(h, yb)
+            cm += torch.bincount(yb * k + z.argmax(1), minlength=k * k)
+            loss[0] += self.loss_base(z, yb).sum()
+            loss[1] += omega.double()[yb].sum() if omega is not None else float(j - i)
+            if keep:
+                logits.append(z)
                 feats.append(h)
-        d = int(getattr(model, "feature_dim", 0) or (feats[0].shape[1] if feats else 0))
-        z_local = torch.cat(logits) if logits else torch.zeros(0, self.k, device=self.device)
-        z_all = _gather_rows(z_local, n, self.dist)
-        f_all = None
-        if keep_features:
-            f_local = torch.cat(feats) if feats else torch.zeros(0, d, device=self.device)
-            f_all = _gather_rows(f_local, n, self.dist)
-        return z_all, f_all
+        packed = _all_sum(torch.cat([cm, loss]), self.dist).cpu().numpy()
+        confusion = packed[: k * k].reshape(k, k).astype(np.int64)
+        mean_loss = float(packed[-2] / packed[-1])
+        if not keep:
+            return confusion, mean_loss, None, None
+        d = int(model.feature_dim)
+        z_local = torch.cat(logits) if logits else torch.zeros(0, k, device=self.device)
+        f_local = torch.cat(feats) if feats else torch.zeros(0, d, device=self.device)
+        return confusion, mean_loss, _gather_rows(z_local, n, self.dist), _gather_rows(f_local, n, self.dist)
 
     def _probe(self, epoch: int, step: int, time_s: float, train_loss: float, final: bool) -> dict[str, Any]:
         """Metrics on train/val/test and the geometry probes (one ``metrics.jsonl`` line)."""
         cfg = self.config
         self.model.eval()
-        d = int(self.model.feature_dim)
-        stats = FeatureStats.zeros(self.k, d, self.device)
-        z_train, _ = self._forward_split("train", stats, keep_features=False)
+        stats = FeatureStats.zeros(self.k, int(self.model.feature_dim), self.device)
+        cm_train, loss_train, _, _ = self._forward_split("train", stats, keep=False)
         stats = stats.all_reduce()
-        z_val, f_val = self._forward_split("val", None, keep_features=final)
-        z_test, f_test = self._forward_split("test", None, keep_features=final)
+        cm_val, _, z_val, f_val = self._forward_split("val", None, keep=final)
+        cm_test, _, z_test, f_test = self._forward_split("test", None, keep=final)
         W = classifier_weight(self.model)
         if final:
             self._final_probed = True  # on every rank: all of them took part in this probe
         if self.dist.rank != 0:
             return {}
-        y_train = self.y["train"]
-        train_loss_eval = float(
-            self.loss_base(z_train, y_train).sum()
-            / (
-                self.loss_base.omega.float()[y_train].sum()
-                if getattr(self.loss_base, "omega", None) is not None
-                else y_train.numel()
-            )
-        )
-        splits = {"train": z_train, "val": z_val, "test": z_test}
         record: dict[str, Any] = {
             "epoch": epoch,
             "step": step,
             "time_s": time_s,
             "lr": lr_at(max(step - 1, 0), self.steps_per_epoch, cfg.train.epochs, cfg.optim),
             "train_loss": train_loss,
-            "train_loss_eval": train_loss_eval,
+            "train_loss_eval": loss_train,
             "reweighted": self._loss_for(epoch - 1) is not self.loss_base,
         }
-        for name, z in splits.items():
-            pred = z.argmax(1).cpu().numpy()
-            record[name] = classification_summary(
-                self.y[name].cpu().numpy(), pred, self.k, self.splits.groups, cfg.data.normal_class
-            )
+        for name, cm in (("train", cm_train), ("val", cm_val), ("test", cm_test)):
+            record[name] = summary_from_confusion(cm, self.splits.groups, cfg.data.normal_class)
         probe = measure(stats, W, loss=self.loss_base, class_counts=self.counts, groups=self.splits.groups)
         record["geometry"] = probe.to_dict(matrices=final)
         if final:
