@@ -19,7 +19,14 @@ from matplotlib.figure import Figure
 
 from .._io import atomic_open
 
-__all__ = ["PANELS", "figure_png_bytes", "geometry_vs_gamma_figure", "save_figure"]
+__all__ = [
+    "PANELS",
+    "band_curves_figure",
+    "figure_png_bytes",
+    "geometry_vs_gamma_figure",
+    "grouped_bars_figure",
+    "save_figure",
+]
 
 # (summary key suffix, panel title); rows are "W" (classifiers) and "H" (class means).
 PANELS: tuple[tuple[str, str], ...] = (
@@ -119,3 +126,135 @@ def figure_png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------- report figures
+
+_COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def band_curves_figure(
+    curves: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float] | None]]],
+    panels: Sequence[tuple[str, str]],
+    *,
+    xlabel: str = "epoch",
+    title: str = "",
+    logy: Sequence[str] = (),
+) -> Figure:
+    """One panel per quantity, one line per series, a band of ± one standard deviation.
+
+    Parameters
+    ----------
+    curves : dict
+        ``{series label: {panel key: (x, mean, std or None)}}``; a series may lack a panel.
+    panels : sequence of (key, title)
+    xlabel, title : str
+    logy : sequence of str
+        Panel keys drawn on a log y-axis.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = band_curves_figure({"ce": {"acc": ([1, 2], [0.5, 0.7], [0.1, 0.05])}}, [("acc", "accuracy")])
+    >>> len(fig.axes)
+    1
+    >>> plt.close(fig)
+    """
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.8), squeeze=False, constrained_layout=True)
+    for p, (key, panel_title) in enumerate(panels):
+        ax = axes[0, p]
+        for i, (label, series) in enumerate(curves.items()):
+            if key not in series:
+                continue
+            x, mean, std = series[key]
+            xs, m = np.asarray(x, dtype=float), np.asarray(mean, dtype=float)
+            color = _COLORS[i % len(_COLORS)]
+            ax.plot(xs, m, "-", color=color, lw=1.8, label=label)
+            if std is not None:
+                s = np.asarray(std, dtype=float)
+                ax.fill_between(xs, m - s, m + s, color=color, alpha=0.18, lw=0)
+        if key in logy:
+            ax.set_yscale("log")
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def grouped_bars_figure(
+    categories: Sequence[str],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float] | None]],
+    *,
+    ylabel: str = "",
+    xlabel: str = "",
+    title: str = "",
+    highlight: Sequence[int] = (),
+    highlight_label: str = "",
+    ylim: tuple[float, float] | None = (0.0, 1.0),
+) -> Figure:
+    """Bars per category, one colour per series, error bars of ± one standard deviation.
+
+    Parameters
+    ----------
+    categories : sequence of str
+        x tick labels.
+    series : dict
+        ``{label: (means, stds or None)}``, one value per category (NaN: no bar).
+    highlight : sequence of int
+        Category indices to shade (e.g. the minority classes), named ``highlight_label``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = grouped_bars_figure(["0", "1"], {"ce": ([0.9, 0.4], [0.01, 0.1])}, highlight=[1])
+    >>> [len(bars) for bars in fig.axes[0].containers]  # one series of two bars
+    [2]
+    >>> plt.close(fig)
+    """
+    k = len(categories)
+    m = max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * k * min(m, 6) + 2), 3.8), constrained_layout=True)
+    width = 0.8 / m
+    x = np.arange(k)
+    for c in highlight:
+        ax.axvspan(c - 0.5, c + 0.5, color="tab:orange", alpha=0.08, lw=0)
+    for i, (label, (mean, std)) in enumerate(series.items()):
+        offset = (i - (m - 1) / 2) * width
+        yerr = None if std is None else np.nan_to_num(np.asarray(std, dtype=float))
+        ax.bar(
+            x + offset,
+            np.asarray(mean, dtype=float),
+            width,
+            yerr=yerr,
+            capsize=2,
+            label=label,
+            color=_COLORS[i % len(_COLORS)],
+        )
+    ax.set_xticks(x, list(categories))
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="y", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if len(highlight) and highlight_label:
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(color="tab:orange", alpha=0.15))
+        labels.append(highlight_label)
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=9)
+    if title:
+        ax.set_title(title)
+    return fig
