@@ -219,7 +219,8 @@ def grouped_bars_figure(
     Examples
     --------
     >>> fig = grouped_bars_figure(["0", "1"], {"ce": ([0.9, 0.4], [0.01, 0.1])}, highlight=[1])
-    >>> [len(bars) for bars in fig.axes[0].containers]  # one series of two bars
+    >>> from matplotlib.container import BarContainer
+    >>> [len(c) for c in fig.axes[0].containers if isinstance(c, BarContainer)]  # one series, two bars
     [2]
     >>> plt.close(fig)
     """
