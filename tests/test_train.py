@@ -455,8 +455,13 @@ def test_cuda_extras_are_off_on_cpu_by_default():
         cfg(DIGITS, model__name="cnn", model__options={"width": 8}, train__epochs=1), progress=False
     ).setup()
     assert t.device.type == "cpu"
-    assert (t.amp, t.compile, t.channels_last) == (False, False, False)
+    assert (t.amp, t.compile) == (False, False)
     assert t.train_model is t.model
+    # channels_last is a layout: on for conv nets on any device, off for the MLP or when asked
+    assert t.channels_last and t.inputs(t.x["train"][:4]).is_contiguous(memory_format=torch.channels_last)
+    assert not Trainer(cfg(DIGITS, train__epochs=1), progress=False).setup().channels_last
+    off = cfg(DIGITS, model__name="cnn", model__options={"width": 8}, runtime__channels_last="off")
+    assert not Trainer(off, progress=False).setup().channels_last
 
 
 def test_bf16_autocast_can_be_switched_on_on_cpu():

@@ -227,7 +227,9 @@ class ModelConfig:
         unknown = sorted(set(self.options) - set(info.options))
         if unknown:
             valid = ", ".join(info.options)
-            raise InputError(f"`model.options` must be options of {self.name!r} ({valid}); got {unknown[0]!r}.")
+            raise InputError(
+                f"`model.options` must be options of {self.name!r} ({valid}); got {unknown[0]!r}."
+            )
 
 
 @dataclass(frozen=True)
@@ -325,7 +327,9 @@ class RuntimeConfig:
 
     device: str = "auto"  # auto (CUDA if available, else CPU) | cpu | cuda | cuda:N
     amp: str = "auto"  # bf16 autocast: auto = on for CUDA | on | off
-    channels_last: str = "auto"  # channels-last memory format for conv nets: auto = on for CUDA
+    channels_last: str = (
+        "auto"  # channels-last layout for conv nets: auto = on (CPU and CUDA; faster on both)
+    )
     compile: str = "auto"  # torch.compile the training step: auto = on for CUDA
     compile_mode: str = "default"  # torch.compile mode
     sync_bn: bool = True  # under DDP, BatchNorm statistics over the global batch (as one process)

@@ -15,12 +15,13 @@ How it works (airbench / nanoGPT style):
   from its own generator. The generators' states are checkpointed, so a resumed run continues
   the exact same stream.
 * **One loop**: learning rate as a pure function of the step (:func:`lr_at`), forward under
-  bf16 autocast on CUDA, backward, SGD step, ``zero_grad(set_to_none=True)``. Deferred
-  re-weighting (``train.drw_epoch``) swaps in ``loss.with_omega(class_balanced_weights(...))``
-  after that many epochs.
+  bf16 autocast on CUDA (channels-last layout for conv nets), backward, SGD step,
+  ``zero_grad(set_to_none=True)``. Deferred re-weighting (``train.drw_epoch``) swaps in
+  ``loss.with_omega(class_balanced_weights(...))`` after that many epochs.
 * **Probes** every ``train.probe_every`` epochs and after the last one, under ``torch.no_grad()``
-  and ``model.eval()``: a pass over the full training split (metrics and
-  :class:`~cegeo.geometry.FeatureStats`), then validation and test; one line of
+  and ``model.eval()``: a pass over the full training split, then validation and test, each
+  counting predictions into a confusion matrix on the device (:func:`summary_from_confusion`)
+  and, for training, accumulating :class:`~cegeo.geometry.FeatureStats`; one line of
   ``metrics.jsonl``. Training time excludes probes and ``torch.compile`` (the compiled step is
   warmed up on every batch shape before the clock starts and the weights restored); on CUDA it
   is measured with CUDA events.
@@ -704,8 +705,10 @@ class Trainer:
         )
         rt = cfg.runtime
         self.amp = _switch(rt.amp, self.device)
+        # channels_last is a layout, not a numerics, choice: on by default for conv nets on every
+        # device (ResNet-32 steps ~20% faster on a 2-core AVX-512 CPU, more on GPUs).
         self.channels_last = (
-            _switch(rt.channels_last, self.device)
+            rt.channels_last != "off"
             and self.kind == "image"
             and any(isinstance(m, nn.Conv2d) for m in model.modules())
         )
@@ -728,6 +731,7 @@ class Trainer:
             momentum=cfg.optim.momentum,
             weight_decay=cfg.optim.weight_decay,
             nesterov=cfg.optim.nesterov,
+            fused=True if self.device.type == "cuda" else None,  # one kernel for the update on CUDA
         )
         train_model: nn.Module = model
         if self.dist.enabled:
@@ -889,7 +893,7 @@ class Trainer:
             h, z = h.float(), z.float()
             if stats is not None:
                 stats.update(h, yb)
-            cm += torch.bincount(yb * k + z.argmax(1), minlength=k * k)
+            cm.index_add_(0, yb * k + z.argmax(1), torch.ones_like(yb, dtype=torch.float64))  # no sync
             loss[0] += self.loss_base(z, yb).sum()
             loss[1] += omega.double()[yb].sum() if omega is not None else float(j - i)
             if keep:

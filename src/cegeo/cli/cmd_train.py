@@ -180,7 +180,9 @@ def train_command(
     ),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N. [default: auto]"),
     amp: str | None = typer.Option(None, "--amp", help="bf16 autocast: auto (on for CUDA) | on | off."),
-    channels_last: str | None = typer.Option(None, "--channels-last", help="auto (on for CUDA) | on | off."),
+    channels_last: str | None = typer.Option(
+        None, "--channels-last", help="Conv nets: auto (on) | on | off."
+    ),
     compile_: str | None = typer.Option(
         None, "--compile", help="torch.compile: auto (on for CUDA) | on | off."
     ),
