@@ -208,8 +208,9 @@ class SweepConfig:
     setups: tuple[Setup, ...] = ()
     losses: tuple[LossSpec, ...] = ()
     grid: dict[str, list[Any]] = field(default_factory=dict)  # dotted RunConfig key -> values
-    ufm: UFMExperiment | None = None  # a batched UFM simulation (cegeo ufm's settings)
-    posthoc: PosthocSpec | None = None
+    # A table is converted in __post_init__, so that a bad key there gets its own message.
+    ufm: UFMExperiment | Mapping[str, Any] | None = None  # a batched UFM simulation (cegeo ufm's settings)
+    posthoc: PosthocSpec | Mapping[str, Any] | None = None  # post-hoc rebalancing of finished runs
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -249,8 +250,20 @@ class SweepConfig:
                 )
             if not isinstance(values, list) or not values:
                 raise fail(f"grid.{key}", "a non-empty list of values", values)
+        if isinstance(self.ufm, Mapping):
+            object.__setattr__(self, "ufm", from_dict(UFMExperiment, self.ufm, "ufm"))
+        if isinstance(self.posthoc, Mapping):
+            object.__setattr__(self, "posthoc", from_dict(PosthocSpec, self.posthoc, "posthoc"))
         if self.ufm is not None:
             self.ufm.validate()
+        if self.posthoc is not None:
+            from .rebalance import SELECTION_METRICS, parse_methods
+
+            parse_methods(self.posthoc.methods)
+            if self.posthoc.metric not in SELECTION_METRICS:
+                raise fail(
+                    "posthoc.metric", "one of " + ", ".join(map(repr, SELECTION_METRICS)), self.posthoc.metric
+                )
 
 
 def load_sweep(path: str | os.PathLike[str], sets: Mapping[str, Any] | None = None) -> SweepConfig:
@@ -800,13 +813,7 @@ def _run_workers(
                 with contextlib.suppress(FileNotFoundError):
                     (runs_dir / run.name / "error.json").unlink()
                 fh = open(logs / f"{run.name}.log", "wb")  # closed when the worker ends
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "cegeo.sweep",
-                    str(out / "configs" / f"{run.name}.toml"),
-                    str(runs_dir / run.name),
-                ]
+                cmd = _worker_command(out / "configs" / f"{run.name}.toml", runs_dir / run.name)
                 proc = subprocess.Popen(
                     cmd, stdout=fh, stderr=subprocess.STDOUT, env=_worker_env(threads, slot)
                 )
@@ -832,6 +839,11 @@ def _run_workers(
                 proc.kill()
                 proc.wait()
             fh.close()
+
+
+def _worker_command(config_file: Path, run_dir: Path) -> list[str]:
+    """The worker process of one run (this interpreter, this cegeo)."""
+    return [sys.executable, "-m", "cegeo.sweep", str(config_file), str(run_dir)]
 
 
 def _worker_status(run: SweepRun, code: int, runs_dir: Path, logs: Path) -> dict[str, Any]:
@@ -862,11 +874,12 @@ def _worker_main(argv: Sequence[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m cegeo.sweep CONFIG.toml RUN_DIR", file=sys.stderr)
         return 2
+    import torch
+
     threads = os.environ.get("CEGEO_SWEEP_THREADS")
     if threads:
-        import torch
-
         torch.set_num_threads(int(threads))
+    print(f"cegeo sweep worker: {argv[1]} with {torch.get_num_threads()} CPU thread(s)", flush=True)
     try:
         config = load_run_config(argv[0])
     except Exception as exc:

@@ -1,0 +1,470 @@
+"""cegeo.sweep and ``cegeo sweep``: grid expansion, skip on restart, failures, --jobs, --list, summary.csv.
+
+Runs are tiny (a 4-class Gaussian mixture, a 2-layer MLP of width 16, 2 epochs, one CPU thread),
+so every test trains for real.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cegeo._io import read_json, read_jsonl
+from cegeo.config import from_dict, load_run_config
+from cegeo.sweep import (
+    SUMMARY_METRICS,
+    SweepConfig,
+    convergence_point,
+    expand,
+    load_runs,
+    load_sweep,
+    load_ufm,
+    run_sweep,
+    summarize,
+)
+
+BASE = """
+[base.data]
+source = "gaussian"
+imbalance = "step:R=4,rho=0.5"
+options = { k = 4, d = 6, n_per_class = 40, n_test_per_class = 12, separation = 2.0 }
+val_fraction = 0.25
+[base.model]
+name = "mlp"
+options = { width = 16, depth = 2 }
+[base.train]
+epochs = 3
+batch_size = 32
+[base.runtime]
+threads = 1
+"""
+
+SWEEP = (
+    'name = "tiny"\nseeds = [0, 1]\n'
+    + BASE
+    + """
+[[losses]]
+name = "ce"
+[[losses]]
+name = "ldt"
+grid = { gamma = [0.0, 0.5] }
+"""
+)
+
+
+def write(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def tiny(**extra) -> SweepConfig:
+    import tomllib
+
+    data = tomllib.loads(SWEEP)
+    data.update(extra)
+    return from_dict(SweepConfig, data)
+
+
+# ------------------------------------------------------------------------------- expansion
+
+
+def test_grid_expansion_order_names_and_configs(tmp_path):
+    text = (
+        "seeds = [3, 1]\n"
+        + BASE
+        + """
+[[setups]]
+name = "small"
+model.options = { width = 8, depth = 1 }
+[[setups]]
+name = "wide"
+label = "wide MLP"
+train.epochs = 4
+[[losses]]
+name = "ce"
+[[losses]]
+name = "cdt"
+grid = { gamma = "-0.5:0.5:3" }
+hyper = { normalize = 0 }
+[[losses]]
+name = "ldt"
+label = "ldt-sym"
+hyper = { gamma = 0.5 }
+[grid]
+"data.imbalance" = ["step:R=4,rho=0.5", "step:R=2,rho=0.5"]
+"""
+    )
+    runs = expand(load_sweep(write(tmp_path, text)))
+    # 2 setups x 2 imbalance values x (1 + 3 + 1) loss points x 2 seeds
+    assert len(runs) == 2 * 2 * 5 * 2
+    names = [r.name for r in runs]
+    assert len(set(names)) == len(names)
+    assert names[:6] == [
+        "small__ce_imbalance=step-R=4-rho=0.5__seed3",
+        "small__ce_imbalance=step-R=4-rho=0.5__seed1",
+        "small__cdt_gamma=-0.5_imbalance=step-R=4-rho=0.5__seed3",
+        "small__cdt_gamma=-0.5_imbalance=step-R=4-rho=0.5__seed1",
+        "small__cdt_gamma=0_imbalance=step-R=4-rho=0.5__seed3",
+        "small__cdt_gamma=0_imbalance=step-R=4-rho=0.5__seed1",
+    ]
+    assert names[-1] == "wide__ldt-sym_imbalance=step-R=2-rho=0.5__seed1"
+    by_name = {r.name: r for r in runs}
+    r = by_name["small__cdt_gamma=0.5_imbalance=step-R=2-rho=0.5__seed1"]
+    assert r.config.seed == 1 and r.seed == 1
+    assert r.config.loss.name == "cdt" and r.config.loss.hyper == {"normalize": 0.0, "gamma": 0.5}
+    assert r.config.data.imbalance == "step:R=2,rho=0.5"
+    assert r.config.model.options == {"width": 8, "depth": 1} and r.config.train.epochs == 3
+    assert r.group == "small__cdt_gamma=0.5_imbalance=step-R=2-rho=0.5" and r.setup_label == "small"
+    w = by_name["wide__ldt-sym_imbalance=step-R=4-rho=0.5__seed3"]
+    assert w.config.train.epochs == 4 and w.config.model.options == {"width": 16, "depth": 2}
+    assert w.config.loss.hyper == {"gamma": 0.5} and w.loss_label == "ldt-sym" and w.setup_label == "wide MLP"
+    # Setups and axes never leak into one another (deep copies).
+    assert by_name["small__ce_imbalance=step-R=4-rho=0.5__seed3"].config.data.imbalance == "step:R=4,rho=0.5"
+    # The expansion is stable: the same file gives the same names.
+    assert [r.name for r in expand(load_sweep(write(tmp_path, text)))] == names
+
+
+def test_set_overrides_base_setups_and_sweep_keys(tmp_path):
+    text = SWEEP + '\n[[setups]]\nname = "a"\n[[setups]]\nname = "b"\n'
+    cfg = load_sweep(
+        write(tmp_path, text),
+        {"train.epochs": 5, "b:data.source": "npz:/nowhere.npz", "seeds": [7], "b:model.options.width": 4},
+    )
+    runs = expand(cfg)
+    assert {r.seed for r in runs} == {7}
+    a = [r for r in runs if r.setup == "a"]
+    b = [r for r in runs if r.setup == "b"]
+    assert all(r.config.train.epochs == 5 for r in runs)
+    assert {r.config.data.source for r in a} == {"gaussian"} and {r.config.data.source for r in b} == {
+        "npz:/nowhere.npz"
+    }
+    assert b[0].config.model.options["width"] == 4 and a[0].config.model.options["width"] == 16
+
+
+@pytest.mark.parametrize(
+    ("text", "sets", "match"),
+    [
+        ("foo = 1\n" + SWEEP, None, r"unknown key `foo` in the config; valid keys"),
+        (
+            SWEEP.replace('name = "ce"', 'name = "ce"\nbogus = 1'),
+            None,
+            r"unknown key `losses\[0\]\.bogus`|bogus",
+        ),
+        (SWEEP + "\n[base.train.extra]\nx = 1\n", None, r"unknown key `train\.extra`"),
+        (SWEEP.replace("seeds = [0, 1]", "seeds = []"), None, r"`seeds` must be a non-empty list"),
+        (SWEEP.replace("seeds = [0, 1]", "seeds = [1, 1]"), None, r"`seeds` must be distinct integers"),
+        (SWEEP + "\n[base.loss]\nname = 'ce'\n", None, r"`base\.loss` must be unset"),
+        (SWEEP.replace("[base.runtime]", "[base.foo]"), None, r"unknown key `base\.foo`"),
+        (SWEEP + '\n[[setups]]\nname = "a b"\n', None, r"`setups\.name` must be a name"),
+        (
+            SWEEP + '\n[[setups]]\nname = "a"\n[[setups]]\nname = "a"\n',
+            None,
+            r"`setups\.name` must be distinct",
+        ),
+        (SWEEP + '\n[[losses]]\nname = "ce"\n', None, r"both named 'ce__seed0'.*label"),
+        (SWEEP.replace("[0.0, 0.5]", "[0.0, 'x']"), None, r"`losses\[ldt\]\.grid\.gamma` must be"),
+        (SWEEP.replace("[0.0, 0.5]", "[0.5, 0.5]"), None, r"must be distinct values"),
+        (SWEEP.replace("[0.0, 0.5]", '"1:0:3"'), None, r"START < STOP"),
+        (
+            SWEEP.replace("grid = { gamma", "grid = { tau"),
+            None,
+            r"sweep run ldt_tau=0__seed0.*unknown hyperparameter",
+        ),
+        (SWEEP.replace("epochs = 3", "epochs = 0"), None, r"`train\.epochs` must be an integer >= 1"),
+        (SWEEP + '\n[grid]\n"seed" = [1]\n', None, r"`grid` must be dotted keys inside"),
+        (SWEEP + '\n[grid]\n"train.epochs" = []\n', None, r"`grid\.train\.epochs` must be a non-empty list"),
+        (SWEEP + "\n[ufm]\nstep = 'k=4,R=4,rho=0.5'\nbogus = 2\n", None, r"unknown key `ufm\.bogus`"),
+        (SWEEP + "\n[posthoc]\nmethods = 'magic'\n", None, r"unknown rebalancer 'magic'"),
+        (SWEEP + "\n[posthoc]\nmetric = 'accuracy'\n", None, r"`posthoc\.metric` must be one of"),
+        (SWEEP + "\n[posthoc]\nlosse = ['ce']\n", None, r"unknown key `posthoc\.losse`"),
+        (SWEEP, {"nosuch:data.source": "x"}, r"`--set` must be a setup name"),
+        (SWEEP, {"epochs": 3}, r"`--set` must be KEY=VALUE or SETUP:KEY=VALUE"),
+        ("seeds = [0]\n[base.train]\nepochs = 2\n", None, r"at least one \[\[losses\]\]"),
+    ],
+)
+def test_sweep_file_errors(tmp_path, text, sets, match):
+    with pytest.raises(ValueError, match=match):
+        load_sweep(write(tmp_path, text), sets)
+
+
+# ------------------------------------------------------------------------------- execution
+
+FAILING = SWEEP + '\n[[setups]]\nname = "ok"\n[[setups]]\nname = "bad"\ndata.n_max = 1000\n'
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """A sweep with 6 good runs and 6 failing ones (the 'bad' setup asks for more data than exist)."""
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    cfg_path = out.parent / "failing.toml"
+    cfg_path.write_text(FAILING)
+    lines: list[str] = []
+    outcome = run_sweep(load_sweep(cfg_path), out, log=lines.append, source_text=FAILING)
+    return cfg_path, out, outcome, lines
+
+
+def test_failed_runs_are_recorded_and_the_others_finish(finished_sweep):
+    _, out, outcome, lines = finished_sweep
+    good = [r.name for r in outcome.runs if r.setup == "ok"]
+    bad = [r.name for r in outcome.runs if r.setup == "bad"]
+    assert sorted(outcome.finished) == sorted(good) and len(good) == 6
+    assert sorted(outcome.failed) == sorted(bad) and len(bad) == 6
+    for name in good:
+        assert (out / "runs" / name / "final.json").is_file()
+        assert not (out / "runs" / name / "error.json").exists()
+    for name in bad:
+        err = read_json(out / "runs" / name / "error.json")
+        assert set(err) == {"error", "type", "traceback"}
+        assert err["type"] == "InputError" and "asks for 1000" in err["error"] and "\n" not in err["error"]
+        assert "Traceback" in err["traceback"]
+        assert not (out / "runs" / name / "final.json").exists()
+    assert any("FAILED" in line and bad[0] in line for line in lines)
+    # The folder: the file as given, the resolved index, one config per run.
+    assert (out / "sweep.toml").read_text() == FAILING
+    index = read_json(out / "sweep.json")
+    assert [r["name"] for r in index["runs"]] == [r.name for r in outcome.runs]
+    for run in outcome.runs:
+        assert load_run_config(out / "configs" / f"{run.name}.toml") == run.config
+
+
+def test_restart_skips_finished_runs_and_retries_failed_ones(finished_sweep):
+    cfg_path, out, outcome, _ = finished_sweep
+    good = sorted(outcome.finished)
+    stamps = {n: (out / "runs" / n / "final.json").stat().st_mtime_ns for n in good}
+    again = run_sweep(load_sweep(cfg_path), out)
+    assert sorted(again.skipped) == good and again.finished == []
+    assert sorted(again.failed) == sorted(outcome.failed)  # tried again, failed again
+    assert {n: (out / "runs" / n / "final.json").stat().st_mtime_ns for n in good} == stamps
+
+
+def test_a_changed_config_is_refused_before_anything_runs(finished_sweep, tmp_path):
+    _, out, _, _ = finished_sweep
+    changed = write(tmp_path, FAILING.replace("epochs = 3", "epochs = 4"))
+    with pytest.raises(ValueError, match=r"`train\.epochs` of run ok__ce__seed0 must match the run already"):
+        run_sweep(load_sweep(changed), out)
+
+
+def test_summary_csv_columns_and_mean_std_against_a_direct_computation(finished_sweep):
+    out = finished_sweep[1]
+    with (out / "summary.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    header = list(rows[0])
+    assert header[:8] == ["group", "setup", "data", "imbalance", "model", "loss", "label", "hyper"]
+    for m in SUMMARY_METRICS:
+        if m != "test_false_alarm":  # no normal class configured
+            assert f"{m}_mean" in header and f"{m}_std" in header
+    assert "test_false_alarm_mean" not in header
+    assert {"gamma", "normalize", "seeds", "n_finished", "n_failed", "n_unfinished"} <= set(header)
+    assert len(rows) == 6  # (ce, ldt 0, ldt 0.5) x (ok, bad)
+    by_group = {r["group"]: r for r in rows}
+    bad = by_group["bad__ce"]
+    assert bad["n_finished"] == "0" and bad["n_failed"] == "2" and bad["test_balanced_accuracy_mean"] == ""
+    for group in ("ok__ce", "ok__ldt_gamma=0", "ok__ldt_gamma=0.5"):
+        row = by_group[group]
+        assert row["n_finished"] == "2" and row["seeds"] == "0 1" and row["n_failed"] == "0"
+        finals = [read_json(out / "runs" / f"{group}__seed{s}" / "final.json") for s in (0, 1)]
+        records = [read_jsonl(out / "runs" / f"{group}__seed{s}" / "metrics.jsonl") for s in (0, 1)]
+        direct = {
+            "test_balanced_accuracy": [f["test"]["balanced_accuracy"] for f in finals],
+            "test_minority_recall": [f["test"]["group_recall"]["minority"] for f in finals],
+            "test_worst_class_recall": [f["test"]["worst_class_recall"] for f in finals],
+            "val_balanced_accuracy": [f["val"]["balanced_accuracy"] for f in finals],
+            "dist_W": [f["geometry"]["dist_W"] for f in finals],
+            "train_time_s": [f["train_time_s"] for f in finals],
+            "wall_time_s": [f["wall_time_s"] for f in finals],
+        }
+        # 95% point by a plain loop over metrics.jsonl: first epoch with val bal. acc >= 0.95 * final.
+        epochs, times = [], []
+        for recs in records:
+            final = recs[-1]["val"]["balanced_accuracy"]
+            first = next(r for r in recs if r["val"]["balanced_accuracy"] >= 0.95 * final)
+            epochs.append(first["epoch"])
+            times.append(first["time_s"])
+        direct["epoch_to_95pct_val_bal_acc"] = epochs
+        direct["time_to_95pct_val_bal_acc_s"] = times
+        for metric, values in direct.items():
+            assert float(row[f"{metric}_mean"]) == pytest.approx(np.mean(values), rel=1e-12, abs=1e-15)
+            assert float(row[f"{metric}_std"]) == pytest.approx(np.std(values, ddof=1), rel=1e-9, abs=1e-12)
+    assert by_group["ok__ldt_gamma=0.5"]["gamma"] == "0.5" and by_group["ok__ce"]["gamma"] == ""
+    assert by_group["ok__ldt_gamma=0.5"]["label"] == "ldt (gamma=0.5)"
+
+
+def test_ldt_at_gamma_zero_is_ce(finished_sweep):
+    """A built-in check that the sweep runs what it says: LDT with gamma = 0 is CE, bit for bit."""
+    _, out, _, _ = finished_sweep
+    for s in (0, 1):
+        ce = read_json(out / "runs" / f"ok__ce__seed{s}" / "final.json")
+        ldt = read_json(out / "runs" / f"ok__ldt_gamma=0__seed{s}" / "final.json")
+        assert ce["test"] == ldt["test"] and ce["geometry"]["w_norms"] == ldt["geometry"]["w_norms"]
+
+
+def test_convergence_point_edge_cases():
+    rec = [{"epoch": 2, "time_s": 1.0, "val": {"balanced_accuracy": 0.0}}]
+    assert convergence_point(rec) == (2, 1.0)
+    assert convergence_point([]) is None
+    recs = [
+        {"epoch": e, "time_s": float(e), "val": {"balanced_accuracy": a}} for e, a in [(5, 0.9), (10, 0.5)]
+    ]
+    assert convergence_point(recs) == (5, 5.0)  # already above 95% of the (lower) final value
+
+
+@pytest.mark.slow
+def test_jobs_2_runs_worker_processes_with_limited_threads_and_matches_jobs_1(finished_sweep, tmp_path):
+    import os
+
+    out1 = finished_sweep[1]
+    text = FAILING.replace("seeds = [0, 1]", "seeds = [0]").replace("[0.0, 0.5]", "[0.5]")
+    out2 = tmp_path / "jobs2"
+    outcome = run_sweep(load_sweep(write(tmp_path, text)), out2, jobs=2)
+    assert len(outcome.finished) == 2 and len(outcome.failed) == 2
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    for run in outcome.runs:
+        log = (out2 / "logs" / f"{run.name}.log").read_text()
+        assert f"with {threads} CPU thread(s)" in log  # cores // jobs: no oversubscription
+        if run.setup == "ok":
+            # One thread per run on the CPU: worker processes reproduce the in-process runs exactly.
+            a = read_json(out1 / "runs" / run.name / "final.json")
+            b = read_json(out2 / "runs" / run.name / "final.json")
+            assert a["test"] == b["test"] and a["geometry"]["summary"] == b["geometry"]["summary"]
+        else:
+            err = read_json(out2 / "runs" / run.name / "error.json")
+            assert err["type"] == "InputError" and "Traceback" in err["traceback"]
+
+
+def test_worker_that_dies_is_recorded(tmp_path, monkeypatch):
+    """A worker that ends without writing error.json (killed, out of memory) still leaves one."""
+    from cegeo import sweep
+
+    cfg = tiny(seeds=[0], losses=[{"name": "ce"}, {"name": "la"}])
+    monkeypatch.setattr(
+        sweep, "_worker_command", lambda cfg_file, run_dir: [sys.executable, "-c", "import os; os._exit(9)"]
+    )
+    outcome = run_sweep(cfg, tmp_path / "out", jobs=2)
+    assert sorted(outcome.failed) == ["ce__seed0", "la__seed0"]
+    err = read_json(tmp_path / "out" / "runs" / "ce__seed0" / "error.json")
+    assert err["type"] == "WorkerDied" and "exit status 9" in err["error"]
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def test_list_prints_commands_that_really_run(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = write(tmp_path, SWEEP)
+    r = cli("sweep", cfg, "--out", "sw", "--list")
+    assert r.code == 0, r.err
+    lines = r.out.strip().splitlines()
+    assert len(lines) == 6
+    names = [r.name for r in expand(load_sweep(cfg))]
+    for line, name in zip(lines, names, strict=True):
+        args = shlex.split(line)
+        assert args[:2] == ["cegeo", "train"] and args[args.index("--out") + 1] == f"sw/runs/{name}"
+        res = cli(*args[1:])
+        assert res.code == 0, res.err
+        assert (tmp_path / "sw" / "runs" / name / "final.json").is_file()
+    # The same commands again do nothing (a scheduler may retry them); the sweep then only summarises.
+    again = cli(*shlex.split(lines[0])[1:])
+    assert again.code == 0 and "finished already" in again.out
+    r = cli("sweep", cfg, "--out", "sw")
+    assert r.code == 0, r.err
+    assert "0 trained, 6 skipped, 0 failed" in r.out
+    assert (tmp_path / "sw" / "summary.csv").is_file()
+    assert cli("sweep", cfg, "--out", "sw", "--list").out == "\n".join(lines) + "\n"  # stable
+
+
+def test_cli_sweep_runs_prints_the_summary_and_fails_with_status_1_on_failed_runs(cli, tmp_path):
+    cfg = write(
+        tmp_path,
+        SWEEP.replace("seeds = [0, 1]", "seeds = [0]")
+        + '\n[[setups]]\nname = "ok"\n[[setups]]\nname = "bad"\ndata.n_max = 1000\n',
+    )
+    r = cli("sweep", cfg, "--out", tmp_path / "o", "--set", "train.epochs=2")
+    assert r.code == 1
+    assert "error: 3 run(s) failed" in r.err
+    assert "ldt (gamma=0.5)" in r.out and "3 trained, 0 skipped, 3 failed" in r.out
+    assert load_run_config(tmp_path / "o" / "configs" / "ok__ce__seed0.toml").train.epochs == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["nosuch.toml"], r"file not found: nosuch.toml"),
+        (["{cfg}", "--jobs", "0"], r"`--jobs` must be an integer >= 1; got 0"),
+        (["{cfg}", "--only", "plots"], r"`--only` must be one of 'runs', 'ufm', 'posthoc'"),
+        (["{cfg}", "--set", "epochs"], r"`--set` must be name=value"),
+        (["{cfg}", "--set", "x:train.epochs=3"], r"`--set` must be a setup name of the sweep"),
+        (["{bad}"], r"must be valid TOML"),
+        (["{path}"], r"`data\.source` of run ce__seed0 must name an existing path.*--set data\.source=npz:"),
+    ],
+)
+def test_cli_errors_are_one_line_with_status_2(cli, tmp_path, args, match):
+    cfg = write(tmp_path, SWEEP)
+    bad = write(tmp_path, "seeds = [0\n", "bad.toml")
+    path = write(
+        tmp_path, SWEEP.replace('source = "gaussian"', 'source = "npz:/no/such/file.npz"'), "path.toml"
+    )
+    args = [a.format(cfg=cfg, bad=bad, path=path) for a in args]
+    r = cli("sweep", *args, "--out", tmp_path / "o")
+    assert r.code == 2
+    assert r.err.startswith("error: ") and len(r.err.strip().splitlines()) == 1
+    assert re.search(match, r.err), r.err
+
+
+# ------------------------------------------------------------------------------------- UFM
+
+
+def test_ufm_block_writes_the_cegeo_ufm_layout_and_is_skipped_on_restart(tmp_path):
+    text = (
+        SWEEP
+        + "\n[ufm]\nstep = 'k=4,R=4,rho=0.5'\nn_min = 2\nd = 6\nlosses = ['ldt']\ngamma_grid = [0.0, 0.5]\nepochs = 30\nmilestones = [20]\nseeds = [0, 1]\n"
+    )
+    cfg = load_sweep(write(tmp_path, text))
+    lines: list[str] = []
+    outcome = run_sweep(cfg, tmp_path / "o", only="ufm", log=lines.append)
+    assert outcome.ufm == "done" and outcome.finished == [] and not (tmp_path / "o" / "runs").exists()
+    for name in ("ufm.csv", "summary.json", "config.toml"):
+        assert (tmp_path / "o" / "ufm" / name).is_file()
+    data = load_ufm(tmp_path / "o" / "ufm")
+    assert [(c["loss_name"], c["hyper"]["gamma"], c["seed"]) for c in data["configs"]] == [
+        ("ldt", 0.0, 0),
+        ("ldt", 0.0, 1),
+        ("ldt", 0.5, 0),
+        ("ldt", 0.5, 1),
+    ]
+    assert data["class_counts"] == [8, 8, 2, 2] and data["configs"][0]["epoch"] == 30
+    assert run_sweep(cfg, tmp_path / "o", only="ufm").ufm == "skipped"
+    # A folder written by `cegeo ufm` has no loss_name: it is reconstructed from the experiment.
+    raw = json.loads((tmp_path / "o" / "ufm" / "summary.json").read_text())
+    for c in raw["configs"]:
+        del c["loss_name"], c["hyper"]
+    (tmp_path / "o" / "ufm" / "summary.json").write_text(json.dumps(raw))
+    again = load_ufm(tmp_path / "o" / "ufm")
+    assert [(c["loss_name"], c["hyper"]["gamma"]) for c in again["configs"]] == [
+        (c["loss_name"], c["hyper"]["gamma"]) for c in data["configs"]
+    ]
+
+
+def test_load_runs_groups_folders_outside_sweeps(finished_sweep, tmp_path):
+    """A folder of `cegeo train` run folders is grouped by configuration, over seeds."""
+    import shutil
+
+    _, out, _, _ = finished_sweep
+    adhoc = tmp_path / "runs"
+    for name in ("ok__ce__seed0", "ok__ce__seed1", "ok__ldt_gamma=0.5__seed0"):
+        shutil.copytree(out / "runs" / name, adhoc / name.replace("=", "-"))
+    runs = load_runs(adhoc)
+    assert [r.group for r in runs] == ["ce", "ce", "ldt_gamma=0.5"]
+    rows = summarize(runs)
+    assert [(r["label"], r["n_finished"]) for r in rows] == [("ce", 2), ("ldt (gamma=0.5)", 1)]
+    single = load_runs(adhoc / "ok__ce__seed0")
+    assert len(single) == 1 and single[0].status == "finished"
+    with pytest.raises(ValueError, match=r"`DIR` must be an existing run folder"):
+        load_runs(tmp_path / "nothing")
