@@ -740,7 +740,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             train_model = DDP(model, device_ids=ids, broadcast_buffers=not rt.sync_bn)
         if self.compile:
-            train_model = torch.compile(train_model, mode=rt.compile_mode)  # type: ignore[assignment]
+            # Static shapes: one graph per training batch size (at most two), warmed up before timing.
+            train_model = torch.compile(train_model, mode=rt.compile_mode, dynamic=False)  # type: ignore[assignment]
+            self._eval_compiled = torch.compile(self._features_logits, mode=rt.compile_mode, dynamic=False)
         self.train_model = train_model
 
     def _setup_sampler(self) -> None:
@@ -865,6 +867,26 @@ class Trainer:
             seen.index_add_(0, y, torch.ones_like(hit))
         return step, loss_sum, correct, seen
 
+    def _features_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        with self._autocast():
+            h = self.model.features(x)
+            z = self.model.classifier(h)
+        return h.float(), z.float()
+
+    def _eval_batch(self, xb: Tensor) -> tuple[Tensor, Tensor]:
+        """Features and logits (float32) of a raw batch in eval mode.
+
+        With ``torch.compile`` every batch is zero-padded to ``eval_batch_size`` rows (eval-mode
+        layers treat samples independently), so one static-shape graph serves every split.
+        """
+        if not self.compile:
+            return self._features_logits(self.inputs(xb))
+        b, eb = xb.shape[0], self.config.train.eval_batch_size
+        if b < eb:
+            xb = torch.cat([xb, xb.new_zeros((eb - b, *xb.shape[1:]))])
+        h, z = self._eval_compiled(self.inputs(xb))
+        return h[:b], z[:b]
+
     @torch.no_grad()
     def _forward_split(
         self, split: str, stats: FeatureStats | None, keep: bool
@@ -875,7 +897,7 @@ class Trainer:
         ``mean``) over the whole split (all-reduced), and with ``keep`` the gathered logits and
         features. Nothing but k*k + 2 numbers leaves the device unless ``keep``.
         """
-        model, k = self.model, self.k
+        k = self.k
         x, y = self.x[split], self.y[split]
         n = int(y.shape[0])
         lo, hi = _shard(n, self.dist.rank, self.dist.world)
@@ -887,24 +909,21 @@ class Trainer:
         for i in range(lo, hi, eb):
             j = min(i + eb, hi)
             yb = y[i:j]
-            with self._autocast():
-                h = model.features(self.inputs(x[i:j]))
-                z = model.classifier(h)
-            h, z = h.float(), z.float()
+            h, z = self._eval_batch(x[i:j])
             if stats is not None:
                 stats.update(h, yb)
             cm.index_add_(0, yb * k + z.argmax(1), torch.ones_like(yb, dtype=torch.float64))  # no sync
             loss[0] += self.loss_base(z, yb).sum()
             loss[1] += omega.double()[yb].sum() if omega is not None else float(j - i)
             if keep:
-                logits.append(z)
-                feats.append(h)
+                logits.append(z.clone())  # compiled outputs may live in reused buffers
+                feats.append(h.clone())
         packed = _all_sum(torch.cat([cm, loss]), self.dist).cpu().numpy()
         confusion = packed[: k * k].reshape(k, k).astype(np.int64)
         mean_loss = float(packed[-2] / packed[-1])
         if not keep:
             return confusion, mean_loss, None, None
-        d = int(model.feature_dim)
+        d = int(self.model.feature_dim)
         z_local = torch.cat(logits) if logits else torch.zeros(0, k, device=self.device)
         f_local = torch.cat(feats) if feats else torch.zeros(0, d, device=self.device)
         return confusion, mean_loss, _gather_rows(z_local, n, self.dist), _gather_rows(f_local, n, self.dist)
@@ -990,7 +1009,7 @@ class Trainer:
     # ------------------------------------------------------------------------------- compile warm-up
 
     def _warm_up_compiled(self) -> None:
-        """Compile the training step for every batch shape, then restore the weights."""
+        """Compile the training step for every batch shape and the eval pass, restore the weights."""
         saved = copy.deepcopy(self.model.state_dict())
         world, rank = self.dist.world, self.dist.rank
         for size in self.batch_sizes:
@@ -1000,6 +1019,10 @@ class Trainer:
             (out.float().sum() * 0.0).backward()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.load_state_dict(saved)
+        self.model.eval()
+        with torch.no_grad():  # a full and a padded batch (their layouts differ when C = 1)
+            self._eval_batch(self.x["train"][: self.config.train.eval_batch_size])
+            self._eval_batch(self.x["train"][:1])
         self._sync()
 
     # ------------------------------------------------------------------------------- run
