@@ -91,7 +91,7 @@ def train_command(
         None,
         "--data",
         help="Data source NAME[:PATH]: digits | idx:DIR (MNIST files) | cifar10:DIR | cifar100:DIR | "
-        "npz:FILE | csv:FILE | folder:DIR | gaussian. [default: digits]",
+        "npz:FILE | csv:FILE | folder:DIR | gaussian. (default digits)",
     ),
     data_option: list[str] | None = typer.Option(
         None, "--data-option", help="A source option name=value (repeatable), e.g. k=4 for gaussian."
@@ -100,16 +100,16 @@ def train_command(
         None,
         "--imbalance",
         help=f"Imbalance profile of the training subset: step:R=10,rho=0.5 | longtail:R=100 | "
-        f"counts:n1,n2,... | none ({_R_HELP}; STEP majorities are classes 0..k_maj-1). [default: none]",
+        f"counts:n1,n2,... | none ({_R_HELP}; STEP majorities are classes 0..k_maj-1). (default none)",
     ),
     n_max: int | None = typer.Option(
         None, "--n-max", help="Size of the largest class (default: all the source has)."
     ),
     val_fraction: float | None = typer.Option(
-        None, "--val-fraction", help="Share of each class held out for validation. [default: 0.1]"
+        None, "--val-fraction", help="Share of each class held out for validation. (default 0.1)"
     ),
     test_fraction: float | None = typer.Option(
-        None, "--test-fraction", help="Fixed test share for sources without a test set. [default: 0.3]"
+        None, "--test-fraction", help="Fixed test share for sources without a test set. (default 0.3)"
     ),
     split_seed: int | None = typer.Option(
         None, "--split-seed", help="Seed of the subset/validation draw (default: --seed)."
@@ -118,7 +118,7 @@ def train_command(
         None, "--normal-class", help="The normal ('no defect') class: report false-alarm rates."
     ),
     model: str | None = typer.Option(
-        None, "--model", help="Model: mlp | resnet18 | resnet32 | cnn. [default: mlp]"
+        None, "--model", help="Model: mlp | resnet18 | resnet32 | cnn. (default mlp)"
     ),
     model_option: list[str] | None = typer.Option(
         None,
@@ -127,7 +127,7 @@ def train_command(
         "cosine_classifier=true, ...",
     ),
     loss: str | None = typer.Option(
-        None, "--loss", help="Loss: ce | wce | la | cdt | ldt | vs | balanced_softmax | ldam. [default: ce]"
+        None, "--loss", help="Loss: ce | wce | la | cdt | ldt | vs | balanced_softmax | ldam. (default ce)"
     ),
     gamma: float | None = typer.Option(None, "--gamma", help="The loss's gamma (wce, cdt, ldt, vs)."),
     tau: float | None = typer.Option(None, "--tau", help="The loss's tau (la, vs)."),
@@ -137,31 +137,31 @@ def train_command(
     sampler: str | None = typer.Option(
         None,
         "--sampler",
-        help="none (shuffle) | class_balanced | sqrt (class drawn ∝ sqrt(n_c)). [default: none]",
+        help="none (shuffle) | class_balanced | sqrt (class drawn ∝ sqrt(n_c)). (default none)",
     ),
     drw_epoch: int | None = typer.Option(
         None, "--drw-epoch", help="Deferred re-weighting: class-balanced loss weights after this many epochs."
     ),
     drw_beta: float | None = typer.Option(
-        None, "--drw-beta", help="DRW's beta (effective number). [default: 0.9999]"
+        None, "--drw-beta", help="DRW's beta (effective number). (default 0.9999)"
     ),
-    epochs: int | None = typer.Option(None, "--epochs", help="Epochs. [default: 30]"),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size. [default: 128]"),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate. [default: 0.1]"),
-    momentum: float | None = typer.Option(None, "--momentum", help="SGD momentum. [default: 0.9]"),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs. (default 30)"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size. (default 128)"),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate. (default 0.1)"),
+    momentum: float | None = typer.Option(None, "--momentum", help="SGD momentum. (default 0.9)"),
     weight_decay: float | None = typer.Option(
-        None, "--weight-decay", help="Weight decay on every parameter. [default: 5e-4]"
+        None, "--weight-decay", help="Weight decay on every parameter. (default 5e-4)"
     ),
     nesterov: bool | None = typer.Option(None, "--nesterov/--no-nesterov", help="Nesterov momentum."),
     schedule: str | None = typer.Option(
-        None, "--schedule", help="multistep | cosine | constant. [default: multistep]"
+        None, "--schedule", help="multistep | cosine | constant. (default multistep)"
     ),
     milestones: str | None = typer.Option(
         None, "--milestones", help="Multistep epochs, e.g. 116,232 (lr x lr-decay after each)."
     ),
-    lr_decay: float | None = typer.Option(None, "--lr-decay", help="Multistep factor. [default: 0.1]"),
+    lr_decay: float | None = typer.Option(None, "--lr-decay", help="Multistep factor. (default 0.1)"),
     warmup_epochs: int | None = typer.Option(
-        None, "--warmup-epochs", help="Linear warm-up epochs. [default: 0]"
+        None, "--warmup-epochs", help="Linear warm-up epochs. (default 0)"
     ),
     pad_crop: int | None = typer.Option(
         None, "--pad-crop", help="Random-crop augmentation: zero-pad this many pixels (4 on CIFAR); 0 = off."
@@ -170,15 +170,15 @@ def train_command(
     probe_every: int | None = typer.Option(
         None,
         "--probe-every",
-        help="Metrics + geometry probes every N epochs (and after the last). [default: 1]",
+        help="Metrics + geometry probes every N epochs (and after the last). (default 1)",
     ),
     eval_batch_size: int | None = typer.Option(
-        None, "--eval-batch-size", help="Probe batch size. [default: 1024]"
+        None, "--eval-batch-size", help="Probe batch size. (default 1024)"
     ),
     seed: int | None = typer.Option(
-        None, "--seed", help="Seed of init, shuffling, sampling, augmentation. [default: 0]"
+        None, "--seed", help="Seed of init, shuffling, sampling, augmentation. (default 0)"
     ),
-    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N. [default: auto]"),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N. (default auto)"),
     amp: str | None = typer.Option(None, "--amp", help="bf16 autocast: auto (on for CUDA) | on | off."),
     channels_last: str | None = typer.Option(
         None, "--channels-last", help="Conv nets: auto (on) | on | off."
