@@ -371,6 +371,8 @@ def prepare_run_folder(
 
 
 def _clear(path: Path) -> None:
+    if _env_world()[1] != 0:
+        return  # under torchrun only rank 0 touches the folder (it may be writing already)
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             (path / name).unlink()
