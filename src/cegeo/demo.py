@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import fail
 from .config import from_dict
 from .report import Report, build_report
 from .sweep import SweepConfig, SweepOutcome, run_sweep
@@ -195,6 +196,8 @@ def run_demo(
         ``out`` holds a demo made with other settings (e.g. ``--fast`` vs full): use another folder.
     """
     t0 = time.perf_counter()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise fail("--jobs", "an integer >= 1", jobs)
     say = log or (lambda line: None)
     config = demo_sweep(fast)
     say("1/5 plan: the geometry each loss converges to (closed form, THEORY.md §4)")

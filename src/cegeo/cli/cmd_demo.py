@@ -49,7 +49,8 @@ def _theory_table(rows: list[dict[str, Any]], tuned: dict[str, Any]) -> None:
     out.print(
         "ratio = ||·_maj||²/||·_min||² (W: classifiers, H: class means); ETF residual 0 = symmetric. "
         f"{tuned['ldt']['note']} CDT's closest: gamma = {tuned['cdt']['value']:.3f} "
-        f"(residual {tuned['cdt']['residual']:.3f})."
+        f"(residual {tuned['cdt']['residual']:.3f}).",
+        soft_wrap=True,
     )
 
 

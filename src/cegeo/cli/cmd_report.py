@@ -34,7 +34,8 @@ def report_command(
     """
     report = build_report(folder, out, markdown)
     for line in report.headline:
-        console.print(line)
+        console.print(line, soft_wrap=True)
     console.print(
-        f"report: {report.html_path} ({len(report.figures)} figures) · summary: {report.markdown_path}"
+        f"report: {report.html_path} ({len(report.figures)} figures) · summary: {report.markdown_path}",
+        soft_wrap=True,
     )

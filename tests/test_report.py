@@ -1,0 +1,256 @@
+"""cegeo.report and ``cegeo report``: sections, figures, headline, tables, errors.
+
+The sweep behind most tests is real and tiny: a 4-class Gaussian mixture at (R=4, rho=0.5)-STEP
+with class 0 as the normal class, CE and LDT over a gamma grid, two seeds, a failing setup, a
+short UFM block and post-hoc rebalancing of the CE runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+
+import pytest
+from PIL import Image
+
+from cegeo.report import build_report, collect
+from cegeo.report._collect import pretty
+from cegeo.sweep import load_sweep, run_sweep
+
+SWEEP = """
+name = "report test"
+description = "A tiny sweep with every section."
+seeds = [0, 1]
+
+[base.data]
+source = "gaussian"
+imbalance = "step:R=4,rho=0.5"
+options = { k = 4, d = 6, n_per_class = 40, n_test_per_class = 12, separation = 2.0 }
+val_fraction = 0.25
+normal_class = 0
+
+[base.model]
+name = "mlp"
+options = { width = 16, depth = 2 }
+
+[base.train]
+epochs = 4
+batch_size = 32
+
+[base.runtime]
+threads = 1
+
+[[setups]]
+name = "ok"
+
+[[setups]]
+name = "bad"
+data.n_max = 1000  # more than the source has: every run of this setup fails
+
+[[losses]]
+name = "ce"
+
+[[losses]]
+name = "ldt"
+grid = { gamma = [0.0, 0.5, 1.0] }
+
+[ufm]
+step = "k=4,R=4,rho=0.5"
+n_min = 2
+d = 6
+losses = ["ldt"]
+gamma_grid = [0.0, 0.5, 1.0]
+epochs = 40
+milestones = [30]
+seeds = [0, 1]
+
+[posthoc]
+losses = ["ce"]
+"""
+
+SECTIONS = [
+    "headline",
+    "results",
+    "geometry-vs-gamma",
+    "learning-curves",
+    "geometry-convergence",
+    "per-class-recall",
+    "geometry",
+    "posthoc",
+    "ufm",
+    "failures",
+    "provenance",
+]
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    cfg = root / "sweep.toml"
+    cfg.write_text(SWEEP)
+    out = root / "sweep"
+    run_sweep(load_sweep(cfg), out, source_text=SWEEP)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(sweep_dir):
+    return build_report(sweep_dir)
+
+
+def images(html: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', html)]
+
+
+def test_every_section_and_figure_is_present(report):
+    assert report.sections == SECTIONS
+    html = report.html_path.read_text()
+    for sec in SECTIONS:
+        assert f'<section id="{sec}"' in html
+    assert report.figures == [
+        "gamma-ldt",
+        "curves-ok",
+        "geometry-ok",
+        "per-class-ok",
+        "posthoc-ok__ce",
+    ]
+    for fig in report.figures:
+        assert f'<figure id="fig-{fig}"' in html
+    pngs = images(html)
+    assert len(pngs) == len(report.figures) == html.count("<img ")
+    for png in pngs:
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        im = Image.open(io.BytesIO(png))
+        assert im.width > 300 and im.height > 200
+
+
+def test_html_is_self_contained(report):
+    html = report.html_path.read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    for forbidden in ("<script", "<link", "@import", "url(", "http://", "https://", "<iframe", "<object"):
+        assert forbidden not in html.lower()
+    # Every src and href is a data URI or an in-page anchor.
+    for attr in re.findall(r'(?:src|href)="([^"]*)"', html):
+        assert attr.startswith(("data:image/png;base64,", "#"))
+    for anchor in re.findall(r'href="#([^"]+)"', html):
+        assert f'id="{anchor}"' in html
+
+
+def test_headline_names_the_best_loss_for_the_minority_classes_chosen_on_validation(report):
+    data = report.data
+    best = data.best_per_loss("ok")
+    # One group per loss, each the configuration with the best mean validation balanced accuracy.
+    assert sorted(g.loss for g in best) == ["ce", "ldt"]
+    ldt = [g for g in data.setup_groups("ok") if g.loss == "ldt"]
+    chosen = next(g for g in best if g.loss == "ldt")
+    assert chosen.mean("val_balanced_accuracy") == max(g.mean("val_balanced_accuracy") for g in ldt)
+    winner = max(best, key=lambda g: g.mean("test_minority_recall"))
+    text = " ".join(report.headline)
+    first = report.headline[0]
+    if winner.loss == "ce" and len(best) > 1:
+        other = next(g for g in best if g is not winner)
+        assert first.startswith("CE did best") and pretty(other.label) in first
+    else:
+        assert first.startswith(f"{pretty(winner.label)} did best for the minority classes on ok")
+        assert "plain CE" in first
+    assert winner.pm("test_minority_recall") in first
+    assert "Cost:" in text and "95% of its final validation balanced accuracy" in text
+    assert "Post-hoc rebalancing of the CE runs" in text
+    assert len(data.failures) == 8 and "8 run(s) failed" in text  # bad setup: 2 seeds x (ce + 3 ldt)
+
+
+def test_summary_md_has_the_headline_and_the_tables(report, sweep_dir):
+    md = report.markdown_path.read_text()
+    assert report.markdown_path == sweep_dir / "summary.md"
+    assert md.startswith("# report test\n")
+    assert "## Headline\n" in md and report.headline[0] in md
+    assert (
+        "| configuration | seeds | test bal. acc | minority recall | worst-class recall | false-alarm rate |"
+        in md
+    )
+    for label in ("ce", "ldt (gamma=0)", "ldt (gamma=0.5)", "ldt (gamma=1)"):
+        assert f"\n| {label} | 2 | " in md
+        assert f"\n| {label} | 0 (2 failed) | – |" in md
+    assert "| method | chosen on val | val balanced_accuracy |" in md and "| operating_point |" in md
+    assert "| raw (argmax) |" in md
+    assert "| loss | seeds | W ratio | theory |" in md  # UFM
+    assert "| run | status | type | error |" in md and "asks for 1000" in md
+    assert "| runs | device |" in md
+    assert "Figures: see report.html." in md
+    assert "data:image" not in md
+
+
+def test_results_numbers_match_the_summary(report):
+    html = report.html_path.read_text()
+    for g in report.data.setup_groups("ok"):
+        assert g.pm("test_balanced_accuracy") in html
+        assert g.pm("test_minority_recall") in html
+        assert g.pm("test_false_alarm", 4) in html
+
+
+def test_cli_report_with_out_and_markdown_paths(cli, sweep_dir, tmp_path):
+    r = cli("report", sweep_dir, "--out", tmp_path / "r.html", "--markdown", tmp_path / "md" / "s.md")
+    assert r.code == 0, r.err
+    assert f"report: {tmp_path / 'r.html'} (5 figures)" in r.out
+    assert (tmp_path / "r.html").is_file() and (tmp_path / "md" / "s.md").is_file()
+    assert "did best for the minority classes" in r.out or "CE did best" in r.out
+
+
+def test_report_of_a_single_run_folder(sweep_dir, tmp_path):
+    run = tmp_path / "one"
+    shutil.copytree(sweep_dir / "runs" / "ok__ldt_gamma=0.5__seed0", run)
+    rep = build_report(run)
+    assert rep.html_path == run / "report.html"
+    assert rep.sections == [
+        "headline",
+        "results",
+        "learning-curves",
+        "geometry-convergence",
+        "per-class-recall",
+        "geometry",
+        "provenance",
+    ]
+    assert rep.headline[0].startswith("LDT (gamma=0.5): test balanced accuracy")
+    assert len(images(rep.html_path.read_text())) == 3
+
+
+def test_report_of_a_ufm_folder_alone(sweep_dir):
+    rep = build_report(sweep_dir / "ufm", markdown=sweep_dir / "ufm" / "s.md")
+    assert "geometry-vs-gamma" in rep.sections and "ufm" in rep.sections
+    assert rep.figures == ["gamma-ldt"]
+    assert rep.headline == ["This folder holds a UFM simulation only; see the geometry section."]
+
+
+def test_report_of_a_folder_of_train_runs_groups_seeds(sweep_dir, tmp_path):
+    folder = tmp_path / "runs"
+    for name in ("ok__ce__seed0", "ok__ce__seed1", "ok__ldt_gamma=0.5__seed0", "ok__ldt_gamma=0.5__seed1"):
+        shutil.copytree(sweep_dir / "runs" / name, folder / name.replace("=", ""))
+    data = collect(folder)
+    assert data.kind == "folder"
+    assert [(g.label, len(g.finished)) for g in data.groups] == [("ce", 2), ("ldt (gamma=0.5)", 2)]
+    rep = build_report(folder)
+    assert "per-class-recall" in rep.sections and "geometry-vs-gamma" in rep.sections  # CE marks gamma = 0
+
+
+def test_errors(cli, tmp_path, sweep_dir):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    with pytest.raises(
+        ValueError, match=r"`DIR` must be a run folder, a sweep folder or a folder of run folders"
+    ):
+        build_report(empty)
+    with pytest.raises(ValueError, match=r"`DIR` must be an existing run folder or sweep folder"):
+        build_report(tmp_path / "nope")
+    with pytest.raises(ValueError, match=r"`--out` must be an \.html file path"):
+        build_report(sweep_dir, tmp_path / "report.txt")
+    for args, match in (
+        ([empty], "holds no run"),
+        ([tmp_path / "nope"], "must be an existing run folder"),
+        ([sweep_dir, "--out", tmp_path], "`--out` must be an .html file path"),
+        ([sweep_dir, "--markdown", tmp_path], "`--markdown` must be a file path"),
+    ):
+        r = cli("report", *args)
+        assert r.code == 2, r.out
+        assert r.err.startswith("error: ") and match in r.err and len(r.err.strip().splitlines()) == 1
