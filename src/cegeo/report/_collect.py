@@ -132,6 +132,15 @@ class ReportData:
             return out
         for setup in self.setups:
             out.extend(self._setup_headline(setup))
+        if any(
+            len(self._values_of(setup, g.runs[0].loss_label)) > 1
+            for setup in self.setups
+            for g in self.best_per_loss(setup)
+        ):
+            out.append(
+                "Where a loss ran with several hyperparameter values, the one named is the value with the "
+                "best validation balanced accuracy; the numbers are its test results."
+            )
         if self.failures:
             out.append(f"{len(self.failures)} run(s) failed; their errors are listed under Failures.")
         return out
@@ -159,6 +168,15 @@ class ReportData:
         if baseline is winner:
             baseline = ranked[1]
         base_name = "plain CE" if baseline.loss == "ce" else pretty(baseline.label)
+        tied = [g for g in ranked if g.mean("test_minority_recall") == winner.mean("test_minority_recall")]
+        if len(tied) > 1:
+            names = ", ".join(pretty(g.label) for g in tied[:-1]) + f" and {pretty(tied[-1].label)}"
+            return [
+                f"{names} tied for the minority classes{where}: minority recall "
+                f"{winner.pm('test_minority_recall')}, balanced accuracy "
+                f"{_f(winner.mean('test_balanced_accuracy'))} (test set, mean ± std over {seeds}).",
+                *[line for g in best for line in self._posthoc_headline(setup, g)],
+            ]
         d_min = _diff(winner.mean("test_minority_recall"), baseline.mean("test_minority_recall"))
         d_bal = _diff(winner.mean("test_balanced_accuracy"), baseline.mean("test_balanced_accuracy"))
         d_maj = _diff(_group_mean(winner, 0), _group_mean(baseline, 0))
@@ -189,10 +207,6 @@ class ReportData:
                 "Others (minority recall): "
                 + "; ".join(f"{pretty(g.label)} {_f(g.mean('test_minority_recall'))}" for g in others)
                 + "."
-            )
-        if any(len(g.runs[0].hyper) and len(self._values_of(setup, g.runs[0].loss_label)) > 1 for g in best):
-            lines.append(
-                "Where a loss ran with several hyperparameter values, the one shown was chosen on validation."
             )
         for g in best:
             lines.extend(self._posthoc_headline(setup, g, winner if g is not winner else None))

@@ -228,7 +228,7 @@ def _gamma_figures(page: _Page, data: ReportData) -> None:
         "the mean cosines of the classifiers W (top) and of the class-mean embeddings H (bottom). Black: "
         "the closed-form max-margin limit (THEORY.md §4); dashed: the simplex ETF; markers: final "
         "geometry of the UFM simulation and of the trained models, mean ± std over seeds (CE runs mark "
-        "gamma = 0). Class means are uncentred (THEORY.md §5): the features after a ReLU are non-negative, "
+        "gamma = 0; series are offset slightly along gamma so that they do not hide one another). Class means are uncentred (THEORY.md §5): the features after a ReLU are non-negative, "
         "so a network's uncentred class-mean cosines cannot reach the theory's negative values.",
         "note",
     )
@@ -250,7 +250,13 @@ def _gamma_figures(page: _Page, data: ReportData) -> None:
             ).summary
             for g in grid
         ]
-        markers = {label: (m[0], m[1]) for label, m in fam["markers"].items()}
+        # Series at the same gammas are drawn side by side (offsets of 1% of the range).
+        n_series = len(fam["markers"])
+        step = 0.01 * (hi - lo)
+        markers = {
+            label: ([g + (i - (n_series - 1) / 2) * step for g in m[0]], m[1])
+            for i, (label, m) in enumerate(fam["markers"].items())
+        }
         errors = {label: m[2] for label, m in fam["markers"].items()}
         fig = geometry_vs_gamma_figure(
             grid,
