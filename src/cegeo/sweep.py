@@ -627,6 +627,16 @@ def list_commands(
     trains one run, resumes it if it was interrupted and does nothing if it finished, so a
     scheduler may run (and re-run) the lines in any order. With a ``[ufm]`` block, a last line
     runs it: ``cegeo sweep FILE --out OUT --only ufm``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> cfg = from_dict(SweepConfig, {"seeds": [0], "losses": [{"name": "ldt", "grid": {"gamma": [0, 0.5]}}]})
+    >>> out = Path(tempfile.mkdtemp())
+    >>> for line in list_commands(cfg, out):
+    ...     print(line.replace(str(out), "OUT"))
+    cegeo train --config OUT/configs/ldt_gamma=0__seed0.toml --out OUT/runs/ldt_gamma=0__seed0 --resume --no-progress
+    cegeo train --config OUT/configs/ldt_gamma=0.5__seed0.toml --out OUT/runs/ldt_gamma=0.5__seed0 --resume --no-progress
     """
     path = Path(out)
     runs = expand(config)
@@ -675,6 +685,23 @@ def run_sweep(
     ValueError
         ``jobs < 1``, an unknown ``only``, a run folder holding a run made with another
         configuration, a data path that does not exist.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> cfg = from_dict(SweepConfig, {"seeds": [0, 1], "losses": [{"name": "ce"}], "base": {
+    ...     "data": {"source": "gaussian", "imbalance": "step:R=4,rho=0.5",
+    ...              "options": {"k": 4, "d": 4, "n_per_class": 20, "n_test_per_class": 5}},
+    ...     "model": {"options": {"width": 8, "depth": 1}}, "train": {"epochs": 2}}})
+    >>> out = Path(tempfile.mkdtemp()) / "sweep"
+    >>> outcome = run_sweep(cfg, out)
+    >>> outcome.finished, outcome.failed
+    (['ce__seed0', 'ce__seed1'], {})
+    >>> row = outcome.summary[0]
+    >>> row["label"], row["n_finished"], row["seeds"], 0 <= row["test_balanced_accuracy_mean"] <= 1
+    ('ce', 2, '0 1', True)
+    >>> run_sweep(cfg, out).skipped  # a second call skips finished runs
+    ['ce__seed0', 'ce__seed1']
     """
     t0 = time.perf_counter()
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:

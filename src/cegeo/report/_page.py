@@ -654,6 +654,23 @@ def build_report(
     ------
     ValueError
         ``folder`` is not a folder or holds no run; ``out`` is a folder or not ``.html``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from cegeo.config import from_dict
+    >>> from cegeo.sweep import SweepConfig, run_sweep
+    >>> cfg = from_dict(SweepConfig, {"losses": [{"name": "ce"}, {"name": "la"}], "base": {
+    ...     "data": {"source": "gaussian", "imbalance": "step:R=4,rho=0.5",
+    ...              "options": {"k": 4, "d": 4, "n_per_class": 20, "n_test_per_class": 5}},
+    ...     "model": {"options": {"width": 8, "depth": 1}}, "train": {"epochs": 2}}})
+    >>> out = Path(tempfile.mkdtemp())
+    >>> _ = run_sweep(cfg, out)
+    >>> report = build_report(out)
+    >>> report.html_path.name, report.markdown_path.name, report.figures
+    ('report.html', 'summary.md', ['curves-all', 'geometry-all', 'per-class-all'])
+    >>> "did best for the minority classes" in report.headline[0] or "tied" in report.headline[0]
+    True
     """
     root = Path(folder)
     data = collect(root)
