@@ -1080,9 +1080,9 @@ class RunResult:
 
 
 def _is_run_folder(p: Path) -> bool:
-    return p.is_dir() and any(
-        (p / f).is_file() for f in ("final.json", "config.toml", "error.json", "metrics.jsonl")
-    )
+    if not p.is_dir() or (p / "ufm.csv").is_file():  # a UFM result folder also holds a config.toml
+        return False
+    return any((p / f).is_file() for f in ("final.json", "config.toml", "error.json", "metrics.jsonl"))
 
 
 def load_runs(folder: str | os.PathLike[str]) -> list[RunResult]:
@@ -1124,9 +1124,13 @@ def _read_run(path: Path, meta: Mapping[str, Any] | None) -> RunResult:
         with contextlib.suppress(InputError):
             records = read_jsonl(path / "metrics.jsonl")
     config = None
-    if (path / "config.toml").is_file():
-        with contextlib.suppress(InputError, OSError):
-            config = load_run_config(path / "config.toml")
+    candidates = [path / "config.toml"]
+    if meta is not None:  # a sweep run not started yet: the sweep wrote its config
+        candidates.append(path.parent.parent / "configs" / f"{meta['name']}.toml")
+    for cfg_file in candidates:
+        if config is None and cfg_file.is_file():
+            with contextlib.suppress(InputError, OSError):
+                config = load_run_config(cfg_file)
     if final is not None:
         status = "finished"
     elif error is not None:

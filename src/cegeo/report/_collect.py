@@ -122,13 +122,14 @@ class ReportData:
         """Plain-language sentences: the best loss for the minority classes, by how much, at what cost."""
         out: list[str] = []
         if not self.finished:
-            if self.ufm is not None:
+            if not self.runs:
                 out.append("This folder holds a UFM simulation only; see the geometry section.")
             else:
-                out.append(
-                    f"No run has finished yet ({len(self.failures)} failed, {len(self.unfinished)} not "
-                    "finished): see the failures below."
+                text = (
+                    f"No training run has finished yet ({len(self.failures)} failed, {len(self.unfinished)} "
+                    "not started or unfinished)"
                 )
+                out.append(text + ("; the UFM simulation is below." if self.ufm is not None else "."))
             return out
         for setup in self.setups:
             out.extend(self._setup_headline(setup))

@@ -166,6 +166,9 @@ def _setup_title(setup: str) -> str:
 
 
 def _results(page: _Page, data: ReportData) -> None:
+    started = [g for g in data.groups if g.finished or g.row["n_failed"]]
+    if not started:
+        return
     sec = page.section("results", "Results (test set, mean ± std over seeds)")
     _para(
         sec,
@@ -181,8 +184,15 @@ def _results(page: _Page, data: ReportData) -> None:
     if fa:
         headers.append("false-alarm rate")
     headers += ["val bal. acc", "dist W", "dist H", "train s", "wall s", "95% epoch", "95% train s"]
+    waiting = len(data.groups) - len(started)
+    if waiting:
+        _para(
+            sec, f"{waiting} configuration(s) have no finished or failed run yet and are not listed.", "note"
+        )
     for setup in data.setups:
-        groups = data.setup_groups(setup)
+        groups = [g for g in data.setup_groups(setup) if g in started]
+        if not groups:
+            continue
         chosen = {id(g) for g in data.best_per_loss(setup)}
         multi = len(groups) > len(chosen)
         if setup:
@@ -578,16 +588,25 @@ def _ufm(page: _Page, data: ReportData) -> None:
 
 
 def _failures(page: _Page, data: ReportData) -> None:
-    bad = data.failures + data.unfinished
-    if not bad:
+    bad = data.failures + [r for r in data.unfinished if r.status == "unfinished"]
+    pending = [r for r in data.unfinished if r.status == "pending"]
+    if not bad and not pending:
         return
     sec = page.section("failures", "Failures and unfinished runs")
-    rows = []
-    for r in bad:
-        err = r.error or {}
-        rows.append([r.name, r.status, err.get("type", ""), err.get("error", "")])
-    _table(sec, ["run", "status", "type", "error"], rows)
-    _para(sec, "Tracebacks are in each run's error.json; re-running the sweep retries failed runs.", "note")
+    if bad:
+        rows = []
+        for r in bad:
+            err = r.error or {}
+            rows.append([r.name, r.status, err.get("type", ""), err.get("error", "")])
+        _table(sec, ["run", "status", "type", "error"], rows)
+        _para(
+            sec,
+            "Tracebacks are in each run's error.json; re-running the sweep retries failed runs and resumes "
+            "unfinished ones from their checkpoints.",
+            "note",
+        )
+    if pending:
+        _para(sec, f"{len(pending)} run(s) of the sweep have not started yet.", "note")
 
 
 def _provenance(page: _Page, data: ReportData) -> None:
