@@ -159,7 +159,12 @@ def trainer(
     epoch_s = np.diff(times)  # timed epochs: 2..epochs+1
     img_s = epochs * len(splits.y_train) / (times[-1] - times[0])
     probe_s = float(np.median([r["probe_time_s"] for r in t.records[1:]]))
-    flags = {"amp": t.amp, "compile": t.compile, "channels_last": t.channels_last}
+    flags = {
+        "amp": t.amp,
+        "compile": t.compile,
+        "compile_mode": t.compile_mode,
+        "channels_last": t.channels_last,
+    }
     return img_s, 100.0 * probe_s / float(np.median(epoch_s)), flags
 
 
@@ -171,7 +176,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="reference DataLoader workers")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"], dest="compile_")
-    ap.add_argument("--compile-mode", default="default")
+    ap.add_argument("--compile-mode", default="auto", help="auto = reduce-overhead (CUDA graphs) on one GPU")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)")
     ap.add_argument("--repeats", type=int, default=1, help="alternate reference/trainer this often; medians")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")

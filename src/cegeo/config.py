@@ -162,7 +162,7 @@ def load_toml(cls: type[T], path: str | Path) -> T:
 _SAMPLERS = ("none", "class_balanced", "sqrt")
 _SCHEDULES = ("multistep", "cosine", "constant")
 _SWITCHES = ("auto", "on", "off")
-_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _in_range(param: str, value: float, lo: float, hi: float, text: str) -> None:
@@ -331,7 +331,10 @@ class RuntimeConfig:
         "auto"  # channels-last layout for conv nets: auto = on (CPU and CUDA; faster on both)
     )
     compile: str = "auto"  # torch.compile the training step: auto = on for CUDA
-    compile_mode: str = "default"  # torch.compile mode
+    # torch.compile mode; auto = "reduce-overhead" (CUDA graphs) on one CUDA device, where a
+    # ResNet-32 step at batch 128 is launch-bound (12.5 ms compiled without graphs, 3.3 ms with
+    # them on an H100), and "default" under DDP and on the CPU.
+    compile_mode: str = "auto"
     sync_bn: bool = True  # under DDP, BatchNorm statistics over the global batch (as one process)
     threads: int | None = None  # torch CPU threads (None: torch's default)
 

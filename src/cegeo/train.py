@@ -715,6 +715,15 @@ class Trainer:
             and any(isinstance(m, nn.Conv2d) for m in model.modules())
         )
         self.compile = _switch(rt.compile, self.device)
+        mode = rt.compile_mode
+        if mode == "auto":
+            mode = "reduce-overhead" if self.device.type == "cuda" and not self.dist.enabled else "default"
+        self.compile_mode = mode
+        # CUDA graphs (cudagraph trees) reuse their output buffers: every compiled call starts a
+        # new step (see _mark_step), and outputs kept past the next call are cloned.
+        self.cudagraphs = (
+            self.compile and self.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+        )
         if self.dist.enabled and rt.sync_bn:
             model = _convert_sync_bn(model, self.device)
         model = model.to(self.device)
@@ -743,8 +752,8 @@ class Trainer:
             train_model = DDP(model, device_ids=ids, broadcast_buffers=not rt.sync_bn)
         if self.compile:
             # Static shapes: one graph per training batch size (at most two), warmed up before timing.
-            train_model = torch.compile(train_model, mode=rt.compile_mode, dynamic=False)  # type: ignore[assignment]
-            self._eval_compiled = torch.compile(self._features_logits, mode=rt.compile_mode, dynamic=False)
+            train_model = torch.compile(train_model, mode=mode, dynamic=False)  # type: ignore[assignment]
+            self._eval_compiled = torch.compile(self._features_logits, mode=mode, dynamic=False)
         self.train_model = train_model
 
     def _setup_sampler(self) -> None:
@@ -821,6 +830,11 @@ class Trainer:
             return self.loss_drw
         return self.loss_base
 
+    def _mark_step(self) -> None:
+        """Tell CUDA graph trees a new step begins (the previous step's outputs are dead)."""
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -856,6 +870,7 @@ class Trainer:
                     None if flips is None else flips[rank::world],
                     cfg.train.pad_crop,
                 )
+            self._mark_step()
             with self._autocast():
                 logits = self.train_model(self.inputs(xb))  # (b, k)
             loss = loss_fn(logits, y).sum() * (world / norm)
@@ -886,6 +901,7 @@ class Trainer:
         b, eb = xb.shape[0], self.config.train.eval_batch_size
         if b < eb:
             xb = torch.cat([xb, xb.new_zeros((eb - b, *xb.shape[1:]))])
+        self._mark_step()
         h, z = self._eval_compiled(self.inputs(xb))
         return h[:b], z[:b]
 
@@ -1016,6 +1032,7 @@ class Trainer:
         world, rank = self.dist.world, self.dist.rank
         for size in self.batch_sizes:
             idx = torch.arange(size, device=self.device)[rank::world]
+            self._mark_step()
             with self._autocast():
                 out = self.train_model(self.inputs(self.x["train"][idx]))
             (out.float().sum() * 0.0).backward()
@@ -1191,6 +1208,7 @@ class Trainer:
             "world_size": self.dist.world,
             "amp": self.amp,
             "compile": self.compile,
+            "compile_mode": self.compile_mode if self.compile else None,
             "channels_last": self.channels_last,
             "train": last["train"],
             "val": last["val"],
