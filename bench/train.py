@@ -176,7 +176,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="reference DataLoader workers")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"], dest="compile_")
-    ap.add_argument("--compile-mode", default="auto", help="auto = reduce-overhead (CUDA graphs) on one GPU")
+    ap.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)")
     ap.add_argument("--repeats", type=int, default=1, help="alternate reference/trainer this often; medians")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")

@@ -153,6 +153,10 @@ BAD = [
     (["--pad-crop", "2"], "augmentation is for images"),
     (["--device", "tpu"], "`runtime.device` must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     (["--amp", "maybe"], "`runtime.amp` must be one of 'auto', 'on', 'off'"),
+    (
+        ["--compile-mode", "reduce-overhead"],
+        "`runtime.compile_mode` must be one of 'default', 'max-autotune-no-cudagraphs'",
+    ),
     (["--val-fraction", "1.5"], "`data.val_fraction` must be a number in (0, 1)"),
     (["--normal-class", "7"], "`data.normal_class` must be a class in 0..2"),
     (["--config", "/nonexistent/run.toml"], "file not found"),

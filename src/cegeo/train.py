@@ -715,15 +715,7 @@ class Trainer:
             and any(isinstance(m, nn.Conv2d) for m in model.modules())
         )
         self.compile = _switch(rt.compile, self.device)
-        mode = rt.compile_mode
-        if mode == "auto":
-            mode = "reduce-overhead" if self.device.type == "cuda" and not self.dist.enabled else "default"
-        self.compile_mode = mode
-        # CUDA graphs (cudagraph trees) reuse their output buffers: every compiled call starts a
-        # new step (see _mark_step), and outputs kept past the next call are cloned.
-        self.cudagraphs = (
-            self.compile and self.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
-        )
+        self.compile_mode = mode = rt.compile_mode
         if self.dist.enabled and rt.sync_bn:
             model = _convert_sync_bn(model, self.device)
         model = model.to(self.device)
@@ -830,11 +822,6 @@ class Trainer:
             return self.loss_drw
         return self.loss_base
 
-    def _mark_step(self) -> None:
-        """Tell CUDA graph trees a new step begins (the previous step's outputs are dead)."""
-        if self.cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()
-
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -870,7 +857,6 @@ class Trainer:
                     None if flips is None else flips[rank::world],
                     cfg.train.pad_crop,
                 )
-            self._mark_step()
             with self._autocast():
                 logits = self.train_model(self.inputs(xb))  # (b, k)
             loss = loss_fn(logits, y).sum() * (world / norm)
@@ -901,7 +887,6 @@ class Trainer:
         b, eb = xb.shape[0], self.config.train.eval_batch_size
         if b < eb:
             xb = torch.cat([xb, xb.new_zeros((eb - b, *xb.shape[1:]))])
-        self._mark_step()
         h, z = self._eval_compiled(self.inputs(xb))
         return h[:b], z[:b]
 
@@ -1032,7 +1017,6 @@ class Trainer:
         world, rank = self.dist.world, self.dist.rank
         for size in self.batch_sizes:
             idx = torch.arange(size, device=self.device)[rank::world]
-            self._mark_step()
             with self._autocast():
                 out = self.train_model(self.inputs(self.x["train"][idx]))
             (out.float().sum() * 0.0).backward()

@@ -187,7 +187,9 @@ def train_command(
         None, "--compile", help="torch.compile: auto (on for CUDA) | on | off."
     ),
     compile_mode: str | None = typer.Option(
-        None, "--compile-mode", help="default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs."
+        None,
+        "--compile-mode",
+        help="default | max-autotune-no-cudagraphs (CUDA-graph modes are not offered yet).",
     ),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
