@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -42,3 +43,23 @@ def test_python_dash_m_entry_point():
 def test_parser_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["train", "--epochs", "abc"], r"error: Invalid value for '--epochs'.*\(see `cegeo train --help`\)"),
+        (["no-such-command"], r"error: No such command 'no-such-command'.*\(see `cegeo --help`\)"),
+        (["theory", "--no-such-option"], r"error: No such option: --no-such-option"),
+    ],
+)
+def test_usage_errors_are_one_line_with_status_2(cli, args, match):
+    r = cli(*args)
+    assert r.code == 2
+    assert len(r.err.strip().splitlines()) == 1
+    assert re.match(match, r.err.strip())
+
+
+def test_no_arguments_prints_help(cli):
+    r = cli()
+    assert r.code == 0 and "Commands" in r.out

@@ -23,7 +23,6 @@ app = typer.Typer(
         "to, simulate it, train, correct and report. Imbalance ratio R = n_max/n_min >= 1 "
         "everywhere (other tools use the factor 1/R)."
     ),
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -62,8 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _load_commands()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        # Standalone mode: typer/click handle --help and usage errors (exit 2) via SystemExit.
-        app(args=args, prog_name="cegeo")
+        # Non-standalone: usage errors come back as exceptions, so they too print one line.
+        result = app(args=args, prog_name="cegeo", standalone_mode=False)
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
@@ -74,7 +73,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = exc.filename if exc.filename is not None else str(exc)
         typer.echo(f"error: file not found: {missing}", err=True)
         return 2
-    return 0
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo("Aborted.", err=True)
+        return 130
+    except Exception as exc:
+        # typer/click usage errors (bad option value, missing argument, unknown command) share
+        # click's ClickException interface; anything else is a bug and keeps its traceback.
+        if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+            message = " ".join(str(exc.format_message()).split())
+            commands = {c.name for c in app.registered_commands}
+            where = f"cegeo {args[0]}" if args and args[0] in commands else "cegeo"
+            typer.echo(f"error: {message} (see `{where} --help`)", err=True)
+            return int(exc.exit_code)
+        raise
+    return result if isinstance(result, int) else 0
 
 
 def entry() -> None:  # pragma: no cover - thin wrapper for the console script
