@@ -7,6 +7,7 @@ flushes and fsyncs it, then renames it over the target (atomic on POSIX).
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +36,7 @@ __all__ = [
     "read_jsonl",
     "read_toml",
     "to_toml",
+    "write_csv",
     "write_json",
     "write_npz",
     "write_text",
@@ -127,6 +129,30 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 raise InputError(f"`{p}` line {i} must be one JSON object; got {line[:60]!r}.") from None
     return out
+
+
+def write_csv(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write dict rows as CSV, atomically: the header is the union of the rows' keys in order of
+    appearance; floats in full precision (``repr``, so they round-trip); None, NaN and inf empty.
+    """
+    cols: list[str] = []
+    for row in rows:
+        cols.extend(key for key in row if key not in cols)
+    p = Path(path)
+    with atomic_open(p, "w") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_cell(row.get(k)) for k in cols})
+    return p
+
+
+def _csv_cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ""
+    return v
 
 
 def write_npz(path: str | os.PathLike[str], **arrays: Any) -> None:

@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import dataclasses
 import itertools
 import json
@@ -91,7 +90,15 @@ from typing import Any
 
 import numpy as np
 
-from ._io import atomic_open, environment_info, read_json, read_jsonl, read_toml, write_json, write_text
+from ._io import (
+    environment_info,
+    read_json,
+    read_jsonl,
+    read_toml,
+    write_csv,
+    write_json,
+    write_text,
+)
 from ._validation import InputError, fail
 from .config import RunConfig, RuntimeConfig, from_dict, load_run_config, to_dict
 from .ufm import UFMExperiment
@@ -1403,26 +1410,7 @@ def _group_label(r: RunResult) -> str:
 
 def write_summary(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write summary rows as CSV (atomically; floats in full precision, missing values empty)."""
-    cols: list[str] = []
-    for row in rows:
-        for key in row:
-            if key not in cols:
-                cols.append(key)
-    p = Path(path)
-    with atomic_open(p, "w") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv(row.get(k)) for k in cols})
-    return p
-
-
-def _csv(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else ""
-    return v
+    return write_csv(path, rows)
 
 
 if __name__ == "__main__":  # the worker of `cegeo sweep --jobs N`

@@ -54,7 +54,6 @@ mu_G)^T`` (every class weighs the same, ``mu_G`` the sample mean), pseudo-invers
 from __future__ import annotations
 
 import contextlib
-import csv
 import itertools
 import math
 import time
@@ -67,7 +66,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._io import atomic_open
+from ._io import write_csv
 from ._validation import InputError, check_class_counts, check_finite, check_int, fail
 from .data.imbalance import Groups
 from .data.imbalance import groups as make_groups
@@ -540,27 +539,8 @@ class UFMResult:
 
 
 def write_rows_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Write dict rows as CSV with the union of their keys as header (atomic)."""
-    cols: list[str] = []
-    for row in rows:
-        for key in row:
-            if key not in cols:
-                cols.append(key)
-    p = Path(path)
-    with atomic_open(p, "w") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv_value(row.get(k)) for k in cols})
-    return p
-
-
-def _csv_value(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return repr(v)
-    return v
+    """Write dict rows as CSV with the union of their keys as header (atomic; NaN written empty)."""
+    return write_csv(path, rows)
 
 
 def _log_epochs(epochs: int, log_every: int | None) -> list[int]:
