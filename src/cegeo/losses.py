@@ -370,6 +370,16 @@ class LossInfo:
     needs_cosine_classifier: bool = False
     theory: bool = True
 
+    def hyperparameters(self, hyper: Mapping[str, Any]) -> dict[str, float]:
+        """``hyper`` with the defaults filled in; unknown or non-finite values are InputErrors."""
+        unknown = sorted(set(hyper) - set(self.defaults))
+        if unknown:
+            expected = ", ".join(self.defaults) if self.defaults else "no hyperparameters"
+            raise InputError(
+                f"loss {self.name!r} takes {expected}; got unknown hyperparameter(s) {', '.join(unknown)}."
+            )
+        return {key: check_finite(key, hyper.get(key, default)) for key, default in self.defaults.items()}
+
 
 @dataclass(frozen=True)
 class LossSpec:
@@ -519,13 +529,7 @@ def create_loss(name: str, class_counts: Any = None, **hyper: Any) -> nn.Module:
     cegeo._validation.InputError: unknown loss 'focal'; valid names: 'ce', 'wce', 'la', 'cdt', 'ldt', 'vs', 'balanced_softmax', 'ldam'.
     """
     info = _LOSSES.get(name)
-    unknown = sorted(set(hyper) - set(info.defaults))
-    if unknown:
-        expected = ", ".join(info.defaults) if info.defaults else "no hyperparameters"
-        raise InputError(
-            f"loss {name!r} takes {expected}; got unknown hyperparameter(s) {', '.join(unknown)}."
-        )
-    params = {key: check_finite(key, hyper.get(key, default)) for key, default in info.defaults.items()}
+    params = info.hyperparameters(hyper)
     if class_counts is None:
         if name != "ce":
             raise fail("class_counts", f"the per-class training counts (loss {name!r} needs them)", None)

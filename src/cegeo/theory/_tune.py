@@ -25,7 +25,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from torch import nn
 
-from .._validation import InputError, check_choice, check_finite, check_int, fail
+from .._validation import check_choice, check_finite, check_int, fail
 from ..data.imbalance import Groups
 from ._closed_form import Geometry, _counts, distance, predict
 
@@ -122,13 +122,7 @@ def theory_loss(name: str, class_counts: Any, **hyper: Any) -> nn.Module:
     info = get_loss_info(name)
     if not info.theory:
         raise fail("loss", f"a loss the theory covers ({', '.join(map(repr, theory_losses()))})", name)
-    unknown = sorted(set(hyper) - set(info.defaults))
-    if unknown:
-        expected = ", ".join(info.defaults) if info.defaults else "no hyperparameters"
-        raise InputError(
-            f"loss {name!r} takes {expected}; got unknown hyperparameter(s) {', '.join(unknown)}."
-        )
-    params = {key: check_finite(key, hyper.get(key, default)) for key, default in info.defaults.items()}
+    params = info.hyperparameters(hyper)
     counts = _counts(class_counts)
     return info.build(counts, **params)
 
