@@ -1,0 +1,53 @@
+"""The typed TOML configuration: unknown keys and wrong types are one-line errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from cegeo.config import RunConfig, from_dict, load_run_config, override, to_toml_text
+
+
+@dataclass(frozen=True)
+class Inner:
+    lr: float = 0.1  # learning rate
+    milestones: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+    extra: Inner | None = None
+    either: int | str = 0
+
+
+def test_round_trip_of_the_run_config(tmp_path):
+    cfg = override(RunConfig(), {"loss.name": "ldt", "loss.hyper": {"gamma": 0.5}, "train.epochs": 3})
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml_text(cfg))
+    assert load_run_config(path) == cfg
+
+
+def test_coercions():
+    out = from_dict(Outer, {"inner": {"lr": 1, "milestones": [2, 4]}, "extra": {"lr": 0.5}, "either": "a"})
+    assert out.inner == Inner(1.0, (2, 4)) and out.extra == Inner(0.5) and out.either == "a"
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"nmae": "y"}, r"unknown key `nmae` in the config; valid keys: name, inner, extra, either"),
+        ({"inner": {"lr": "fast"}}, r"`inner.lr` must be a number; got 'fast'"),
+        ({"inner": {"epochs": 3}}, r"unknown key `inner.epochs` in the config \[inner\]"),
+        # an optional table reports its own precise error, not a generic "must be Inner or None"
+        ({"extra": {"epochs": 3}}, r"unknown key `extra.epochs` in the config \[extra\]"),
+        ({"extra": {"lr": True}}, r"`extra.lr` must be a number; got True"),
+        ({"inner": {"milestones": [1, "x"]}}, r"`inner.milestones\[1\]` must be an integer; got 'x'"),
+        ({"either": 1.5}, r"`either` must be int or str; got 1.5"),
+    ],
+)
+def test_config_errors(data, match):
+    with pytest.raises(ValueError, match=match):
+        from_dict(Outer, data)
