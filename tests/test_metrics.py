@@ -7,7 +7,7 @@ import pytest
 from imblearn.metrics import geometric_mean_score as imb_gmean
 from sklearn import metrics as skm
 
-from cegeo.data.imbalance import groups
+from cegeo.data.imbalance import groups, step_groups
 from cegeo.metrics import (
     balanced_accuracy_score,
     classification_summary,
@@ -18,6 +18,7 @@ from cegeo.metrics import (
     group_recall_score,
     macro_f1_score,
     per_class_scores,
+    summary_from_confusion,
     worst_class_recall_score,
 )
 
@@ -112,3 +113,46 @@ def test_missing_classes_documented_behaviour():
 def test_metric_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_summary_against_sklearn_and_imbalanced_learn(seed):
+    """Every number of the summary (also used by the trainer's probes) against the references."""
+    r = np.random.default_rng(seed)
+    k = 6
+    y = r.integers(0, k, 300)
+    pred = np.where(r.random(300) < 0.6, y, r.integers(0, k, 300))
+    if seed % 2:
+        y[y == 5] = 4  # a class absent from y_true
+    if seed % 3 == 0:
+        pred[pred == 2] = 1  # a class never predicted
+    grp = step_groups(k, 0.5) if seed < 3 else groups([9, 9, 5, 5, 1, 1], thresholds=(6, 2))
+    s = classification_summary(y, pred, k, grp, normal_class=0)
+    present = np.unique(y)
+    labels = np.arange(k)
+    rec = skm.recall_score(y, pred, labels=labels, average=None, zero_division=0)
+    assert s["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert s["balanced_accuracy"] == pytest.approx(rec[present].mean())
+    assert s["worst_class_recall"] == pytest.approx(rec[present].min())
+    assert s["macro_f1"] == pytest.approx(
+        skm.f1_score(y, pred, labels=np.union1d(y, pred), average="macro", zero_division=0)
+    )
+    assert s["g_mean"] == pytest.approx(
+        imb_gmean(y, pred, labels=present, average="multiclass", correction=0.0)
+    )
+    assert s["false_alarm"] == pytest.approx(np.mean(pred[y == 0] != 0))
+    for name in grp.names:
+        members = [c for c in grp.members(name) if c in present]
+        assert s["group_recall"][name] == pytest.approx(rec[members].mean())
+    pc = s["per_class"]
+    np.testing.assert_allclose(
+        pc["precision"], skm.precision_score(y, pred, labels=labels, average=None, zero_division=0)
+    )
+    np.testing.assert_allclose(pc["f1"], skm.f1_score(y, pred, labels=labels, average=None, zero_division=0))
+    assert [v is None for v in pc["recall"]] == [c not in present for c in labels]
+    np.testing.assert_allclose([v for v in pc["recall"] if v is not None], rec[present])
+    assert pc["support"] == np.bincount(y, minlength=k).tolist()
+    # from a confusion matrix (the trainer's path): the same dict; an absent normal class -> None
+    assert summary_from_confusion(confusion_matrix(y, pred, k), grp, normal_class=0) == s
+    if seed % 2:
+        assert summary_from_confusion(confusion_matrix(y, pred, k), None, 5)["false_alarm"] is None

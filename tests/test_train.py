@@ -25,7 +25,6 @@ from cegeo.train import (
     lr_at,
     prepare_run_folder,
     sampling_probabilities,
-    summary_from_confusion,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -410,28 +409,6 @@ def _close(a, b, where=""):
         assert np.isnan(b), where
     else:
         assert a == pytest.approx(b, rel=1e-12, abs=1e-15), (where, a, b)
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_summary_from_confusion_equals_classification_summary(seed):
-    from cegeo.data.imbalance import groups, step_groups
-    from cegeo.metrics import classification_summary, confusion_matrix
-
-    r = np.random.default_rng(seed)
-    k = 6
-    y = r.integers(0, k, 200)
-    pred = np.where(r.random(200) < 0.6, y, r.integers(0, k, 200))
-    if seed % 2:
-        y[y == 5] = 4  # a class absent from y_true
-    if seed % 3 == 0:
-        pred[pred == 2] = 1  # a class never predicted
-    grp = step_groups(k, 0.5) if seed < 3 else groups([9, 9, 5, 5, 1, 1], thresholds=(6, 2))
-    want = classification_summary(y, pred, k, grp, normal_class=0)
-    got = summary_from_confusion(confusion_matrix(y, pred, k), grp, normal_class=0)
-    _close(got, want)
-    assert summary_from_confusion(
-        confusion_matrix(y, pred, k), None, 5 if seed % 2 else None
-    ).keys() <= want.keys() | {"false_alarm"}
 
 
 def test_augment_batch_matches_per_sample_crops(rng):

@@ -36,6 +36,7 @@ __all__ = [
     "group_recall_score",
     "macro_f1_score",
     "per_class_scores",
+    "summary_from_confusion",
     "worst_class_recall_score",
 ]
 
@@ -224,6 +225,72 @@ def false_alarm_error(y_true: Any, y_pred: Any, normal_class: int, num_classes: 
     return float(np.mean(yp[normal] != c))
 
 
+def summary_from_confusion(
+    confusion: Any, groups: Any = None, normal_class: int | None = None
+) -> dict[str, Any]:
+    """Every metric of :func:`classification_summary`, from a confusion matrix.
+
+    The trainer's probes count predictions on the device (all-reduced across ranks) and only this
+    (k, k) matrix reaches the CPU. Same conventions as the functions above (recall NaN for classes
+    absent from the truth, precision/F1 0 for classes never predicted); a ``normal_class`` absent
+    from the split gives ``false_alarm = None``.
+
+    Parameters
+    ----------
+    confusion : array-like of shape (k, k)
+        ``C[i, j]`` = samples of class i predicted j.
+    groups : cegeo.data.Groups, optional
+    normal_class : int, optional
+
+    Examples
+    --------
+    >>> s = summary_from_confusion([[3, 1], [0, 2]])
+    >>> s["accuracy"], s["balanced_accuracy"], s["per_class"]["recall"]
+    (0.8333333333333334, 0.875, [0.75, 1.0])
+    """
+    cm = np.asarray(confusion, dtype=np.int64)
+    n = int(cm.sum())
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    tp = np.diag(cm).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, tp / np.maximum(support, 1), np.nan)
+        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
+        denom = 2 * tp + (predicted - tp) + (support - tp)
+        f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+        negatives = n - support
+        fpr = np.where(negatives > 0, (predicted - tp) / np.maximum(negatives, 1), np.nan)
+    present = recall[~np.isnan(recall)]
+    out: dict[str, Any] = {
+        "n": n,
+        "accuracy": float(tp.sum() / n) if n else float("nan"),
+        "balanced_accuracy": float(np.mean(present)) if present.size else float("nan"),
+        "macro_f1": float(np.mean(f1[(support > 0) | (predicted > 0)])) if n else float("nan"),
+        "worst_class_recall": float(np.min(present)) if present.size else float("nan"),
+        "g_mean": (0.0 if np.any(present == 0) else float(np.exp(np.mean(np.log(present)))))
+        if present.size
+        else float("nan"),
+    }
+    if groups is not None:
+        gr = {}
+        for name in groups.names:
+            r = recall[groups.members(name)]
+            r = r[~np.isnan(r)]
+            gr[name] = float(np.mean(r)) if r.size else float("nan")
+        out["group_recall"] = gr
+    if normal_class is not None:
+        c = int(normal_class)
+        out["false_alarm"] = float(1.0 - recall[c]) if support[c] > 0 else None
+    out["per_class"] = {
+        "support": support.tolist(),
+        "recall": [None if np.isnan(v) else float(v) for v in recall],
+        "precision": precision.tolist(),
+        "f1": f1.tolist(),
+        "false_positive_rate": [None if np.isnan(v) else float(v) for v in fpr],
+    }
+    return out
+
+
 def classification_summary(
     y_true: Any,
     y_pred: Any,
@@ -241,22 +308,6 @@ def classification_summary(
         lists of support, recall, precision, f1, false_positive_rate (NaN as None).
     """
     yt, yp, k = _labels(y_true, y_pred, num_classes)
-    pc = per_class_scores(yt, yp, k)
-    out: dict[str, Any] = {
-        "n": int(yt.size),
-        "accuracy": float(np.mean(yt == yp)),
-        "balanced_accuracy": balanced_accuracy_score(yt, yp, k),
-        "macro_f1": macro_f1_score(yt, yp, k),
-        "worst_class_recall": worst_class_recall_score(yt, yp, k),
-        "g_mean": geometric_mean_score(yt, yp, k),
-    }
-    if groups is not None:
-        out["group_recall"] = group_recall_score(yt, yp, groups, k)
     if normal_class is not None:
-        out["false_alarm"] = false_alarm_error(yt, yp, normal_class, k)
-    out["per_class"] = {key: _jsonable(v) for key, v in pc.items()}
-    return out
-
-
-def _jsonable(arr: np.ndarray) -> list[Any]:
-    return [None if (isinstance(v, float) and np.isnan(v)) else v for v in arr.tolist()]
+        false_alarm_error(yt, yp, normal_class, k)  # validates the class (in range, present)
+    return summary_from_confusion(confusion_matrix(yt, yp, k), groups, normal_class)

@@ -20,7 +20,7 @@ How it works (airbench / nanoGPT style):
   ``loss.with_omega(class_balanced_weights(...))`` after that many epochs.
 * **Probes** every ``train.probe_every`` epochs and after the last one, under ``torch.no_grad()``
   and ``model.eval()``: a pass over the full training split, then validation and test, each
-  counting predictions into a confusion matrix on the device (:func:`summary_from_confusion`)
+  counting predictions into a confusion matrix on the device (:func:`cegeo.metrics.summary_from_confusion`)
   and, for training, accumulating :class:`~cegeo.geometry.FeatureStats`; one line of
   ``metrics.jsonl``. Training time excludes probes and ``torch.compile`` (the compiled step is
   warmed up on every batch shape before the clock starts and the weights restored); on CUDA it
@@ -62,6 +62,7 @@ from ._validation import InputError, fail
 from .config import OptimConfig, RunConfig, load_run_config, to_dict
 from .geometry import FeatureStats, classifier_weight, measure
 from .losses import class_balanced_weights, create_loss, get_loss_info
+from .metrics import summary_from_confusion
 
 __all__ = [
     "RUN_FILES",
@@ -72,7 +73,6 @@ __all__ = [
     "prepare_run_folder",
     "resolve_device",
     "sampling_probabilities",
-    "summary_from_confusion",
     "train",
 ]
 
@@ -152,72 +152,6 @@ def sampling_probabilities(class_counts: Any, sampler: str) -> np.ndarray:
     else:
         raise fail("sampler", "one of 'none', 'class_balanced', 'sqrt'", sampler)
     return q / q.sum()
-
-
-def summary_from_confusion(
-    confusion: Any, groups: Any = None, normal_class: int | None = None
-) -> dict[str, Any]:
-    """:func:`cegeo.metrics.classification_summary` computed from a confusion matrix.
-
-    The probes count predictions on the device (``bincount`` of ``k * y + prediction``, all-reduced
-    across ranks) and only this (k, k) matrix reaches the CPU; the result has the same keys and
-    values as ``classification_summary(y_true, y_pred, k, groups, normal_class)`` (tested), except
-    that a ``normal_class`` absent from the split gives ``false_alarm = None`` instead of an error.
-
-    Parameters
-    ----------
-    confusion : array-like of shape (k, k)
-        ``C[i, j]`` = samples of class i predicted j.
-    groups : cegeo.data.Groups, optional
-    normal_class : int, optional
-
-    Examples
-    --------
-    >>> s = summary_from_confusion([[3, 1], [0, 2]])
-    >>> s["accuracy"], s["balanced_accuracy"], s["per_class"]["recall"]
-    (0.8333333333333334, 0.875, [0.75, 1.0])
-    """
-    cm = np.asarray(confusion, dtype=np.int64)
-    n = int(cm.sum())
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    tp = np.diag(cm).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(support > 0, tp / np.maximum(support, 1), np.nan)
-        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
-        denom = 2 * tp + (predicted - tp) + (support - tp)
-        f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-        negatives = n - support
-        fpr = np.where(negatives > 0, (predicted - tp) / np.maximum(negatives, 1), np.nan)
-    present = recall[~np.isnan(recall)]
-    out: dict[str, Any] = {
-        "n": n,
-        "accuracy": float(tp.sum() / n) if n else float("nan"),
-        "balanced_accuracy": float(np.mean(present)) if present.size else float("nan"),
-        "macro_f1": float(np.mean(f1[(support > 0) | (predicted > 0)])) if n else float("nan"),
-        "worst_class_recall": float(np.min(present)) if present.size else float("nan"),
-        "g_mean": (0.0 if np.any(present == 0) else float(np.exp(np.mean(np.log(present)))))
-        if present.size
-        else float("nan"),
-    }
-    if groups is not None:
-        gr = {}
-        for name in groups.names:
-            r = recall[groups.members(name)]
-            r = r[~np.isnan(r)]
-            gr[name] = float(np.mean(r)) if r.size else float("nan")
-        out["group_recall"] = gr
-    if normal_class is not None:
-        c = int(normal_class)
-        out["false_alarm"] = float(1.0 - recall[c]) if support[c] > 0 else None
-    out["per_class"] = {
-        "support": support.tolist(),
-        "recall": [None if np.isnan(v) else float(v) for v in recall],
-        "precision": precision.tolist(),
-        "f1": f1.tolist(),
-        "false_positive_rate": [None if np.isnan(v) else float(v) for v in fpr],
-    }
-    return out
 
 
 def augment_batch(x: Tensor, shifts: Tensor | None, flips: Tensor | None, pad: int) -> Tensor:
