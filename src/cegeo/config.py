@@ -427,6 +427,33 @@ def override(config: T, updates: Mapping[str, Any]) -> T:
     return from_dict(type(config), data)
 
 
+def config_differences(a: RunConfig, b: RunConfig) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value in a, value in b)`` wherever two run configs differ.
+
+    The ``[runtime]`` section is ignored (hardware may change between a run and its resume);
+    ``model.options`` and ``loss.hyper`` compare as whole tables.
+
+    Examples
+    --------
+    >>> config_differences(RunConfig(), override(RunConfig(), {"train.epochs": 3, "runtime.threads": 1}))
+    [('train.epochs', 30, 3)]
+    """
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in d.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict) and key not in ("options", "hyper"):
+                out.update(flat(value, name + "."))
+            else:
+                out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    keys = [k for k in dict.fromkeys([*fa, *fb]) if not k.startswith("runtime.")]
+    return [(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)]
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """Read a run configuration (a run folder's ``config.toml`` or an experiment file).
 

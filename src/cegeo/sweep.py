@@ -100,7 +100,7 @@ from ._io import (
     write_text,
 )
 from ._validation import InputError, fail
-from .config import RunConfig, RuntimeConfig, from_dict, load_run_config, to_dict
+from .config import RunConfig, RuntimeConfig, config_differences, from_dict, load_run_config, to_dict
 from .ufm import UFMExperiment
 
 __all__ = [
@@ -478,23 +478,6 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, Mapping) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _differences(a: RunConfig, b: RunConfig) -> list[str]:
-    """Dotted keys where two run configs differ (``runtime`` excluded: hardware may change)."""
-    fa = _flat(to_dict(dataclasses.replace(a, runtime=RuntimeConfig())))
-    fb = _flat(to_dict(dataclasses.replace(b, runtime=RuntimeConfig())))
-    return [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
-
-
 def _check_existing(runs: Sequence[SweepRun], runs_dir: Path) -> None:
     for run in runs:
         cfg_file = runs_dir / run.name / "config.toml"
@@ -504,24 +487,13 @@ def _check_existing(runs: Sequence[SweepRun], runs_dir: Path) -> None:
             old = load_run_config(cfg_file)
         except InputError:
             continue  # unreadable: the run restarts (the trainer reports it if it cannot)
-        diffs = _differences(old, run.config)
+        diffs = config_differences(old, run.config)
         if diffs:
-            key = diffs[0]
-            was = _lookup(to_dict(old), key)
-            now = _lookup(to_dict(run.config), key)
+            key, was, now = diffs[0]
             raise InputError(
                 f"`{key}` of run {run.name} must match the run already in {runs_dir / run.name} (it has "
                 f"{was!r}); got {now!r}. Use another --out, or delete that run folder to redo it."
             )
-
-
-def _lookup(d: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = d
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(part)
-    return node
 
 
 def check_sources(runs: Sequence[SweepRun]) -> None:

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 from ._io import append_jsonl, atomic_open, environment_info, read_json, read_jsonl, write_json, write_npz
 from ._io import to_toml as _to_toml
 from ._validation import InputError, fail
-from .config import OptimConfig, RunConfig, load_run_config, to_dict
+from .config import OptimConfig, RunConfig, config_differences, load_run_config, to_dict
 from .geometry import FeatureStats, classifier_weight, measure
 from .losses import class_balanced_weights, create_loss, get_loss_info
 from .metrics import summary_from_confusion
@@ -214,24 +214,6 @@ def _switch(value: str, device: torch.device) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _config_differences(a: RunConfig, b: RunConfig) -> list[tuple[str, Any, Any]]:
-    """Dotted keys where two configs differ, ignoring the [runtime] section."""
-
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in d.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict) and key not in ("options", "hyper"):
-                out.update(flat(value, name + "."))
-            else:
-                out[name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    fa, fb = flat(to_dict(a)), flat(to_dict(b))
-    keys = [k for k in fa if not k.startswith("runtime.")]
-    return [(k, fa[k], fb.get(k)) for k in keys if fa[k] != fb.get(k)]
-
-
 def prepare_run_folder(
     out: str | os.PathLike[str], config: RunConfig | None, *, resume: bool = False, force: bool = False
 ) -> tuple[str, RunConfig]:
@@ -285,7 +267,7 @@ def prepare_run_folder(
             "--force to overwrite it, or choose another --out)."
         )
     if config is not None:
-        diffs = _config_differences(old, config)
+        diffs = config_differences(old, config)
         if diffs:
             key, was, now = diffs[0]
             raise InputError(
