@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, run once on a lent GPU machine from the repository root:
 #   bash bench/gpu_check.sh OUTDIR
-# CUDA tests, the UFM and trainer benchmarks on CUDA, and a CUDA `cegeo train` smoke run.
+# CUDA tests, a CUDA `cegeo train` smoke run, the trainer benchmark with and without CUDA graphs
+# (and with UFM=1 the UFM benchmark).
 # cegeo runs from the checkout (PYTHONPATH=src); nothing is installed.
 set -u
 OUT=${1:-/tmp/gpu_check}
@@ -12,7 +13,8 @@ python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device
 
 echo "== CUDA tests"
 timeout 200 python -m pytest -q -p no:cacheprovider -m cuda -o addopts="--import-mode=importlib" \
-  tests/test_losses.py tests/test_models.py tests/test_ufm.py tests/test_train.py tests/test_estimator.py \
+  tests/test_losses.py tests/test_models.py tests/test_ufm.py tests/test_train.py tests/test_train_graphs.py \
+  tests/test_estimator.py \
   2>&1 | tail -25 | tee "$OUT/cuda_tests.txt"
 
 echo "== cegeo train on CUDA (digits, mlp, ldt gamma=0.5, 20 epochs)"
@@ -21,13 +23,18 @@ timeout 120 python -m cegeo train --data digits --imbalance step:R=10,rho=0.5 --
 python - <<'PY' | tee "$OUT/train_smoke.txt"
 import json
 f = json.load(open("/tmp/gpu_run/final.json"))
-print({k: f.get(k) for k in ("device", "amp", "compile", "channels_last", "train_time_s", "wall_time_s")})
+print({k: f.get(k) for k in ("device", "amp", "compile", "cuda_graph", "cuda_graph_fallback", "channels_last", "train_time_s", "wall_time_s")})
 print("test balanced accuracy", f["test"]["balanced_accuracy"], "minority recall", f["test"]["group_recall"])
 print("dist_W", f["geometry"]["dist_W"], "nc1", f["geometry"]["nc1"])
 PY
 
-echo "== bench/ufm.py --device cuda"
-timeout 200 python bench/ufm.py --device cuda 2>&1 | tail -30 | tee "$OUT/bench_ufm.txt"
-
-echo "== bench/train.py --device cuda"
+echo "== bench/train.py --device cuda (defaults: CUDA graphs on)"
 timeout 300 python bench/train.py --device cuda --json "$OUT/bench_train.json" 2>&1 | tail -40 | tee "$OUT/bench_train.txt"
+
+echo "== bench/train.py --device cuda --cuda-graph off"
+timeout 300 python bench/train.py --device cuda --cuda-graph off --json "$OUT/bench_train_nograph.json" 2>&1 | tail -40 | tee "$OUT/bench_train_nograph.txt"
+
+if [ "${UFM:-0}" = 1 ]; then  # measured before (185x); UFM=1 repeats it
+  echo "== bench/ufm.py --device cuda"
+  timeout 200 python bench/ufm.py --device cuda 2>&1 | tail -30 | tee "$OUT/bench_ufm.txt"
+fi

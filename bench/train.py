@@ -11,7 +11,8 @@ per class, as a CIFAR-10-LT run has (10,000 test images).
   step.
 * **trainer**: :class:`cegeo.train.Trainer` with the same model, data, augmentation and optimiser:
   data resident on the device as uint8, batched augmentation on the device, bf16 autocast,
-  channels_last and ``torch.compile`` on CUDA (the defaults; ``--no-compile`` switches it off).
+  channels_last, ``torch.compile`` and CUDA-graph replay of every step on CUDA (the defaults;
+  ``--compile off`` and ``--cuda-graph off`` switch them off).
 
 Both are timed over whole epochs after a first, untimed epoch (worker start-up, cuDNN autotuning;
 the trainer also leaves its compile warm-up out). Reported: images/s of each, their ratio, and the
@@ -135,7 +136,7 @@ def _sync(device: torch.device) -> None:
 
 
 def trainer(
-    splits: Splits, device: torch.device, epochs: int, batch: int, compile_: str, mode: str
+    splits: Splits, device: torch.device, epochs: int, batch: int, compile_: str, mode: str, graph: str
 ) -> tuple[float, float, dict]:
     """Images/s of the trainer over ``epochs`` timed epochs, and the probe overhead (%)."""
     config = override(
@@ -150,6 +151,7 @@ def trainer(
             "runtime.device": str(device),
             "runtime.compile": compile_,
             "runtime.compile_mode": mode,
+            "runtime.cuda_graph": graph,
             "runtime.threads": torch.get_num_threads(),
         },
     )
@@ -164,7 +166,10 @@ def trainer(
         "compile": t.compile,
         "compile_mode": t.compile_mode,
         "channels_last": t.channels_last,
+        "cuda_graph": bool(t._graphs),
     }
+    if t.graph_fallback:
+        flags["cuda_graph_fallback"] = t.graph_fallback
     return img_s, 100.0 * probe_s / float(np.median(epoch_s)), flags
 
 
@@ -177,6 +182,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"], dest="compile_")
     ap.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"])
+    ap.add_argument("--cuda-graph", default="auto", choices=["auto", "on", "off"], dest="graph")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)")
     ap.add_argument("--repeats", type=int, default=1, help="alternate reference/trainer this often; medians")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -204,7 +210,9 @@ def main() -> None:
     refs, ourss, probes = [], [], []
     for _ in range(args.repeats):  # alternate, so a change in machine load hits both alike
         refs.append(reference(splits, device, epochs, workers, args.batch_size))
-        o, p, flags = trainer(splits, device, epochs, args.batch_size, args.compile_, args.compile_mode)
+        o, p, flags = trainer(
+            splits, device, epochs, args.batch_size, args.compile_, args.compile_mode, args.graph
+        )
         ourss.append(o)
         probes.append(p)
     ref, ours, probe_pct = (float(np.median(v)) for v in (refs, ourss, probes))

@@ -157,6 +157,7 @@ BAD = [
         ["--compile-mode", "reduce-overhead"],
         "`runtime.compile_mode` must be one of 'default', 'max-autotune-no-cudagraphs'",
     ),
+    (["--cuda-graph", "maybe"], "`runtime.cuda_graph` must be one of 'auto', 'on', 'off'"),
     (["--val-fraction", "1.5"], "`data.val_fraction` must be a number in (0, 1)"),
     (["--normal-class", "7"], "`data.normal_class` must be a class in 0..2"),
     (["--config", "/nonexistent/run.toml"], "file not found"),
@@ -181,6 +182,13 @@ def test_cuda_device_without_cuda_is_an_error(cli, tmp_path):
         pytest.skip("this machine has CUDA")
     r = cli("train", *GAUSS, "--device", "cuda", "--out", tmp_path / "x")
     assert r.code == 2 and "`runtime.device` must be 'cpu' or 'auto' on a machine without CUDA" in r.err
+
+
+def test_cuda_graph_on_a_cpu_is_an_error(cli, tmp_path):
+    r = cli("train", *GAUSS, "--device", "cpu", "--cuda-graph", "on", "--out", tmp_path / "x")
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "`runtime.cuda_graph` must be 'auto' or 'off' on a CPU (CUDA graphs need a CUDA device)" in r.err
+    assert not (tmp_path / "x").exists()
 
 
 def test_bad_config_file(cli, tmp_path):

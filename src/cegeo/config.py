@@ -165,7 +165,8 @@ _SWITCHES = ("auto", "on", "off")
 # The CUDA-graph modes ("reduce-overhead", "max-autotune") are not offered: on an H100 (torch 2.11)
 # the trainer's compiled step crashed in cudagraph trees ("accessing tensor output of CUDAGraphs
 # that has been overwritten by a subsequent run") during its first backward, even with
-# torch.compiler.cudagraph_mark_step_begin() before every call; they stay off until that is solved.
+# torch.compiler.cudagraph_mark_step_begin() before every call. The trainer captures its whole
+# step with torch.cuda.graph instead (runtime.cuda_graph), which these modes would duplicate.
 _COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
@@ -336,6 +337,7 @@ class RuntimeConfig:
     )
     compile: str = "auto"  # torch.compile the training step: auto = on for CUDA
     compile_mode: str = "default"  # torch.compile mode: default | max-autotune-no-cudagraphs
+    cuda_graph: str = "auto"  # replay each training step from a CUDA graph: auto = on for 1-process CUDA
     sync_bn: bool = True  # under DDP, BatchNorm statistics over the global batch (as one process)
     threads: int | None = None  # torch CPU threads (None: torch's default)
 
@@ -343,7 +345,7 @@ class RuntimeConfig:
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise InputError(f"`runtime.device` must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {dev!r}.")
-        for name in ("amp", "channels_last", "compile"):
+        for name in ("amp", "channels_last", "compile", "cuda_graph"):
             _choice(f"runtime.{name}", getattr(self, name), _SWITCHES)
         _choice("runtime.compile_mode", self.compile_mode, _COMPILE_MODES)
         if self.threads is not None and self.threads < 1:

@@ -46,6 +46,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -472,6 +473,64 @@ def _minority_recall(correct: np.ndarray, seen: np.ndarray, minority: np.ndarray
     return float(r.mean()) if r.size else float("nan")
 
 
+class _GraphStep:
+    """A function of static input buffers, replayed from a CUDA graph.
+
+    ``fn(*buffers)`` is a whole training step (zero the gradients, forward, loss, backward,
+    optimizer step, the epoch accumulators; returns nothing) or an eval-mode forward (returns
+    features and logits). :meth:`prepare` runs it ``warmup`` times (on a side stream on CUDA:
+    cuDNN autotuning, ``torch.compile``, the momentum buffers) and captures it; :meth:`run`
+    copies values into the leading rows of the buffers, replays the graph (one launch instead
+    of hundreds) and returns the outputs, which the next replay overwrites.
+
+    Training graphs must not depend on each other's memory: each reads only tensors allocated
+    outside the graphs (weights, BatchNorm statistics, momentum buffers, the learning-rate tensor,
+    the accumulators, its own input buffers) and writes its gradients afresh (the step starts
+    with ``zero_grad(set_to_none=True)``, so the captured backward assigns rather than
+    accumulates). That is what lets them share one memory pool.
+
+    With ``capture=False`` (used by the CPU tests) :meth:`run` calls ``fn`` on the buffers
+    directly, so the static-buffer logic is the same code with and without a GPU.
+    """
+
+    def __init__(self, fn: Any, examples: Sequence[Tensor], capture: bool, pool: Any = None) -> None:
+        self.fn = fn
+        self.buffers = [t.clone() for t in examples]
+        self.capture = capture
+        self.pool = pool
+        self.graph: Any = None
+        self.outputs: Any = None
+
+    def prepare(self, warmup: int = 3) -> None:
+        device = self.buffers[0].device
+        if device.type == "cuda":
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    self.fn(*self.buffers)
+            torch.cuda.current_stream(device).wait_stream(side)
+        else:
+            for _ in range(warmup):
+                self.fn(*self.buffers)
+        if self.capture:
+            self._capture()
+
+    def _capture(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.outputs = self.fn(*self.buffers)
+        self.graph = graph
+
+    def run(self, *values: Tensor) -> Any:
+        for buf, value in zip(self.buffers, values, strict=True):
+            buf[: value.shape[0]].copy_(value)
+        if self.graph is None:
+            return self.fn(*self.buffers)
+        self.graph.replay()
+        return self.outputs
+
+
 class Trainer:
     """Train one run: data on the device, SGD, probes, checkpoints, resume and DDP.
 
@@ -644,14 +703,27 @@ class Trainer:
         if cfg.train.drw_epoch is not None:
             w = class_balanced_weights(self.counts, cfg.train.drw_beta)
             self.loss_drw = _per_sample(self.loss_base.with_omega(w)).to(self.device)
+        self.graph_mode = self._graph_mode()
+        self.graph_fallback: str | None = None  # why CUDA graphs were not used under "auto"
+        self._fused = True if self.device.type == "cuda" or self.graph_mode else None
         self.optimizer = torch.optim.SGD(
             model.parameters(),
             lr=cfg.optim.lr,
             momentum=cfg.optim.momentum,
             weight_decay=cfg.optim.weight_decay,
             nesterov=cfg.optim.nesterov,
-            fused=True if self.device.type == "cuda" else None,  # one kernel for the update on CUDA
+            # One kernel for the update on CUDA; under CUDA graphs it reads the learning rate from
+            # a device tensor (the tensor_lr overload), so the schedule needs no re-capture.
+            fused=self._fused,
         )
+        self._graphs: dict[tuple[int, int], _GraphStep] = {}
+        self._eval_graph: _GraphStep | None = None
+        self._lr = torch.zeros((), dtype=torch.float32, device=self.device)
+        self._acc = {
+            "loss": torch.zeros((), device=self.device),
+            "correct": torch.zeros(self.k, device=self.device),
+            "seen": torch.zeros(self.k, device=self.device),
+        }
         train_model: nn.Module = model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -728,7 +800,10 @@ class Trainer:
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+            # No cast cache under CUDA graphs: cached bf16 weights would be captured stale.
+            return torch.autocast(
+                device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=self.graph_mode is None
+            )
         return contextlib.nullcontext()
 
     def _loss_for(self, epoch: int) -> nn.Module:
@@ -749,20 +824,20 @@ class Trainer:
         cfg = self.config
         B, world, rank = cfg.train.batch_size, self.dist.world, self.dist.rank
         loss_fn = self._loss_for(epoch)
-        omega = getattr(loss_fn, "omega", None)
         order = self.epoch_order()
         augment = bool(cfg.train.pad_crop or cfg.train.flip)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros(self.k, device=self.device)
-        seen = torch.zeros(self.k, device=self.device)
+        for t in self._acc.values():
+            t.zero_()
         self.model.train()
         for s in range(self.steps_per_epoch):
             lr = lr_at(step, self.steps_per_epoch, cfg.train.epochs, cfg.optim)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            if self._graphs:
+                self._lr.fill_(lr)
+            else:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
             batch = order[s * B : (s + 1) * B]  # the global batch, identical on every rank
             y_all = self.y["train"][batch]
-            norm = omega.to(torch.float32)[y_all].sum() if omega is not None else batch.numel()
             idx, y = batch[rank::world], y_all[rank::world]  # this rank's shard
             xb = self.x["train"][idx]
             if augment:
@@ -773,18 +848,35 @@ class Trainer:
                     None if flips is None else flips[rank::world],
                     cfg.train.pad_crop,
                 )
-            with self._autocast():
-                logits = self.train_model(self.inputs(xb))  # (b, k)
-            loss = loss_fn(logits, y).sum() * (world / norm)
-            loss.backward()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            if self._graphs:
+                self._graphs[(id(loss_fn), int(batch.numel()))].run(xb, y)
+            else:
+                self._train_step(loss_fn, xb, y, y_all)
             step += 1
-            loss_sum += loss.detach().float()
-            hit = (logits.detach().argmax(1) == y).float()
-            correct.index_add_(0, y, hit)
-            seen.index_add_(0, y, torch.ones_like(hit))
-        return step, loss_sum, correct, seen
+        acc = self._acc
+        return step, acc["loss"], acc["correct"], acc["seen"]
+
+    def _train_step(self, loss_fn: nn.Module, xb: Tensor, y: Tensor, y_all: Tensor) -> None:
+        """One SGD step on this rank's shard ``(xb, y)`` of the global batch's labels ``y_all``.
+
+        The loss is the weighted sum over the shard divided by the global batch's total weight
+        (times the world size, which DDP's gradient averaging divides out). Adds the loss and the
+        per-class hits to ``self._acc`` on the device (no synchronisation). The same code is
+        captured in a CUDA graph (:class:`_GraphStep`), so it must not synchronise with the host.
+        """
+        omega = getattr(loss_fn, "omega", None)
+        norm = omega.to(torch.float32)[y_all].sum() if omega is not None else y_all.numel()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = self.train_model(self.inputs(xb))  # (b, k)
+        loss = loss_fn(logits, y).sum() * (self.dist.world / norm)
+        loss.backward()
+        self.optimizer.step()
+        acc = self._acc
+        acc["loss"] += loss.detach().float()
+        hit = (logits.detach().argmax(1) == y).float()
+        acc["correct"].index_add_(0, y, hit)
+        acc["seen"].index_add_(0, y, torch.ones_like(hit))
 
     def _features_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         with self._autocast():
@@ -792,15 +884,26 @@ class Trainer:
             z = self.model.classifier(h)
         return h.float(), z.float()
 
+    @torch.no_grad()
+    def _eval_forward(self, xb: Tensor) -> tuple[Tensor, Tensor]:
+        """Eval-mode features and logits of a full ``eval_batch_size`` batch (compiled or not)."""
+        fn = self._eval_compiled if self.compile else self._features_logits
+        return fn(self.inputs(xb))
+
     def _eval_batch(self, xb: Tensor) -> tuple[Tensor, Tensor]:
         """Features and logits (float32) of a raw batch in eval mode.
 
         With ``torch.compile`` every batch is zero-padded to ``eval_batch_size`` rows (eval-mode
-        layers treat samples independently), so one static-shape graph serves every split.
+        layers treat samples independently), so one static-shape graph serves every split; under
+        CUDA graphs the batch is copied into a static buffer of that size and the captured
+        forward replayed.
         """
+        b, eb = xb.shape[0], self.config.train.eval_batch_size
+        if self._eval_graph is not None:  # rows past b hold stale inputs: sliced off
+            h, z = self._eval_graph.run(xb)
+            return h[:b], z[:b]
         if not self.compile:
             return self._features_logits(self.inputs(xb))
-        b, eb = xb.shape[0], self.config.train.eval_batch_size
         if b < eb:
             xb = torch.cat([xb, xb.new_zeros((eb - b, *xb.shape[1:]))])
         h, z = self._eval_compiled(self.inputs(xb))
@@ -902,7 +1005,7 @@ class Trainer:
             "wall_time_s": wall_time,
             "config_toml": self.config.to_toml(),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": _plain_lr(self.optimizer.state_dict()),
             "rng": rng,
             "normalization": dict(self.norm_stats),
             "num_classes": self.k,
@@ -917,6 +1020,8 @@ class Trainer:
     def _restore(self, ck: dict[str, Any]) -> tuple[int, int, float, float]:
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
+        for group in self.optimizer.param_groups:  # this run's kernel choice, not the saved run's
+            group["fused"], group["foreach"] = self._fused, None
         rng = ck["rng"]
         torch.set_rng_state(rng["torch"])
         self.g_order.set_state(rng["order"])
@@ -924,6 +1029,121 @@ class Trainer:
         if self.device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         return int(ck["epoch"]), int(ck["step"]), float(ck["train_time_s"]), float(ck["wall_time_s"])
+
+    # ------------------------------------------------------------------------------- CUDA graphs
+
+    def _graph_mode(self) -> str | None:
+        """``"capture"`` when training steps are replayed from CUDA graphs, else ``None``.
+
+        ``runtime.cuda_graph = "auto"`` captures on one CUDA process when torch's fused SGD takes
+        a tensor learning rate; ``"on"`` insists (an error where it cannot); ``"off"`` never.
+        """
+        want = self.config.runtime.cuda_graph
+        if want == "off":
+            return None
+        why = None
+        if self.dist.enabled:
+            why = "'auto' or 'off' under DDP (a graph holds one process's step)"
+        elif self.device.type != "cuda":
+            why = "'auto' or 'off' on a CPU (CUDA graphs need a CUDA device)"
+        elif "tensor_lr" not in torch.ops.aten._fused_sgd_.overloads():
+            why = f"'auto' or 'off' with torch {torch.__version__} (its fused SGD takes no tensor lr)"
+        if why is None:
+            return "capture"
+        if want == "on":
+            raise fail("runtime.cuda_graph", why, want)
+        return None
+
+    def _graph_losses(self, start_epoch: int) -> list[nn.Module]:
+        """The losses the epochs from ``start_epoch`` on train with (two with deferred re-weighting)."""
+        epochs = range(start_epoch, self.config.train.epochs)
+        losses: list[nn.Module] = []
+        for e in epochs:
+            fn = self._loss_for(e)
+            if all(fn is not other for other in losses):
+                losses.append(fn)
+        return losses
+
+    def _snapshot(self) -> tuple[list[Tensor], list[Tensor | None]]:
+        weights = [t.detach().clone() for t in self.model.state_dict().values()]
+        momenta = [
+            None if (b := self.optimizer.state.get(p, {}).get("momentum_buffer")) is None else b.clone()
+            for p in self.model.parameters()
+        ]
+        return weights, momenta
+
+    @torch.no_grad()
+    def _restore_snapshot(self, snap: tuple[list[Tensor], list[Tensor | None]]) -> None:
+        """Copy the snapshot back *into* the same tensors (graphs hold their addresses)."""
+        weights, momenta = snap
+        for t, saved in zip(self.model.state_dict().values(), weights, strict=True):
+            t.copy_(saved)
+        for p, saved in zip(self.model.parameters(), momenta, strict=True):
+            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is None:
+                continue
+            if saved is None:
+                buf.zero_()  # created by the warm-up: m * 0 + g = g is SGD's first step
+            else:
+                buf.copy_(saved)
+
+    def _prepare_graphs(self, start_epoch: int) -> None:
+        """Warm up and capture one graph per (loss, batch size) before the clock starts.
+
+        The warm-up steps really train (at learning rate 0), so the weights, BatchNorm statistics
+        and momentum buffers are snapshotted before and copied back after; the run then follows
+        the same trajectory as without graphs. Under ``"auto"`` a failure falls back to the
+        eager step (``final.json``'s ``cuda_graph_fallback`` says why).
+        """
+        if self.graph_mode is None:
+            return
+        self.model.train()
+        snap = self._snapshot()
+        groups = self.optimizer.param_groups
+        capture = self.graph_mode == "capture"
+        try:
+            for group in groups:
+                group["lr"] = self._lr  # the schedule fills it before each replay
+            self._lr.zero_()
+            pool = None
+            for loss_fn in self._graph_losses(start_epoch):
+                for size in self.batch_sizes:
+                    step = lambda x, y, fn=loss_fn: self._train_step(fn, x, y, y)  # noqa: E731
+                    g = _GraphStep(step, (self.x["train"][:size], self.y["train"][:size]), capture, pool)
+                    g.prepare()
+                    if g.graph is not None and pool is None:
+                        pool = g.graph.pool()
+                    self._graphs[(id(loss_fn), size)] = g
+            # The probes' forward pass, in its own pool: its outputs are read after each replay.
+            self.model.eval()
+            eb = self.config.train.eval_batch_size
+            rows = self.x["train"][:eb]
+            if rows.shape[0] < eb:
+                rows = torch.cat([rows, rows.new_zeros((eb - rows.shape[0], *rows.shape[1:]))])
+            g = _GraphStep(self._eval_forward, (rows,), capture)
+            g.prepare(warmup=2)
+            self._eval_graph = g
+        except Exception as err:
+            self._graphs = {}
+            self._eval_graph = None
+            if self.config.runtime.cuda_graph == "on":
+                raise fail(
+                    "runtime.cuda_graph", "a training step CUDA graphs can capture", _one_line(err)
+                ) from err
+            self.graph_fallback = _one_line(err)
+            self.graph_mode = None
+            for group in groups:
+                group["lr"] = float(self.config.optim.lr)
+            warnings.warn(
+                f"CUDA graph capture failed, training without graphs: {self.graph_fallback}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        finally:
+            self._restore_snapshot(snap)
+            if not self._graphs:
+                self.optimizer.zero_grad(set_to_none=True)
+            self._sync()
 
     # ------------------------------------------------------------------------------- compile warm-up
 
@@ -1013,6 +1233,7 @@ class Trainer:
 
         if self.compile:
             self._warm_up_compiled()
+        self._prepare_graphs(start_epoch)
 
         epochs = cfg.train.epochs
         minority = self.splits.groups.minority
@@ -1109,6 +1330,8 @@ class Trainer:
             "amp": self.amp,
             "compile": self.compile,
             "compile_mode": self.compile_mode if self.compile else None,
+            "cuda_graph": bool(self._graphs),
+            "cuda_graph_fallback": self.graph_fallback,
             "channels_last": self.channels_last,
             "train": last["train"],
             "val": last["val"],
@@ -1159,6 +1382,19 @@ def _rewrite_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
     with atomic_open(path, "w") as fh:
         for r in records:
             fh.write(dumps_json(r, indent=None) + "\n")
+
+
+def _plain_lr(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict with the learning-rate tensor (CUDA graphs) as a float."""
+    for group in state["param_groups"]:
+        if isinstance(group.get("lr"), Tensor):
+            group["lr"] = float(group["lr"])
+    return state
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}"
 
 
 def _truthy(value: Any) -> bool:

@@ -189,7 +189,12 @@ def train_command(
     compile_mode: str | None = typer.Option(
         None,
         "--compile-mode",
-        help="default | max-autotune-no-cudagraphs (CUDA-graph modes are not offered yet).",
+        help="default | max-autotune-no-cudagraphs (CUDA graphs come from --cuda-graph instead).",
+    ),
+    cuda_graph: str | None = typer.Option(
+        None,
+        "--cuda-graph",
+        help="Replay each training step from a CUDA graph: auto (on for one CUDA process) | on | off.",
     ),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -235,6 +240,7 @@ def train_command(
         ("runtime.channels_last", channels_last),
         ("runtime.compile", compile_),
         ("runtime.compile_mode", compile_mode),
+        ("runtime.cuda_graph", cuda_graph),
         ("runtime.threads", threads),
     ):
         if value is not None:

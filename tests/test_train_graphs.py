@@ -1,0 +1,212 @@
+"""The CUDA-graph training step (runtime.cuda_graph).
+
+The capture itself needs a GPU (the ``cuda`` tests, run by ``bench/gpu_check.sh``). Everything
+around it is device-independent and tested here on the CPU by running the trainer in the
+"emulate" graph mode: every step goes through :class:`cegeo.train._GraphStep` (static input
+buffers, the learning rate as a device tensor read by fused SGD, gradients set to None at the
+start of the step, the warm-up steps and the snapshot they are undone with), only without
+``torch.cuda.graph``. That run must follow the plain loop's trajectory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cegeo._validation import InputError
+from cegeo.config import RunConfig, override
+from cegeo.train import Trainer, _GraphStep, load_checkpoint
+
+DIGITS = {
+    "data.imbalance": "step:R=10,rho=0.5",
+    "model.options": {"width": 32, "depth": 2},
+    "train.batch_size": 64,
+    "train.epochs": 4,
+    "train.pad_crop": 1,
+    "train.flip": True,
+    "train.drw_epoch": 2,
+    "optim.milestones": (3,),
+    "runtime.threads": 1,
+}
+
+
+def config(**dotted) -> RunConfig:
+    return override(RunConfig(), {**DIGITS, **{k.replace("__", "."): v for k, v in dotted.items()}})
+
+
+@pytest.fixture
+def emulate(monkeypatch):
+    monkeypatch.setattr(Trainer, "_graph_mode", lambda self: "emulate")
+
+
+def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def plain():
+    t = Trainer(config(), progress=False)
+    t.run()
+    return t
+
+
+@pytest.mark.parametrize("eval_batch", [1024, 100])
+def test_graph_steps_follow_the_plain_loop(emulate, plain, eval_batch):
+    t = Trainer(config(train__eval_batch_size=eval_batch), progress=False)
+    calls = []
+    original = _GraphStep.run
+
+    def spy(self, *values):
+        calls.append((self, values[0].shape[0], len(values)))
+        return original(self, *values)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_GraphStep, "run", spy)
+        final = t.run()
+    # one graph per (loss, batch size): CE and the DRW loss, full and last partial batches
+    n = t.n_train
+    assert n % 64 >= 2, "the workload must have a partial last batch"
+    assert sorted(size for _, size in t._graphs) == sorted([64, n % 64] * 2)
+    steps = [(g, size) for g, size, n_in in calls if n_in == 2]
+    assert len({id(g) for g, _ in steps}) == 4 and len(steps) == 4 * t.steps_per_epoch
+    # the probes' forward ran through the eval graph: every batch of every split, every epoch
+    evals = [size for g, size, n_in in calls if n_in == 1]
+    assert all(g is t._eval_graph for g, _, n_in in calls if n_in == 1)
+    n_eval = sum(-(-len(t.y[s]) // eval_batch) for s in ("train", "val", "test"))
+    assert len(evals) == 4 * n_eval
+    assert final["cuda_graph"] is True and final["cuda_graph_fallback"] is None
+    # The warm-up's 3 steps per graph were undone: BatchNorm counters and running statistics,
+    # weights and momentum agree with the run that never warmed up. (Not bitwise: fused SGD with a
+    # float32 learning-rate tensor against the plain loop's per-parameter SGD with a float.)
+    got, want = _state(t), _state(plain)
+    for key in want:
+        if key.endswith("num_batches_tracked"):
+            assert int(got[key]) == int(want[key]) == 4 * t.steps_per_epoch, key
+        else:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)
+    for p, q in zip(t.model.parameters(), plain.model.parameters(), strict=True):
+        torch.testing.assert_close(
+            t.optimizer.state[p]["momentum_buffer"],
+            plain.optimizer.state[q]["momentum_buffer"],
+            rtol=1e-4,
+            atol=1e-6,
+        )
+    for r, s in zip(t.records, plain.records, strict=True):
+        assert r["train_loss"] == pytest.approx(s["train_loss"], rel=1e-5)
+        assert r["reweighted"] == s["reweighted"]
+        assert r["val"]["balanced_accuracy"] == pytest.approx(s["val"]["balanced_accuracy"], abs=0.02)
+        # the probes (eval graph, stale rows past a short batch sliced off) see the same network
+        assert r["train_loss_eval"] == pytest.approx(s["train_loss_eval"], rel=1e-4)
+        for key in ("dist_W", "dist_H", "nc1"):
+            assert r["geometry"][key] == pytest.approx(s["geometry"][key], rel=1e-3), key
+    # the schedule reached the fused optimizer through the tensor: last epoch at lr * 0.1
+    assert float(t._lr) == pytest.approx(0.01, rel=1e-6)
+
+
+def test_without_the_snapshot_the_warm_up_would_leak(emulate, monkeypatch, plain):
+    """The equality above is not vacuous: skip the restore and the run drifts."""
+    monkeypatch.setattr(Trainer, "_restore_snapshot", lambda self, snap: None)
+    t = Trainer(config(), progress=False)
+    t.run()
+    bn = next(k for k in plain.model.state_dict() if k.endswith("num_batches_tracked"))
+    assert int(t.model.state_dict()[bn]) > int(plain.model.state_dict()[bn])
+    w = next(k for k in plain.model.state_dict() if k.endswith("running_mean"))
+    assert not torch.allclose(t.model.state_dict()[w], plain.model.state_dict()[w], rtol=1e-4, atol=1e-6)
+
+
+class _CrashAfterProbe(Trainer):
+    def _save_checkpoint(self, state):
+        if state["epoch"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        super()._save_checkpoint(state)
+
+
+def test_resume_with_graphs_is_bitwise_identical(emulate, tmp_path):
+    straight = Trainer(config(), tmp_path / "a", progress=False)
+    straight.run()
+    with pytest.raises(KeyboardInterrupt):
+        _CrashAfterProbe(config(), tmp_path / "b", progress=False).run()
+    ck = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert ck["epoch"] == 2
+    assert all(isinstance(g["lr"], float) for g in ck["optimizer"]["param_groups"])
+    resumed = Trainer(None, tmp_path / "b", resume=True, progress=False)
+    resumed.run()
+    a, b = _state(straight), _state(resumed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["test"] for r in straight.records] == [r["test"] for r in resumed.records]
+
+
+def test_capture_failure_falls_back_under_auto(monkeypatch, plain):
+    monkeypatch.setattr(Trainer, "_graph_mode", lambda self: "capture")
+
+    def refuse(self):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(_GraphStep, "_capture", refuse)
+    t = Trainer(config(), progress=False)
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed, training without graphs"):
+        final = t.run()
+    assert final["cuda_graph"] is False
+    assert final["cuda_graph_fallback"] == "RuntimeError: operation not permitted when stream is capturing"
+    assert all(isinstance(g["lr"], float) for g in t.optimizer.param_groups)
+    got, want = _state(t), _state(plain)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_capture_failure_is_an_error_under_on(monkeypatch):
+    monkeypatch.setattr(Trainer, "_graph_mode", lambda self: "capture")
+    monkeypatch.setattr(_GraphStep, "_capture", lambda self: (_ for _ in ()).throw(RuntimeError("no")))
+    t = Trainer(config(runtime__cuda_graph="on"), progress=False)
+    with pytest.raises(
+        InputError,
+        match=r"`runtime.cuda_graph` must be a training step CUDA graphs can capture; got 'RuntimeError: no'",
+    ):
+        t.run()
+
+
+def test_graph_mode_choice_on_cpu():
+    assert Trainer(config(), progress=False).setup().graph_mode is None  # auto: off on a CPU
+    assert Trainer(config(runtime__cuda_graph="off"), progress=False).setup().graph_mode is None
+    with pytest.raises(ValueError, match=r"`runtime.cuda_graph` must be 'auto' or 'off' on a CPU"):
+        Trainer(config(runtime__cuda_graph="on"), progress=False).setup()
+    with pytest.raises(ValueError, match=r"`runtime.cuda_graph` must be one of 'auto', 'on', 'off'"):
+        config(runtime__cuda_graph="yes")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("compile_", ["off", "on"])
+def test_cuda_graph_run_matches_eager_on_cuda(tmp_path, compile_):
+    """The captured step against the eager step on the GPU: fp32, so only summation order differs."""
+    common = {
+        "model.name": "cnn",
+        "model.options": {"width": 16},
+        "runtime.device": "cuda",
+        "runtime.amp": "off",
+        "runtime.compile": compile_,
+    }
+    runs = {}
+    for graph in ("on", "off"):
+        t = Trainer(override(config(), {**common, "runtime.cuda_graph": graph}), progress=False)
+        final = t.run()
+        assert final["cuda_graph"] is (graph == "on") and final["cuda_graph_fallback"] is None
+        runs[graph] = t
+    got, want = _state(runs["on"]), _state(runs["off"])
+    for key in want:
+        if key.endswith("num_batches_tracked"):
+            assert torch.equal(got[key], want[key]), key
+        else:
+            torch.testing.assert_close(got[key], want[key], rtol=2e-3, atol=2e-4, msg=key)
+    losses = [[r["train_loss"] for r in runs[g].records] for g in ("on", "off")]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-3)
+
+
+@pytest.mark.cuda
+def test_cuda_defaults_capture_graphs(tmp_path):
+    t = Trainer(override(config(), {"runtime.device": "cuda"}), tmp_path / "g", progress=False)
+    final = t.run()
+    assert (final["amp"], final["compile"], final["cuda_graph"]) == (True, True, True)
+    assert final["cuda_graph_fallback"] is None
+    assert np.isfinite(final["train"]["balanced_accuracy"])
