@@ -1,9 +1,10 @@
 """Where does a training step's time go? ResNet-32, batch 128, CIFAR-shaped data, on one device.
 
 Times the bare step (``model(x)``, CE, backward, fused SGD; static data already on the device) in
-eager fp32, eager bf16 + channels_last, and ``torch.compile`` with the given modes, then profiles a
-few steps of :class:`cegeo.train.Trainer` (CPU time per step against GPU kernel time per step, the
-number of kernels per step, the top kernels). Use it to tell launch-bound from compute-bound.
+eager fp32, eager bf16 + channels_last, and ``torch.compile`` with the given modes, then profiles
+one epoch of :class:`cegeo.train.Trainer` steps per ``--trainer`` variant (compile and CUDA graphs
+off, both on by default): CPU time per step against GPU kernel time per step, the number of
+kernels per step, the top kernels. Use it to tell launch-bound from compute-bound.
 
     PYTHONPATH=src python bench/train_profile.py --device cuda [--modes default,reduce-overhead]
 """
@@ -64,8 +65,8 @@ def bare_step_ms(
     return 1000 * (time.perf_counter() - t0) / steps
 
 
-def profile_trainer(device: torch.device) -> None:
-    """Profile the trainer's eager step (compile off): compare with the bare eager bf16 step."""
+def profile_trainer(device: torch.device, compile_: str, graph: str) -> None:
+    """Profile one epoch of the trainer's steps (compare with the bare steps above)."""
     from torch.profiler import ProfilerActivity, profile
 
     splits = make_splits(1000, 10, 10)
@@ -78,11 +79,15 @@ def profile_trainer(device: torch.device) -> None:
             "train.pad_crop": 4,
             "train.flip": True,
             "runtime.device": str(device),
-            "runtime.compile": "off",
+            "runtime.compile": compile_,
+            "runtime.cuda_graph": graph,
         },
     )
     t = Trainer(config, None, progress=False, splits=splits)
     t.setup()
+    if t.compile:
+        t._warm_up_compiled()
+    t._prepare_graphs(0)  # a no-op without graphs
     t._train_epoch(0, 0)  # warm
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -98,7 +103,7 @@ def profile_trainer(device: torch.device) -> None:
     cuda_us = sum(e.self_device_time_total for e in ev) if device.type == "cuda" else 0.0
     kernels = sum(e.count for e in ev if e.self_device_time_total > 0) if device.type == "cuda" else 0
     print(
-        f"trainer [eager, amp={t.amp}, channels_last={t.channels_last}]: {steps} steps, wall {1000 * wall / steps:.2f} ms/step (profiled), "
+        f"trainer [compile={t.compile}, cuda_graph={bool(t._graphs)}, amp={t.amp}, channels_last={t.channels_last}]: {steps} steps, wall {1000 * wall / steps:.2f} ms/step (profiled), "
         f"GPU kernel time {cuda_us / 1000 / steps:.2f} ms/step, {kernels / steps:.0f} kernels/step"
     )
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -111,6 +116,9 @@ def main() -> None:
     ap.add_argument("--modes", default="default,reduce-overhead")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument(
+        "--trainer", default="off:off,on:on", help="trainer variants to profile, compile:cuda_graph pairs"
+    )
     a = ap.parse_args()
     dev = torch.device(a.device)
     np.set_printoptions(precision=3)
@@ -123,7 +131,9 @@ def main() -> None:
                 f"bare step, batch {b}: compiled [{mode}] bf16+CL {ms:.2f} ms ({1000 * b / ms:,.0f} images/s)"
             )
     if not a.no_profile:
-        profile_trainer(dev)
+        for pair in a.trainer.split(","):
+            compile_, graph = pair.split(":")
+            profile_trainer(dev, compile_, graph)
 
 
 if __name__ == "__main__":
