@@ -478,8 +478,8 @@ class _GraphStep:
 
     ``fn(*buffers)`` is a whole training step (zero the gradients, forward, loss, backward,
     optimizer step, the epoch accumulators; returns nothing) or an eval-mode forward (returns
-    features and logits). :meth:`prepare` runs it ``warmup`` times (on a side stream on CUDA:
-    cuDNN autotuning, ``torch.compile``, the momentum buffers) and captures it; :meth:`run`
+    features and logits). :meth:`warm_up` runs it a few times (on a side stream on CUDA: cuDNN
+    autotuning, ``torch.compile``, the momentum buffers), :meth:`capture` records it; :meth:`run`
     copies values into the leading rows of the buffers, replays the graph (one launch instead
     of hundreds) and returns the outputs, which the next replay overwrites.
 
@@ -496,24 +496,27 @@ class _GraphStep:
     def __init__(self, fn: Any, examples: Sequence[Tensor], capture: bool, pool: Any = None) -> None:
         self.fn = fn
         self.buffers = [t.clone() for t in examples]
-        self.capture = capture
+        self.record = capture
         self.pool = pool
         self.graph: Any = None
         self.outputs: Any = None
 
-    def prepare(self, warmup: int = 3) -> None:
+    def warm_up(self, steps: int = 3) -> None:
         device = self.buffers[0].device
         if device.type == "cuda":
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
-                for _ in range(warmup):
+                for _ in range(steps):
                     self.fn(*self.buffers)
             torch.cuda.current_stream(device).wait_stream(side)
         else:
-            for _ in range(warmup):
+            for _ in range(steps):
                 self.fn(*self.buffers)
-        if self.capture:
+
+    def capture(self) -> None:
+        """Record ``fn`` into a graph (nothing runs); a no-op with ``capture=False``."""
+        if self.record:
             self._capture()
 
     def _capture(self) -> None:
@@ -1037,6 +1040,7 @@ class Trainer:
 
         ``runtime.cuda_graph = "auto"`` captures on one CUDA process when torch's fused SGD takes
         a tensor learning rate; ``"on"`` insists (an error where it cannot); ``"off"`` never.
+        (The CPU tests patch it to return ``"emulate"``: the graph code path without capture.)
         """
         want = self.config.runtime.cuda_graph
         if want == "off":
@@ -1095,7 +1099,7 @@ class Trainer:
         the same trajectory as without graphs. Under ``"auto"`` a failure falls back to the
         eager step (``final.json``'s ``cuda_graph_fallback`` says why).
         """
-        if self.graph_mode is None:
+        if self.graph_mode is None or start_epoch >= self.config.train.epochs:
             return
         self.model.train()
         snap = self._snapshot()
@@ -1110,7 +1114,11 @@ class Trainer:
                 for size in self.batch_sizes:
                     step = lambda x, y, fn=loss_fn: self._train_step(fn, x, y, y)  # noqa: E731
                     g = _GraphStep(step, (self.x["train"][:size], self.y["train"][:size]), capture, pool)
-                    g.prepare()
+                    g.warm_up()
+                    # as in PyTorch's whole-network recipe: backward then allocates the gradients
+                    # from the graph's pool
+                    self.optimizer.zero_grad(set_to_none=True)
+                    g.capture()
                     if g.graph is not None and pool is None:
                         pool = g.graph.pool()
                     self._graphs[(id(loss_fn), size)] = g
@@ -1121,7 +1129,8 @@ class Trainer:
             if rows.shape[0] < eb:
                 rows = torch.cat([rows, rows.new_zeros((eb - rows.shape[0], *rows.shape[1:]))])
             g = _GraphStep(self._eval_forward, (rows,), capture)
-            g.prepare(warmup=2)
+            g.warm_up(2)
+            g.capture()
             self._eval_graph = g
         except Exception as err:
             self._graphs = {}
