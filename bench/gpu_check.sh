@@ -17,9 +17,9 @@ timeout 200 python -m pytest -q -p no:cacheprovider -m cuda -o addopts="--import
   tests/test_estimator.py \
   2>&1 | tail -25 | tee "$OUT/cuda_tests.txt"
 
-echo "== cegeo train on CUDA (digits, mlp, ldt gamma=0.5, 20 epochs)"
+echo "== cegeo train on CUDA with CUDA graphs (digits, mlp, ldt gamma=0.5, 20 epochs)"
 timeout 120 python -m cegeo train --data digits --imbalance step:R=10,rho=0.5 --model mlp --loss ldt \
-  --gamma 0.5 --epochs 20 --seed 0 --device cuda --out /tmp/gpu_run --no-progress >/dev/null 2>"$OUT/train_err.txt"
+  --gamma 0.5 --epochs 20 --seed 0 --device cuda --cuda-graph on --out /tmp/gpu_run --no-progress >/dev/null 2>"$OUT/train_err.txt"
 python - <<'PY' | tee "$OUT/train_smoke.txt"
 import json
 f = json.load(open("/tmp/gpu_run/final.json"))

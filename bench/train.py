@@ -11,8 +11,9 @@ per class, as a CIFAR-10-LT run has (10,000 test images).
   step.
 * **trainer**: :class:`cegeo.train.Trainer` with the same model, data, augmentation and optimiser:
   data resident on the device as uint8, batched augmentation on the device, bf16 autocast,
-  channels_last, ``torch.compile`` and CUDA-graph replay of every step on CUDA (the defaults;
-  ``--compile off`` and ``--cuda-graph off`` switch them off).
+  channels_last and ``torch.compile`` on CUDA (the trainer's defaults; ``--compile off`` switches
+  it off), and CUDA-graph replay of every step (``runtime.cuda_graph = "auto"``: the benchmark's
+  default, not yet the trainer's; ``--cuda-graph off`` measures without).
 
 Both are timed over whole epochs after a first, untimed epoch (worker start-up, cuDNN autotuning;
 the trainer also leaves its compile warm-up out). Reported: images/s of each, their ratio, and the

@@ -168,7 +168,8 @@ def test_capture_failure_is_an_error_under_on(monkeypatch):
 
 
 def test_graph_mode_choice_on_cpu():
-    assert Trainer(config(), progress=False).setup().graph_mode is None  # auto: off on a CPU
+    assert Trainer(config(), progress=False).setup().graph_mode is None  # the default: off
+    assert Trainer(config(runtime__cuda_graph="auto"), progress=False).setup().graph_mode is None
     assert Trainer(config(runtime__cuda_graph="off"), progress=False).setup().graph_mode is None
     with pytest.raises(ValueError, match=r"`runtime.cuda_graph` must be 'auto' or 'off' on a CPU"):
         Trainer(config(runtime__cuda_graph="on"), progress=False).setup()
@@ -216,8 +217,9 @@ def test_cuda_graph_run_matches_eager_on_cuda(monkeypatch, compile_):
 
 
 @pytest.mark.cuda
-def test_cuda_defaults_capture_graphs(tmp_path):
-    t = Trainer(override(config(), {"runtime.device": "cuda"}), tmp_path / "g", progress=False)
+def test_cuda_auto_captures_graphs_with_the_other_defaults(tmp_path):
+    cfg = override(config(), {"runtime.device": "cuda", "runtime.cuda_graph": "auto"})
+    t = Trainer(cfg, tmp_path / "g", progress=False)
     final = t.run()
     assert (final["amp"], final["compile"], final["cuda_graph"]) == (True, True, True)
     assert final["cuda_graph_fallback"] is None

@@ -337,7 +337,9 @@ class RuntimeConfig:
     )
     compile: str = "auto"  # torch.compile the training step: auto = on for CUDA
     compile_mode: str = "default"  # torch.compile mode: default | max-autotune-no-cudagraphs
-    cuda_graph: str = "auto"  # replay each training step from a CUDA graph: auto = on for 1-process CUDA
+    # Replay each training step from a CUDA graph: auto = on for one CUDA process | on | off.
+    # Off by default until the CUDA tests of this code (tests/test_train_graphs.py) pass on a GPU.
+    cuda_graph: str = "off"
     sync_bn: bool = True  # under DDP, BatchNorm statistics over the global batch (as one process)
     threads: int | None = None  # torch CPU threads (None: torch's default)
 
