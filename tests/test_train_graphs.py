@@ -5,7 +5,9 @@ around it is device-independent and tested here on the CPU by running the traine
 "emulate" graph mode: every step goes through :class:`cegeo.train._GraphStep` (static input
 buffers, the learning rate as a device tensor read by fused SGD, gradients set to None at the
 start of the step, the warm-up steps and the snapshot they are undone with), only without
-``torch.cuda.graph``. That run must follow the plain loop's trajectory.
+``torch.cuda.graph``. That run must follow the plain loop's trajectory. And what a graph captures,
+for every model and loss, must never read a value back to the host (checked op by op with a
+dispatch mode), since such an op cannot be captured.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cegeo._validation import InputError
 from cegeo.config import RunConfig, override
@@ -175,6 +178,110 @@ def test_graph_mode_choice_on_cpu():
         Trainer(config(runtime__cuda_graph="on"), progress=False).setup()
     with pytest.raises(ValueError, match=r"`runtime.cuda_graph` must be one of 'auto', 'on', 'off'"):
         config(runtime__cuda_graph="yes")
+
+
+# Ops that make the host wait for the device (a value or a data-dependent shape read back): illegal
+# inside a CUDA graph capture. `float(t)`, `t.item()`, `if t:` all go through _local_scalar_dense.
+_HOST_SYNC = {"_local_scalar_dense", "item", "is_nonzero", "equal", "allclose", "nonzero", "masked_select"}
+_HOST_SYNC |= {
+    "unique",
+    "_unique",
+    "_unique2",
+    "unique_consecutive",
+    "unique_dim",
+    "bincount",
+    "repeat_interleave",
+}
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Records every op that synchronises with the host (forward, backward and optimizer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        name = func.overloadpacket.__name__
+        if name in _HOST_SYNC or (name in _INDEX and _has_mask(args)):
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+# Boolean-mask indexing runs nonzero inside the kernel, out of the mode's sight: flag it by its mask.
+_INDEX = {"index", "index_put", "index_put_", "_index_put_impl_"}
+
+
+def _has_mask(args) -> bool:
+    indices = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
+
+
+GAUSS = {
+    "data.source": "gaussian",
+    "data.imbalance": "step:R=5,rho=0.5",
+    "data.options": {"k": 4, "d": 6, "n_per_class": 60, "n_test_per_class": 10},
+    "model.options": {"width": 16, "depth": 2},
+    "train.batch_size": 32,
+    "train.drw_epoch": 1,
+    "train.epochs": 2,
+    "runtime.threads": 1,
+}
+GAUSS_RUN = {"train.epochs": 2, "train.drw_epoch": 1, "optim.milestones": (1,)}
+MODELS = {
+    "mlp": {},
+    "cnn": {"model.name": "cnn", "model.options": {"width": 8}},
+    "resnet32": {"model.name": "resnet32", "model.options": {"width": 4}},
+    "resnet18": {"model.name": "resnet18", "model.options": {"width": 4}},
+}
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("loss", ["ce", "wce", "la", "cdt", "ldt", "vs", "balanced_softmax", "ldam"])
+def test_captured_code_never_waits_for_the_device(emulate, model, loss):
+    """What a graph captures (every model x loss, both DRW losses, the probes' forward) never
+    reads a value back to the host: such an op fails a capture, or silently bakes in its value."""
+    base = GAUSS if model == "mlp" else {**DIGITS, **GAUSS_RUN, **MODELS[model]}
+    options = dict(base.get("model.options", {}))
+    if loss == "ldam":
+        options["cosine_classifier"] = True
+    cfg = override(RunConfig(), {**base, "model.options": options, "loss.name": loss})
+    t = Trainer(cfg, progress=False).setup()
+    size = t.batch_sizes[-1]
+    x, y = t.x["train"][:size], t.y["train"][:size]
+    t.model.train()
+    for group in t.optimizer.param_groups:
+        group["lr"] = t._lr
+    t._lr.fill_(0.05)
+    losses = t._graph_losses(0)
+    assert len(losses) == 2 and getattr(losses[1], "omega", None) is not None
+    for loss_fn in losses:
+        t._train_step(loss_fn, x, y, y)  # creates the momentum buffers, as the warm-up does
+        with _HostSyncs() as mode:
+            t._train_step(loss_fn, x, y, y)
+        assert mode.ops == [], (model, loss, mode.ops)
+        assert mode.count > 20  # the mode saw the step (forward, backward, optimizer)
+    t.model.eval()
+    with _HostSyncs() as mode:
+        t._eval_forward(t.x["train"][: t.config.train.eval_batch_size])
+    assert mode.ops == [] and mode.count > 5
+
+
+def test_the_host_sync_detector_detects():
+    """The check above would fail on the classic offenders."""
+    bn = torch.nn.BatchNorm1d(4, momentum=None)  # cumulative average: float(num_batches_tracked)
+    with _HostSyncs() as mode:
+        bn(torch.randn(8, 4))
+    assert mode.ops
+    with _HostSyncs() as mode:
+        t = torch.tensor([0, 2, 0])
+        _ = t[t > 0]
+        t[t > 0] = 1
+        _ = t[torch.tensor([0, 2])]  # integer indices are fine
+        _ = bool(t.sum())
+    assert [op.split(".")[1] for op in mode.ops] == ["index", "index_put_", "_local_scalar_dense"]
 
 
 @pytest.mark.cuda
