@@ -107,6 +107,36 @@ def test_graph_steps_follow_the_plain_loop(emulate, plain, eval_batch):
     assert float(t._lr) == pytest.approx(0.01, rel=1e-6)
 
 
+def _addresses(t: Trainer) -> dict[str, int]:
+    """Where every tensor a captured graph reads or writes lives."""
+    out = {f"state.{k}": v.data_ptr() for k, v in t.model.state_dict().items()}
+    for i, p in enumerate(t.model.parameters()):
+        out[f"momentum.{i}"] = t.optimizer.state[p]["momentum_buffer"].data_ptr()
+    out.update({f"acc.{k}": v.data_ptr() for k, v in t._acc.items()})
+    out["lr"] = t._lr.data_ptr()
+    for key, g in [*t._graphs.items(), ("eval", t._eval_graph)]:
+        out.update({f"graph.{key}.{i}": b.data_ptr() for i, b in enumerate(g.buffers)})
+    return out
+
+
+def test_captured_tensors_stay_in_place_for_the_whole_run(emulate, tmp_path):
+    """A replay updates the tensors it was captured with: nothing in the run (probes, checkpoints,
+    the DRW switch, the restore after the warm-up) may swap one for a new tensor."""
+    seen = {}
+    prepare = Trainer._prepare_graphs
+
+    def spy(self, start_epoch):
+        prepare(self, start_epoch)
+        seen["after_capture"] = _addresses(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "_prepare_graphs", spy)
+        t = Trainer(config(), tmp_path / "run", progress=False)
+        t.run()
+    assert _addresses(t) == seen["after_capture"]
+    assert all(g["lr"] is t._lr for g in t.optimizer.param_groups)
+
+
 def test_without_the_snapshot_the_warm_up_would_leak(emulate, monkeypatch, plain):
     """The equality above is not vacuous: skip the restore and the run drifts."""
     monkeypatch.setattr(Trainer, "_restore_snapshot", lambda self, snap: None)
