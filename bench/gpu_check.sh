@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks, run once on a lent GPU machine from the repository root:
 #   bash bench/gpu_check.sh OUTDIR
-# CUDA tests, a CUDA `cegeo train` smoke run, the trainer benchmark with and without CUDA graphs
-# (and with UFM=1 the UFM benchmark).
+# In order of importance, each section with its own time limit and its output in OUTDIR as it
+# goes (a device session may end early): the CUDA-graph tests, the trainer benchmark with CUDA
+# graphs, the other CUDA tests, a CUDA `cegeo train` smoke run with graphs, the benchmark without
+# graphs; with UFM=1 also the UFM benchmark (measured before: 185x).
 # cegeo runs from the checkout (PYTHONPATH=src); nothing is installed.
 set -u
 OUT=${1:-/tmp/gpu_check}
@@ -10,12 +12,17 @@ mkdir -p "$OUT"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu.txt"
+PYTEST=(python -m pytest -q -p no:cacheprovider -m cuda -o addopts="--import-mode=importlib")
 
-echo "== CUDA tests"
-timeout 200 python -m pytest -q -p no:cacheprovider -m cuda -o addopts="--import-mode=importlib" \
-  tests/test_losses.py tests/test_models.py tests/test_ufm.py tests/test_train.py tests/test_train_graphs.py \
-  tests/test_estimator.py \
-  2>&1 | tail -25 | tee "$OUT/cuda_tests.txt"
+echo "== CUDA-graph tests"
+timeout 240 "${PYTEST[@]}" tests/test_train_graphs.py 2>&1 | tail -40 | tee "$OUT/cuda_graph_tests.txt"
+
+echo "== bench/train.py --device cuda (CUDA graphs: the benchmark's default)"
+timeout 240 python bench/train.py --device cuda --json "$OUT/bench_train.json" 2>&1 | tail -40 | tee "$OUT/bench_train.txt"
+
+echo "== other CUDA tests"
+timeout 200 "${PYTEST[@]}" tests/test_losses.py tests/test_models.py tests/test_ufm.py tests/test_train.py \
+  tests/test_estimator.py 2>&1 | tail -25 | tee "$OUT/cuda_tests.txt"
 
 echo "== cegeo train on CUDA with CUDA graphs (digits, mlp, ldt gamma=0.5, 20 epochs)"
 timeout 120 python -m cegeo train --data digits --imbalance step:R=10,rho=0.5 --model mlp --loss ldt \
@@ -28,13 +35,10 @@ print("test balanced accuracy", f["test"]["balanced_accuracy"], "minority recall
 print("dist_W", f["geometry"]["dist_W"], "nc1", f["geometry"]["nc1"])
 PY
 
-echo "== bench/train.py --device cuda (defaults: CUDA graphs on)"
-timeout 300 python bench/train.py --device cuda --json "$OUT/bench_train.json" 2>&1 | tail -40 | tee "$OUT/bench_train.txt"
-
 echo "== bench/train.py --device cuda --cuda-graph off"
-timeout 300 python bench/train.py --device cuda --cuda-graph off --json "$OUT/bench_train_nograph.json" 2>&1 | tail -40 | tee "$OUT/bench_train_nograph.txt"
+timeout 240 python bench/train.py --device cuda --cuda-graph off --json "$OUT/bench_train_nograph.json" 2>&1 | tail -40 | tee "$OUT/bench_train_nograph.txt"
 
-if [ "${UFM:-0}" = 1 ]; then  # measured before (185x); UFM=1 repeats it
+if [ "${UFM:-0}" = 1 ]; then
   echo "== bench/ufm.py --device cuda"
   timeout 200 python bench/ufm.py --device cuda 2>&1 | tail -30 | tee "$OUT/bench_ufm.txt"
 fi
