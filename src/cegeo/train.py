@@ -14,10 +14,15 @@ How it works (airbench / nanoGPT style):
   ``torch.multinomial`` from per-sample probabilities ``q_{y_i} / n_{y_i}``; augmentation draws
   from its own generator. The generators' states are checkpointed, so a resumed run continues
   the exact same stream.
-* **One loop**: learning rate as a pure function of the step (:func:`lr_at`), forward under
-  bf16 autocast on CUDA (channels-last layout for conv nets), backward, SGD step,
-  ``zero_grad(set_to_none=True)``. Deferred re-weighting (``train.drw_epoch``) swaps in
+* **One loop**: learning rate as a pure function of the step (:func:`lr_at`),
+  ``zero_grad(set_to_none=True)``, forward under bf16 autocast on CUDA (channels-last layout for
+  conv nets), backward, SGD step. Deferred re-weighting (``train.drw_epoch``) swaps in
   ``loss.with_omega(class_balanced_weights(...))`` after that many epochs.
+* **CUDA graphs** (``runtime.cuda_graph``, one CUDA process): that step, fused SGD reading the
+  learning rate from a device tensor included, is captured once per (loss, batch size) and
+  replayed, as is the probes' forward pass; the batch is gathered and augmented outside the
+  graph and copied into its static buffers. The warm-up steps the capture needs are undone
+  in place, so graphs do not change the trajectory (:class:`_GraphStep`).
 * **Probes** every ``train.probe_every`` epochs and after the last one, under ``torch.no_grad()``
   and ``model.eval()``: a pass over the full training split, then validation and test, each
   counting predictions into a confusion matrix on the device (:func:`cegeo.metrics.summary_from_confusion`)
