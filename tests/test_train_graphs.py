@@ -51,6 +51,7 @@ def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
 def plain():
     t = Trainer(config(), progress=False)
     t.run()
+    assert not t._graphs and t.graph_mode is None  # the eager loop, not an emulated graph
     return t
 
 
