@@ -350,6 +350,7 @@ def test_cuda_graph_run_matches_eager_on_cuda(monkeypatch, compile_):
             torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
     for r, s in zip(runs["on"].records, runs["off"].records, strict=True):
         assert r["train_loss"] == pytest.approx(s["train_loss"], rel=1e-4)
+        assert r["train_loss_eval"] == pytest.approx(s["train_loss_eval"], rel=1e-4)  # eval graph
         assert r["test"]["n"] == s["test"]["n"]
         assert r["geometry"]["dist_W"] == pytest.approx(s["geometry"]["dist_W"], rel=1e-3)
 
