@@ -43,6 +43,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._validation import InputError, check_choice, check_finite, check_int, check_positive, fail
+from .data._splits import _split_rule, _stratified_take
 from .losses import create_loss, get_loss_info, list_losses
 
 try:  # scikit-learn >= 1.6
@@ -139,14 +140,8 @@ def _stratified_split(
             f"class {_label(classes[c])!r} has {int(counts[c])} sample(s), too few for the post-hoc validation "
             "split (`posthoc` needs at least 2 samples per class: one to train on, one to validate)."
         )
-    sizes = np.minimum(np.clip(np.floor(fraction * counts + 0.5).astype(np.int64), 1, None), counts - 1)
-    train, val = [], []
-    for c in range(classes.size):
-        idx = np.flatnonzero(y == c)
-        idx = idx[rng.permutation(idx.size)]
-        val.append(idx[: sizes[c]])
-        train.append(idx[sizes[c] :])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    val, train = _stratified_take(y, _split_rule(counts, fraction), rng)
+    return train, val
 
 
 def _posthoc_params(

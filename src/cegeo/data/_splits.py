@@ -130,10 +130,14 @@ def _stratified_take(
     return np.sort(np.concatenate(chosen)), np.sort(np.concatenate(rest))
 
 
+def _split_rule(counts: np.ndarray, fraction: float) -> np.ndarray:
+    """``round(fraction * n_c)`` per class, at least 1 and at most ``n_c - 1`` (counts >= 2)."""
+    sizes = np.clip(np.floor(fraction * counts + 0.5).astype(np.int64), 1, None)
+    return np.minimum(sizes, counts - 1)
+
+
 def _split_sizes(counts: np.ndarray, fraction: float, what: str, param: str) -> np.ndarray:
-    """``round(fraction * n_c)`` per class, at least 1 and at most ``n_c - 1``."""
-    sizes = np.floor(fraction * counts + 0.5).astype(np.int64)
-    sizes = np.clip(sizes, 1, None)
+    """:func:`_split_rule`, with an error naming the first class of fewer than 2 samples."""
     small = np.flatnonzero(counts < 2)
     if small.size:
         c = int(small[0])
@@ -141,7 +145,7 @@ def _split_sizes(counts: np.ndarray, fraction: float, what: str, param: str) -> 
             f"class {c} has {int(counts[c])} sample(s), too few for a {what} split (`{param}` needs at "
             "least 2 per class: one for each side)."
         )
-    return np.minimum(sizes, counts - 1)
+    return _split_rule(counts, fraction)
 
 
 def _largest_n_max(profile: Profile, available: np.ndarray) -> int:
