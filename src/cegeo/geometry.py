@@ -52,6 +52,7 @@ from ._validation import check_class_counts, check_int, fail
 from .data.imbalance import Groups
 from .data.imbalance import groups as make_groups
 from .theory import Geometry, distance, group_summary, predict
+from .theory._closed_form import _cos, _norms
 
 __all__ = ["FeatureStats", "GeometryProbe", "classifier_weight", "feature_stats", "measure"]
 
@@ -277,15 +278,15 @@ class GeometryProbe:
 
     @property
     def w_norms(self) -> np.ndarray:
-        return np.sqrt(np.clip(np.diag(self.G_W), 0, None))
+        return _norms(self.G_W)
 
     @property
     def h_norms(self) -> np.ndarray:
-        return np.sqrt(np.clip(np.diag(self.G_H), 0, None))
+        return _norms(self.G_H)
 
     @property
     def h_norms_centred(self) -> np.ndarray:
-        return np.sqrt(np.clip(np.diag(self.G_H_centred), 0, None))
+        return _norms(self.G_H_centred)
 
     @property
     def cos_wh(self) -> np.ndarray:
@@ -328,11 +329,6 @@ class GeometryProbe:
             out["cos_H_centred"] = _cos(self.G_H_centred).tolist()
             out["M"] = self.M.tolist()
         return out
-
-
-def _cos(G: np.ndarray) -> np.ndarray:
-    d = np.sqrt(np.clip(np.diag(G), 1e-300, None))
-    return G / np.outer(d, d)
 
 
 def _theory_for(loss: Any, counts: np.ndarray, grp: Groups) -> Geometry | None:

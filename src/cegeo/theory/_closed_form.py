@@ -118,7 +118,13 @@ def psd_sqrt(A: np.ndarray) -> np.ndarray:
     return (vecs * np.sqrt(vals)) @ vecs.T
 
 
+def _norms(G: np.ndarray) -> np.ndarray:
+    """The vectors' norms from their Gram matrix (its diagonal, clipped at 0 against rounding)."""
+    return np.sqrt(np.clip(np.diag(G), 0, None))
+
+
 def _cos(G: np.ndarray) -> np.ndarray:
+    """The vectors' pairwise cosines from their Gram matrix."""
     d = np.sqrt(np.clip(np.diag(G), 1e-300, None))
     return G / np.outer(d, d)
 
@@ -210,12 +216,12 @@ class Geometry:
     @property
     def w_norms(self) -> np.ndarray:
         """||w_c||, shape (k,)."""
-        return np.sqrt(np.clip(np.diag(self.G_W), 0, None))
+        return _norms(self.G_W)
 
     @property
     def h_norms(self) -> np.ndarray:
         """||h_c||, shape (k,)."""
-        return np.sqrt(np.clip(np.diag(self.G_H), 0, None))
+        return _norms(self.G_H)
 
     @property
     def cos_W(self) -> np.ndarray:
