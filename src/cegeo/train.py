@@ -47,7 +47,6 @@ How it works (airbench / nanoGPT style):
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import time
@@ -912,9 +911,7 @@ class Trainer:
             return h[:b], z[:b]
         if not self.compile:
             return self._features_logits(self.inputs(xb))
-        if b < eb:
-            xb = torch.cat([xb, xb.new_zeros((eb - b, *xb.shape[1:]))])
-        h, z = self._eval_compiled(self.inputs(xb))
+        h, z = self._eval_compiled(self.inputs(_pad_rows(xb, eb)))
         return h[:b], z[:b]
 
     @torch.no_grad()
@@ -1074,6 +1071,7 @@ class Trainer:
         return losses
 
     def _snapshot(self) -> tuple[list[Tensor], list[Tensor | None]]:
+        """Copies of the weights, buffers and momentum, for a warm-up (compile, graphs) to undo."""
         weights = [t.detach().clone() for t in self.model.state_dict().values()]
         momenta = [
             None if (b := self.optimizer.state.get(p, {}).get("momentum_buffer")) is None else b.clone()
@@ -1130,10 +1128,7 @@ class Trainer:
             # The probes' forward pass, in its own pool: its outputs are read after each replay.
             self.model.eval()
             eb = self.config.train.eval_batch_size
-            rows = self.x["train"][:eb]
-            if rows.shape[0] < eb:
-                rows = torch.cat([rows, rows.new_zeros((eb - rows.shape[0], *rows.shape[1:]))])
-            g = _GraphStep(self._eval_forward, (rows,), capture)
+            g = _GraphStep(self._eval_forward, (_pad_rows(self.x["train"][:eb], eb),), capture)
             g.warm_up(2)
             g.capture()
             self._eval_graph = g
@@ -1163,7 +1158,7 @@ class Trainer:
 
     def _warm_up_compiled(self) -> None:
         """Compile the training step for every batch shape and the eval pass, restore the weights."""
-        saved = copy.deepcopy(self.model.state_dict())
+        saved = self._snapshot()
         world, rank = self.dist.world, self.dist.rank
         for size in self.batch_sizes:
             idx = torch.arange(size, device=self.device)[rank::world]
@@ -1171,7 +1166,7 @@ class Trainer:
                 out = self.train_model(self.inputs(self.x["train"][idx]))
             (out.float().sum() * 0.0).backward()
         self.optimizer.zero_grad(set_to_none=True)
-        self.model.load_state_dict(saved)
+        self._restore_snapshot(saved)
         self.model.eval()
         with torch.no_grad():  # a full and a padded batch (their layouts differ when C = 1)
             self._eval_batch(self.x["train"][: self.config.train.eval_batch_size])
@@ -1396,6 +1391,13 @@ def _rewrite_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
     with atomic_open(path, "w") as fh:
         for r in records:
             fh.write(dumps_json(r, indent=None) + "\n")
+
+
+def _pad_rows(x: Tensor, rows: int) -> Tensor:
+    """``x`` with zero rows appended up to ``rows`` (the static shape of the eval graphs)."""
+    if x.shape[0] >= rows:
+        return x
+    return torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))])
 
 
 def _plain_lr(state: dict[str, Any]) -> dict[str, Any]:
