@@ -632,6 +632,19 @@ class _LogitAffine(Rebalancer):
         self.search_ = {"param": param, "grid": grid.tolist(), "scores": scores.tolist()}
         return choice
 
+    def _fit_family(
+        self, data: _FitData, metric: str, param: str, make: Callable[[float], tuple[np.ndarray, np.ndarray]]
+    ) -> float:
+        """Fit a one-parameter family ``make(value) -> (scale, offset)``: the fixed value of
+        ``self.<param>``, or the best over ``self.grid`` when it is None. Sets ``scale_``,
+        ``offset_``, ``chosen_`` and returns the value."""
+        value = _check_param(param, getattr(self, param))
+        if value is None:
+            value = self._search(data, metric, param, _check_grid("grid", self.grid), make)
+        self.scale_, self.offset_ = make(value)
+        self.chosen_ = {param: value}
+        return value
+
 
 class PosthocLA(_LogitAffine):
     """Post-hoc logit adjustment ``z_c - tau log pi_c`` (Menon et al. 2021, THEORY.md §7).
@@ -679,12 +692,7 @@ class PosthocLA(_LogitAffine):
         def make(tau: float) -> tuple[np.ndarray, np.ndarray]:
             return ones, -tau * log_prior
 
-        tau = _check_param("tau", self.tau)
-        if tau is None:
-            tau = self._search(data, metric, "tau", _check_grid("grid", self.grid), make)
-        self.tau_ = tau
-        self.scale_, self.offset_ = make(tau)
-        self.chosen_ = {"tau": tau}
+        self.tau_ = self._fit_family(data, metric, "tau", make)
 
 
 # Relative tolerance for logits == features @ W.T: bf16 autocast rounds logits at ~4e-3, while a
@@ -774,13 +782,8 @@ class TauNorm(_LogitAffine):
         def make(tau: float) -> tuple[np.ndarray, np.ndarray]:
             return _geo_normalise(norms**-tau), zeros
 
-        tau = _check_param("tau", self.tau)
-        if tau is None:
-            tau = self._search(data, metric, "tau", _check_grid("grid", self.grid), make)
-        self.tau_ = tau
+        self.tau_ = self._fit_family(data, metric, "tau", make)
         self.w_norms_ = norms
-        self.scale_, self.offset_ = make(tau)
-        self.chosen_ = {"tau": tau}
 
     def _extra_dict(self) -> dict[str, Any]:
         return {**super()._extra_dict(), "w_norms": self.w_norms_.tolist()}
@@ -872,14 +875,9 @@ class GeometryRebalancer(_LogitAffine):
         def make(beta: float) -> tuple[np.ndarray, np.ndarray]:
             return _geo_normalise(norms**-beta), zeros
 
-        beta = _check_param("beta", self.beta)
-        if beta is None:
-            beta = self._search(data, metric, "beta", _check_grid("grid", self.grid), make)
-        self.beta_ = beta
+        self.beta_ = self._fit_family(data, metric, "beta", make)
         self.loss_ = loss
         self.predicted_w_norms_ = norms
-        self.scale_, self.offset_ = make(beta)
-        self.chosen_ = {"beta": beta}
 
     def _extra_dict(self) -> dict[str, Any]:
         return {
