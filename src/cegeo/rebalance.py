@@ -58,7 +58,7 @@ from sklearn.exceptions import NotFittedError
 from . import metrics as _metrics
 from ._io import read_json
 from ._registry import Registry
-from ._validation import InputError, check_class_counts, check_fraction, check_int, fail
+from ._validation import InputError, check_class_counts, check_finite, check_fraction, check_int, fail
 from .data.imbalance import Groups
 from .data.imbalance import groups as make_groups
 
@@ -473,17 +473,13 @@ def _check_grid(param: str, grid: Any) -> np.ndarray:
 
 
 def _check_param(param: str, value: Any) -> float | None:
+    """None (tune on validation) or :func:`check_finite`'s float, with the error saying both."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise fail(param, "None (tune on validation) or a finite number", value)
     try:
-        v = float(value)
-    except (TypeError, ValueError):
+        return check_finite(param, value)
+    except InputError:
         raise fail(param, "None (tune on validation) or a finite number", value) from None
-    if not math.isfinite(v):
-        raise fail(param, "None (tune on validation) or a finite number", value)
-    return v
 
 
 def _geo_normalise(scale: np.ndarray) -> np.ndarray:
