@@ -6,7 +6,6 @@ exits with status 2.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -145,15 +144,3 @@ def exactly_one(option_values: dict[str, Any]) -> str:
         names = " | ".join(option_values)
         raise InputError(f"give exactly one of {names}; got {len(given)} ({', '.join(given) or 'none'}).")
     return given[0]
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=_json_default, allow_nan=False)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

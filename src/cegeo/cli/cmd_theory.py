@@ -18,6 +18,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from .._io import dumps_json
 from .._validation import InputError, fail
 from ..data.imbalance import Groups, step_groups
 from ..losses import get_loss_info
@@ -33,7 +34,6 @@ from ..theory import (
 from . import app
 from ._common import (
     console,
-    dump_json,
     err_console,
     exactly_one,
     longtail_float_counts,
@@ -66,21 +66,6 @@ def _fmt(v: float) -> str:
     if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
         return f"{v:.3e}"
     return f"{v:.4f}"
-
-
-def _clean(obj: Any) -> Any:
-    """NaN/inf -> None, numpy -> Python, recursively (JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _profile(
@@ -355,7 +340,7 @@ def theory_command(
         _write_plot(plot, loss, extra, class_counts, groups, grid, desc)
         (err_console if as_json else console).print(f"wrote {plot}")
     if as_json:
-        typer.echo(dump_json(_clean(out)))
+        typer.echo(dumps_json(out))
 
 
 def _sym_table(sym: np.ndarray, counts: np.ndarray, groups: Groups, per_class: bool) -> Table:
