@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -279,11 +280,41 @@ def test_with_omega_keeps_temperatures():
         ({"class_counts": [10, 2], "tau": float("inf")}, r"`tau` must be a finite number"),
         ({"class_counts": [10, 2], "gamma": 1.0}, r"loss 'la' takes tau; got unknown hyperparameter"),
         ({"class_counts": None}, r"`class_counts` must be the per-class training counts"),
+        ({"class_counts": [10**20, 2]}, r"`class_counts` must be integers no larger than 2\*\*53"),
+        ({"class_counts": [10**8, 1], "tau": 1e308}, r"`tau` must be a value that keeps the la loss's"),
     ],
 )
 def test_create_loss_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         create_loss("la", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "name, counts, hyper, match",
+    [
+        # (5/1)^-1e6 underflows to 0: the message names gamma, not the broken delta_label.
+        (
+            "ldt",
+            [5, 1],
+            {"gamma": 1e6},
+            r"^`gamma` must be a value that keeps the ldt loss's .* got 1000000.0\.$",
+        ),
+        (
+            "wce",
+            [10**8, 1],
+            {"gamma": 100},
+            r"^`gamma` must be a value that keeps the wce loss's .*R = 1e\+08",
+        ),
+        ("vs", [10, 1], {"tau": 1e308}, r"^`gamma, tau` must be values that keep the vs loss's"),
+        ("cdt", [10, 1], {"normalize": -3}, r"^`normalize` must be 0 or 1"),
+        ("ldt", [10, 1], {"normalize": 0.5}, r"^`normalize` must be 0 or 1"),
+    ],
+)
+def test_hyperparameters_that_break_the_vectors_are_named(name, counts, hyper, match):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from the overflow reaches the user
+        with pytest.raises(ValueError, match=match):
+            create_loss(name, counts, **hyper)
 
 
 def test_unknown_loss_lists_valid_names():
@@ -327,10 +358,21 @@ def test_parametric_ce_constructor_errors(kwargs, match):
         (torch.zeros(4, 5), torch.tensor([0, 1, 2, 0]), r"`logits` must be a tensor with k = 3 columns"),
     ],
 )
-def test_forward_errors(logits, target, match):
-    loss = create_loss("ldt", [30, 10, 1])
+@pytest.mark.parametrize("name", ["ldt", "ce", "balanced_softmax"])
+def test_forward_errors(name, logits, target, match):
+    loss = create_loss(name, [30, 10, 1])
     with pytest.raises(ValueError, match=match):
         loss(logits, target)
+
+
+def test_num_classes_argument():
+    assert ParametricCE(num_classes=3).num_classes == 3
+    assert ParametricCE().num_classes is None
+    assert create_loss("ce", [30, 10, 1]).with_omega([1.0, 2.0, 3.0]).num_classes == 3
+    with pytest.raises(
+        ValueError, match=r"`num_classes` must be the length of the per-class vectors \(2\); got 3"
+    ):
+        ParametricCE(iota=[0.0, 1.0], num_classes=3)
 
 
 @pytest.mark.cuda

@@ -108,6 +108,23 @@ def test_missing_classes_documented_behaviour():
             r"`normal_class` must be a class in 0..1",
         ),
         (lambda: false_alarm_error([0, 0], [0, 1], normal_class=1), r"`normal_class` 1 has no samples"),
+        (
+            lambda: classification_summary([0, 1, 2, 3], [0, 1, 2, 0], 4, groups=groups([10, 1])),
+            r"`groups` must be cegeo.data.Groups for 4 classes; got 2",
+        ),
+        (
+            lambda: summary_from_confusion([[3, 1], [1, 2]], groups=[0, 1]),
+            r"`groups` must be cegeo.data.Groups for 2 classes; got 'list'",
+        ),
+        (
+            lambda: summary_from_confusion([[3, 1], [1, 2]], normal_class=-1),
+            r"`normal_class` must be a class in 0..1; got -1",
+        ),
+        (lambda: summary_from_confusion([[3, 1], [1, 2]], normal_class=5), r"`normal_class` must be a class"),
+        (lambda: summary_from_confusion([[3, 1, 0], [1, 2, 0]]), r"`confusion` must be a square"),
+        (lambda: summary_from_confusion([[3, 1], [1, -2]]), r"`confusion` must be non-negative integer"),
+        (lambda: summary_from_confusion([[3, 1.5], [1, 2]]), r"`confusion` must be non-negative integer"),
+        (lambda: summary_from_confusion([]), r"`confusion` must be a square"),
     ],
 )
 def test_metric_errors(call, match):

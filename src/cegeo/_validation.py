@@ -129,6 +129,8 @@ def check_class_counts(class_counts: Any, param: str = "class_counts") -> np.nda
         raise fail(param, "a non-empty sequence of positive integers", class_counts) from None
     if arr.ndim != 1 or arr.size == 0:
         raise fail(param, "a non-empty 1-D sequence of positive integers", class_counts)
+    if arr.dtype == object and all(isinstance(v, int) and not isinstance(v, bool) for v in arr):
+        arr = arr.astype(np.float64)  # Python ints beyond int64: refused by the size check below
     if arr.dtype == bool or not (
         np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
     ):
@@ -138,6 +140,8 @@ def check_class_counts(class_counts: Any, param: str = "class_counts") -> np.nda
             raise fail(param, "integers", class_counts)
     if np.any(arr <= 0):
         raise fail(param, "positive integers (no empty class)", class_counts)
+    if np.any(arr > 2**53):
+        raise fail(param, "integers no larger than 2**53", class_counts)
     return arr.astype(np.int64)
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._registry import Registry
-from ._validation import InputError, as_float_vector, check_class_counts, check_finite, fail
+from ._validation import InputError, as_float_vector, check_class_counts, check_finite, check_int, fail
 
 __all__ = [
     "LDAMLoss",
@@ -109,6 +109,9 @@ class ParametricCE(nn.Module):
     validate : bool
         Check shapes, dtypes and the label range on every call (one device sync). Trainers
         that validated their labels once may switch it off.
+    num_classes : int, optional
+        k, for a loss with no per-class vector (plain CE made for given class counts), so
+        ``forward`` still checks the logits' k. With vectors, it must equal their length.
 
     Attributes
     ----------
@@ -151,6 +154,7 @@ class ParametricCE(nn.Module):
         reduction: str = "mean",
         *,
         validate: bool = True,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.reduction = _check_reduction(reduction)
@@ -168,7 +172,13 @@ class ParametricCE(nn.Module):
         lengths = {name: v.size for name, v in given.items()}
         if len(set(lengths.values())) > 1:
             raise fail("omega/delta_logit/delta_label/iota", "vectors of one length k", lengths)
-        self.num_classes: int | None = next(iter(lengths.values())) if lengths else None
+        k = next(iter(lengths.values())) if lengths else None
+        if num_classes is not None:
+            num_classes = check_int("num_classes", num_classes, minimum=2)
+            if k is not None and num_classes != k:
+                raise fail("num_classes", f"the length of the per-class vectors ({k})", num_classes)
+            k = num_classes
+        self.num_classes: int | None = k
         for name in ("omega", "delta_logit", "delta_label"):
             if name in given and np.any(given[name] <= 0):
                 raise fail(name, "positive numbers", given[name])
@@ -190,6 +200,7 @@ class ParametricCE(nn.Module):
             iota=_np(self.iota),
             reduction=self.reduction,
             validate=self.validate,
+            num_classes=self.num_classes,
         )
         if getattr(self, "spec", None) is not None:
             new.spec = self.spec  # type: ignore[attr-defined]
@@ -380,6 +391,25 @@ class LossInfo:
             )
         return {key: check_finite(key, hyper.get(key, default)) for key, default in self.defaults.items()}
 
+    def make(self, counts: np.ndarray, params: Mapping[str, float]) -> nn.Module:
+        """``build(counts, **params)``, with an error naming the hyperparameters when the
+        per-class vectors they give overflow or vanish (e.g. gamma = 1e6 on R = 5)."""
+        with np.errstate(all="ignore"):
+            try:
+                return self.build(counts, **params)
+            except InputError as err:
+                named = [p for p in params if p != "normalize"]
+                if not named or err.args[0].startswith("`normalize`"):
+                    raise
+                one = len(named) == 1
+                raise fail(
+                    ", ".join(named),
+                    f"{'a value that keeps' if one else 'values that keep'} the {self.name} loss's "
+                    "per-class weights and temperatures finite and positive for counts with "
+                    f"R = {counts.max() / counts.min():g}",
+                    params[named[0]] if one else {p: params[p] for p in named},
+                ) from err
+
 
 @dataclass(frozen=True)
 class LossSpec:
@@ -393,7 +423,9 @@ class LossSpec:
 _LOSSES: Registry[LossInfo] = Registry("loss")
 
 
-def _power_temperatures(counts: np.ndarray, gamma: float, normalize: bool) -> np.ndarray:
+def _power_temperatures(counts: np.ndarray, gamma: float, normalize: float) -> np.ndarray:
+    if normalize not in (0.0, 1.0):
+        raise fail("normalize", "0 or 1 (1: scale the temperatures to mean 1)", normalize)
     t = (counts / counts.max()) ** gamma
     return t * (counts.size / t.sum()) if normalize else t
 
@@ -408,22 +440,25 @@ def _wce(counts: np.ndarray, gamma: float) -> ParametricCE:
 
 
 def _cdt(counts: np.ndarray, gamma: float, normalize: float) -> ParametricCE:
-    return ParametricCE(delta_logit=_power_temperatures(counts, gamma, bool(normalize)))
+    return ParametricCE(delta_logit=_power_temperatures(counts, gamma, normalize))
 
 
 def _ldt(counts: np.ndarray, gamma: float, normalize: float) -> ParametricCE:
-    return ParametricCE(delta_label=_power_temperatures(counts, gamma, bool(normalize)))
+    return ParametricCE(delta_label=_power_temperatures(counts, gamma, normalize))
 
 
 def _vs(counts: np.ndarray, gamma: float, tau: float, normalize: float) -> ParametricCE:
     return ParametricCE(
-        delta_logit=_power_temperatures(counts, gamma, bool(normalize)), iota=tau * _log_prior(counts)
+        delta_logit=_power_temperatures(counts, gamma, normalize), iota=tau * _log_prior(counts)
     )
 
 
 for _info in (
     LossInfo(
-        "ce", "omega=1, Dc=1, Dl=1, iota=0 (plain cross-entropy)", {}, lambda c: ParametricCE(omega=None)
+        "ce",
+        "omega=1, Dc=1, Dl=1, iota=0 (plain cross-entropy)",
+        {},
+        lambda c: ParametricCE(num_classes=None if c is None else c.size),
     ),
     LossInfo(
         "wce",
@@ -537,7 +572,7 @@ def create_loss(name: str, class_counts: Any = None, **hyper: Any) -> nn.Module:
         module = info.build(None)
     else:
         counts = check_class_counts(class_counts)
-        module = info.build(counts.astype(np.float64), **params)
+        module = info.make(counts.astype(np.float64), params)
     module.spec = LossSpec(name, dict(params), tuple(int(c) for c in counts) if counts is not None else ())
     return module
 

@@ -225,6 +225,23 @@ def false_alarm_error(y_true: Any, y_pred: Any, normal_class: int, num_classes: 
     return float(np.mean(yp[normal] != c))
 
 
+def _check_confusion(confusion: Any) -> np.ndarray:
+    """A square (k, k) matrix of non-negative integer counts, as int64."""
+    try:
+        arr = np.asarray(confusion)
+    except (TypeError, ValueError):
+        raise fail("confusion", "a (k, k) matrix of non-negative integer counts", confusion) from None
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] == 0:
+        raise fail("confusion", "a square (k, k) matrix", getattr(arr, "shape", confusion))
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise fail("confusion", "non-negative integer counts", arr.dtype)
+    if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)) or np.any(arr < 0):
+        raise fail("confusion", "non-negative integer counts", arr)
+    return arr.astype(np.int64)
+
+
 def summary_from_confusion(
     confusion: Any, groups: Any = None, normal_class: int | None = None
 ) -> dict[str, Any]:
@@ -242,13 +259,27 @@ def summary_from_confusion(
     groups : cegeo.data.Groups, optional
     normal_class : int, optional
 
+    Raises
+    ------
+    ValueError
+        ``confusion`` not a square matrix of non-negative integer counts, ``groups`` not for k
+        classes, ``normal_class`` outside 0..k-1.
+
     Examples
     --------
     >>> s = summary_from_confusion([[3, 1], [0, 2]])
     >>> s["accuracy"], s["balanced_accuracy"], s["per_class"]["recall"]
     (0.8333333333333334, 0.875, [0.75, 1.0])
     """
-    cm = np.asarray(confusion, dtype=np.int64)
+    cm = _check_confusion(confusion)
+    k = cm.shape[0]
+    if groups is not None and (not isinstance(groups, Groups) or len(groups.labels) != k):
+        got = len(groups.labels) if isinstance(groups, Groups) else type(groups).__name__
+        raise fail("groups", f"cegeo.data.Groups for {k} classes", got)
+    if normal_class is not None:
+        normal_class = check_int("normal_class", normal_class)
+        if not 0 <= normal_class < k:
+            raise fail("normal_class", f"a class in 0..{k - 1}", normal_class)
     n = int(cm.sum())
     support = cm.sum(axis=1)
     predicted = cm.sum(axis=0)

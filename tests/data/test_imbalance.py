@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -73,6 +75,7 @@ def test_parse_profile_roundtrip():
             lambda: groups([10, 10, 1], thresholds=(100,)),
             r"`thresholds` must be a threshold that leaves both groups",
         ),
+        (lambda: groups([500, 50, 5], thresholds="10"), r"`thresholds` must be one or two numbers; got '10'"),
         (lambda: parse_profile("zipf:R=3"), r"`imbalance` must be 'step:R=..,rho=..'"),
         (lambda: parse_profile("step:R=10,k=3"), r"`imbalance` must be 'step:' with keys R, rho"),
         (
@@ -85,3 +88,31 @@ def test_parse_profile_roundtrip():
 def test_profile_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_scalar_threshold_is_one_threshold():
+    assert groups([500, 50], 100).labels == groups([500, 50], (100,)).labels == ("majority", "minority")
+
+
+def test_two_thresholds_may_leave_a_group_empty():
+    g = groups([5000, 2000, 500], thresholds=(100, 20))
+    assert g.labels == ("many", "many", "many") and g.members("few").size == 0
+
+
+@pytest.mark.parametrize(
+    "call, realised",
+    [
+        (lambda: step_counts(4, R=2.5, rho=0.5, n_max=4), "R = 4 "),
+        (lambda: longtail_counts(10, R=100, n_max=120), "R = 120 "),
+    ],
+)
+def test_rounded_ratio_far_from_R_warns(call, realised):
+    with pytest.warns(UserWarning, match=f"whole-number counts give {realised}"):
+        call()
+
+
+def test_ratio_within_rounding_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert step_counts(10, R=10, rho=0.5, n_max=124).tolist()[-1] == 12  # R = 10.33
+        longtail_counts(10, R=100, n_max=5000)

@@ -24,6 +24,7 @@ Sample order inside each split follows the source's order (the trainer shuffles)
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,7 +157,9 @@ def _largest_n_max(profile: Profile, available: np.ndarray) -> int:
 
     def fits(n: int) -> bool:
         try:
-            return bool(np.all(profile.counts_for(k, n) <= available))
+            with warnings.catch_warnings():  # a trial n's rounded ratio is not the user's business
+                warnings.simplefilter("ignore", UserWarning)
+                return bool(np.all(profile.counts_for(k, n) <= available))
         except InputError:  # n too small for the ratio (n_min < 1)
             return False
 

@@ -12,6 +12,7 @@ repositories use the "imbalance factor" ``1/R`` (0.01 means R = 100); cegeo neve
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,18 @@ def _check_ratio(R: Any) -> float:
     return r
 
 
+def _warn_if_rounded(counts: np.ndarray, r: float, kind: str) -> None:
+    """Warn when whole-number counts move the realised ratio more than 10% off the requested R."""
+    realised = float(counts.max() / counts.min())
+    if abs(realised / r - 1) > 0.10:
+        warnings.warn(
+            f"{kind} profile: whole-number counts give R = {realised:.3g} (n_max = {counts.max()}, "
+            f"n_min = {counts.min()}), not the requested R = {r:g}; use a larger n_max to get closer.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def step_k_min(k: int, rho: Any) -> int:
     """Number of minority classes ``rho * k``; must be a whole number in 1..k-1."""
     rho_f = check_finite("rho", rho)
@@ -63,7 +76,8 @@ def step_counts(k: int, R: float, rho: float, n_max: int) -> np.ndarray:
     rho : float
         Share of minority classes; ``rho * k`` must be a whole number in 1..k-1.
     n_max : int
-        Majority class size; ``n_min = floor(n_max / R)`` must be >= 1.
+        Majority class size; ``n_min = floor(n_max / R)`` must be >= 1. A UserWarning says so
+        when the whole-number counts put the realised ratio more than 10% off ``R``.
 
     Returns
     -------
@@ -86,7 +100,9 @@ def step_counts(k: int, R: float, rho: float, n_max: int) -> np.ndarray:
     n_min = math.floor(n_max / r + 1e-9)
     if n_min < 1:
         raise fail("n_max", f"a size with n_max / R >= 1 (R = {r:g})", n_max)
-    return np.array([n_max] * (k - k_min) + [n_min] * k_min, dtype=np.int64)
+    counts = np.array([n_max] * (k - k_min) + [n_min] * k_min, dtype=np.int64)
+    _warn_if_rounded(counts, r, "STEP")
+    return counts
 
 
 def longtail_counts(k: int, R: float, n_max: int) -> np.ndarray:
@@ -105,6 +121,7 @@ def longtail_counts(k: int, R: float, n_max: int) -> np.ndarray:
     counts = np.floor(n_max * r ** (-i / (k - 1)) + 1e-9).astype(np.int64)
     if counts.min() < 1:
         raise fail("n_max", f"a size with n_max / R >= 1 (R = {r:g})", n_max)
+    _warn_if_rounded(counts, r, "long-tail")
     return counts
 
 
@@ -160,13 +177,13 @@ class Groups:
         return {n: self.members(n).tolist() for n in self.names}
 
 
-def groups(class_counts: Any, thresholds: Sequence[float] | None = None) -> Groups:
+def groups(class_counts: Any, thresholds: float | Sequence[float] | None = None) -> Groups:
     """Label classes majority/minority, or many/medium/few.
 
     Parameters
     ----------
     class_counts : array-like of shape (k,)
-    thresholds : sequence of float, optional
+    thresholds : float or sequence of float, optional
         Without thresholds: classes whose count is the largest are the ``majority`` if the counts
         take exactly two values (a STEP profile), else classes with count >= the geometric mean of
         the extremes, sqrt(n_max * n_min), are the majority. With one threshold ``t``: count > t
@@ -177,7 +194,9 @@ def groups(class_counts: Any, thresholds: Sequence[float] | None = None) -> Grou
     Raises
     ------
     ValueError
-        Bad counts; thresholds that leave a group empty or are not decreasing.
+        Bad counts; thresholds not decreasing, or one threshold that leaves the majority or
+        the minority empty. (With two thresholds a group may be empty: e.g. no ``few`` class in
+        CIFAR-10-LT at R = 10; its recall is then NaN.)
 
     Examples
     --------
@@ -194,7 +213,11 @@ def groups(class_counts: Any, thresholds: Sequence[float] | None = None) -> Grou
         values = np.unique(c)
         cut = values[0] + 0.5 if values.size == 2 else math.sqrt(float(c.max()) * float(c.min()))
         return Groups(("majority", "minority"), tuple("majority" if n >= cut else "minority" for n in c))
-    ts = [check_finite("thresholds", t) for t in thresholds]
+    if isinstance(thresholds, (str, bytes)):
+        raise fail("thresholds", "one or two numbers", thresholds)
+    if np.ndim(thresholds) == 0:
+        thresholds = (thresholds,)  # type: ignore[assignment]
+    ts = [check_finite("thresholds", t) for t in thresholds]  # type: ignore[union-attr]
     if len(ts) == 1:
         labels = tuple("majority" if n > ts[0] else "minority" for n in c)
         out = Groups(("majority", "minority"), labels)

@@ -124,7 +124,7 @@ def theory_loss(name: str, class_counts: Any, **hyper: Any) -> nn.Module:
         raise fail("loss", f"a loss the theory covers ({', '.join(map(repr, theory_losses()))})", name)
     params = info.hyperparameters(hyper)
     counts = _counts(class_counts)
-    return info.build(counts, **params)
+    return info.make(counts, params)
 
 
 class EtfResidual(NamedTuple):
