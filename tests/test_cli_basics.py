@@ -3,9 +3,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from cegeo._io import writable_file, writable_folder
 from cegeo.cli._common import parse_grid, parse_hyper, parse_kv, parse_step
 
 
@@ -63,3 +65,70 @@ def test_usage_errors_are_one_line_with_status_2(cli, args, match):
 def test_no_arguments_prints_help(cli):
     r = cli()
     assert r.code == 0 and "Commands" in r.out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [
+            "train",
+            "--data",
+            "digits",
+            "--imbalance",
+            "step:R=10,rho=0.5",
+            "--epochs",
+            "1",
+            "--out",
+            "{f}/sub",
+        ],
+        ["sweep", "experiments/demo.toml", "--out", "{f}/sub"],
+        ["demo", "--fast", "--out", "{f}/sub"],
+        ["ufm", "--counts", "4,2", "--epochs", "3", "--out", "{f}/sub"],
+        ["theory", "--counts", "4,2", "--loss", "ldt", "--plot", "{f}/x.png"],
+        ["theory", "--counts", "4,2", "--loss", "ldt", "--plot", "{d}"],
+    ],
+    ids=["train", "sweep", "demo", "ufm", "theory-plot-under-a-file", "theory-plot-a-folder"],
+)
+def test_unusable_output_paths_fail_before_any_work(cli, tmp_path, monkeypatch, args):
+    """An --out under a file (or a --plot that is a folder) is one line and status 2, before
+    anything is trained or printed, and nothing is written."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    f = tmp_path / "f"
+    f.write_text("a file, not a folder")
+    d = tmp_path / "d.png"
+    d.mkdir()
+    r = cli(*[a.format(f=f, d=d) for a in args])
+    assert r.code == 2, r.err
+    err = r.err.strip()
+    assert len(err.splitlines()) == 1 and re.match(r"error: `--(out|plot)` must be ", err), err
+    assert r.out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png", "f"]
+
+
+def test_writable_helpers(tmp_path):
+    assert writable_folder("out", tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert writable_file("--plot", tmp_path / "x.png") == tmp_path / "x.png"
+    assert list(tmp_path.iterdir()) == []  # checks create nothing
+    (tmp_path / "f").write_text("")
+    with pytest.raises(
+        ValueError,
+        match=r"`out` must be a folder cegeo can create and write in \(.*/f is a file\); got '.*/f/a'\.$",
+    ):
+        writable_folder("out", tmp_path / "f" / "a")
+    with pytest.raises(ValueError, match=r"`--plot` must be a path in an existing folder"):
+        writable_file("--plot", tmp_path / "missing" / "x.png")
+    with pytest.raises(ValueError, match=r"`--plot` must be a file path \(not a folder\)"):
+        writable_file("--plot", tmp_path)
+
+
+def test_os_errors_after_the_checks_are_one_line(cli, tmp_path, monkeypatch):
+    """A write that fails mid-way (disk full) is not bad input: one line, status 1."""
+    import cegeo.cli.cmd_ufm as cmd_ufm
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "summary.json"))
+
+    monkeypatch.setattr(cmd_ufm, "write_json", full)
+    r = cli("ufm", "--counts", "4,2", "--epochs", "3", "--quiet", "--out", tmp_path)
+    assert r.code == 1
+    assert r.err.strip() == f"error: No space left on device: {tmp_path / 'summary.json'}"

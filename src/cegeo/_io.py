@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ._validation import InputError
+from ._validation import InputError, fail
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,6 +65,49 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def writable_folder(param: str, path: str | os.PathLike[str]) -> Path:
+    """Check that ``path`` is, or can be created as, a folder that takes files; create nothing.
+
+    Called before any work, so an output folder that cannot be used is a one-line
+    :class:`InputError` naming ``param`` rather than a traceback after a long run. The nearest
+    existing folder on the way (``path`` itself or an ancestor) is probed with a temporary file.
+    """
+    folder = Path(path)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise fail(param, f"a folder cegeo can create and write in ({existing} is a file)", str(folder))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".cegeo-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise fail(
+            param, "a folder cegeo can create and write in", f"{folder} ({exc.strerror or exc})"
+        ) from None
+    return folder
+
+
+def writable_file(param: str, path: str | os.PathLike[str]) -> Path:
+    """Check that ``path`` can be written (atomically) without creating it: its folder exists
+    and takes files, and ``path`` is not a folder."""
+    target = Path(path)
+    if target.is_dir():
+        raise fail(param, "a file path (not a folder)", str(target))
+    if not target.parent.is_dir():
+        raise fail(param, "a path in an existing folder", str(target))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise fail(
+            param, "a path in a folder cegeo can write in", f"{target} ({exc.strerror or exc})"
+        ) from None
+    return target
 
 
 def _umask() -> int:

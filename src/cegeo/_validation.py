@@ -33,6 +33,8 @@ class InputError(ValueError):
 
 
 def _short(value: Any, limit: int = 80) -> str:
+    if isinstance(value, str):
+        limit = 300  # what the user typed (a path, a spec) is shown whole unless absurdly long
     text = repr(value)
     if isinstance(value, np.ndarray):
         text = repr(value.tolist())

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import writable_folder
 from ._validation import fail
 from .config import from_dict
 from .report import Report, build_report
@@ -200,6 +201,7 @@ def run_demo(
         raise fail("--jobs", "an integer >= 1", jobs)
     say = log or (lambda line: None)
     config = demo_sweep(fast)
+    writable_folder("--out", out)
     say("1/5 plan: the geometry each loss converges to (closed form, THEORY.md §4)")
     rows, tuned = theory_rows()
     if on_theory is not None:

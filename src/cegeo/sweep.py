@@ -95,6 +95,7 @@ from ._io import (
     read_json,
     read_jsonl,
     read_toml,
+    writable_folder,
     write_csv,
     write_json,
     write_text,
@@ -697,6 +698,7 @@ def run_sweep(
     do_runs = only in (None, "runs")
     if do_runs and check_paths:
         check_sources(runs)
+    writable_folder("--out", path)
     _write_folder(config, runs, path, source_text)
     outcome = SweepOutcome(out=path, runs=runs)
 

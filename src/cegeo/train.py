@@ -61,7 +61,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._io import append_jsonl, atomic_open, environment_info, read_json, read_jsonl, write_json, write_npz
+from ._io import (
+    append_jsonl,
+    atomic_open,
+    environment_info,
+    read_json,
+    read_jsonl,
+    writable_folder,
+    write_json,
+    write_npz,
+)
 from ._io import to_toml as _to_toml
 from ._validation import InputError, fail
 from .config import OptimConfig, RunConfig, config_differences, load_run_config, to_dict
@@ -600,6 +609,7 @@ class Trainer:
         self.out = None if out is None else Path(out)
         self.action = "new"
         if self.out is not None:
+            writable_folder("out", self.out)
             self.action, config = prepare_run_folder(self.out, config, resume=resume, force=force)
         elif config is None:
             raise InputError("`config` must be given when there is no run folder (`out`) to resume.")

@@ -73,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = exc.filename if exc.filename is not None else str(exc)
         typer.echo(f"error: file not found: {missing}", err=True)
         return 2
+    except OSError as exc:
+        # Output paths are checked before any work (one line, status 2); what fails later (a
+        # full disk, a folder removed mid-run) is not bad input but still one line, status 1.
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        return 1
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("Aborted.", err=True)
         return 130

@@ -18,7 +18,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from .._io import dumps_json
+from .._io import dumps_json, writable_file
 from .._validation import InputError, fail
 from ..data.imbalance import Groups, step_groups
 from ..losses import get_loss_info
@@ -365,8 +365,7 @@ def _check_plot_path(path: Path) -> None:
     suffix = path.suffix.lstrip(".").lower()
     if suffix not in supported:
         raise fail("--plot", f"a file name ending in one of .{', .'.join(sorted(supported))}", str(path))
-    if not path.parent.exists():
-        raise fail("--plot", "a path in an existing folder", str(path))
+    writable_file("--plot", path)
 
 
 def _write_plot(

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from .._io import read_toml
+from .._io import read_toml, writable_folder
 from .._validation import fail
 from ..config import RunConfig, from_dict, load_run_config, override
 from . import app
@@ -269,7 +269,7 @@ def train_command(
     for key, value in loss_hyper.items():
         updates[f"loss.hyper.{key}"] = value
     config = override(base, updates)
-    target = out if out is not None else _default_out(config, config_file)
+    target = writable_folder("--out", out if out is not None else _default_out(config, config_file))
     trainer = Trainer(config, target, resume=resume, force=force, progress=progress)
     if trainer.action == "finished":
         console.print(f"{target}: the run has finished already (nothing to do).")

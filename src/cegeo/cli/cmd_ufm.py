@@ -27,7 +27,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .._io import environment_info, read_toml, write_json, write_text
+from .._io import environment_info, read_toml, writable_folder, write_json, write_text
 from .._validation import InputError, check_finite, check_int, fail
 from ..config import from_dict, to_dict, to_toml_text
 from ..theory import predict
@@ -617,8 +617,8 @@ def ufm_command(
         path_tol=path_tol,
     )
     exp = build_experiment(config, opts)
-    if out is not None and out.exists() and not out.is_dir():
-        raise fail("--out", "a folder (it is created if missing)", str(out))
+    if out is not None:
+        writable_folder("--out", out)
     configs = exp.configs()
     console.print(
         f"cegeo ufm: {len(configs)} configuration(s) on {exp.describe()} (n = {int(exp.class_counts().sum())}), "
@@ -647,7 +647,6 @@ def ufm_command(
             if not entry["all_converged"]:
                 console.print(f"note: some {name} path points stopped above the tolerance {exp.path_tol:g}.")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         result.to_csv(out / "ufm.csv")
         figures = write_figures(out, exp, result, comparison)
         write_text(out / "config.toml", to_toml_text(exp))

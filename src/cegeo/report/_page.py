@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .._io import write_text
+from .._io import writable_folder, write_text
 from .._validation import fail
 from ..data.imbalance import Groups
 from ..theory import predict, theory_loss
@@ -699,6 +699,8 @@ def build_report(
     md_path = Path(markdown) if markdown is not None else html_path.with_name("summary.md")
     if md_path.is_dir():
         raise fail("--markdown", "a file path", str(md_path))
+    writable_folder("--out", html_path.parent)
+    writable_folder("--markdown", md_path.parent)
 
     page = _Page()
     headline = data.headline()
