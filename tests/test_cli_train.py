@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -212,3 +213,25 @@ def test_out_holding_a_run(cli, tmp_path, finished):
     r = cli("train", *GAUSS, "--out", other)
     assert r.code == 2 and "which holds 'thesis.tex'" in r.err
     assert (other / "thesis.tex").read_text() == "x"
+
+
+def test_diverging_run_is_one_line_naming_the_learning_rate(cli, tmp_path):
+    """lr = 1e30 makes the run diverge: the probes do not crash on overflowed features (it
+    used to end in a LinAlgError traceback), there is no final.json, and the checkpoint is one
+    from before the epoch that went non-finite."""
+    from cegeo.train import load_checkpoint
+
+    out = tmp_path / "x"
+    r = cli("train", *GAUSS, "--lr", "1e30", "--epochs", "4", "--out", out)
+    assert r.code == 2, (r.out, r.err)
+    assert r.err.count("\n") == 1 and "Traceback" not in r.err
+    m = re.match(
+        r"error: `optim.lr` must be a learning rate at which training stays finite \(the "
+        r"(train loss became (nan|inf)|weights became non-finite) in epoch (\d+); the last checkpoint",
+        r.err,
+    )
+    assert m, r.err
+    assert not (out / "final.json").exists()
+    bad_epoch = int(m.group(3))
+    if (out / "checkpoint.pt").exists():
+        assert load_checkpoint(out / "checkpoint.pt")["epoch"] < bad_epoch

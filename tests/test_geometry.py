@@ -195,3 +195,13 @@ def test_classifier_weight_of_cosine_head_is_normalised():
 def test_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_nc1_of_overflowed_features_is_nan_not_an_error():
+    """A diverging run's features overflow; the probe reports NaN instead of failing in eigh."""
+    from cegeo.geometry import _nc1
+
+    means = np.array([[np.inf, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    assert np.isnan(_nc1(means, np.array([3, 2, 1]), np.eye(2)))
+    means[0, 0] = 1.0
+    assert np.isnan(_nc1(means, np.array([3, 2, 1]), np.full((2, 2), np.inf)))

@@ -1278,6 +1278,19 @@ class Trainer:
                 train_loss = float(packed[0]) / (self.dist.world * self.steps_per_epoch)
                 train_min = _minority_recall(packed[1 : 1 + self.k], packed[1 + self.k :], minority)
                 done = epoch + 1
+                if not (math.isfinite(train_loss) and self._state_finite()):
+                    # Diverged: no probe of NaN weights, no checkpoint over the last good one.
+                    what = (
+                        f"the train loss became {train_loss}"
+                        if not math.isfinite(train_loss)
+                        else ("the weights became non-finite")
+                    )
+                    raise fail(
+                        "optim.lr",
+                        f"a learning rate at which training stays finite ({what} in epoch {done}; the "
+                        "last checkpoint is from before it)",
+                        cfg.optim.lr,
+                    )
                 final = done == epochs
                 line = None
                 if done % cfg.train.probe_every == 0 or final:
@@ -1324,6 +1337,11 @@ class Trainer:
 
             dist.barrier()
         return self.final
+
+    def _state_finite(self) -> bool:
+        """Whether every weight and buffer is finite (one device sync, once an epoch)."""
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
     def _finish(self, train_time: float, wall_time: float) -> dict[str, Any]:
         cfg = self.config

@@ -667,11 +667,39 @@ def test_csv_label_column_defaults(tmp_path):
     assert ds2.class_names == ("cat", "dog") and ds2.y_train.tolist() == [0, 1, 0]
     ds3 = load_dataset(f"csv:{p}", label="f2")
     assert ds3.x_train.tolist() == [[1, 0], [3, 1], [5, 1]] and ds3.class_names == ("2", "4", "6.5")
+    with pytest.warns(
+        UserWarning,
+        match=r"integers but not 0..k-1; class i is the i-th smallest label \(0 = 1, 1 = 3, 2 = 5\)",
+    ):
+        ds4 = load_dataset(f"csv:{p}", label="f1")  # labels 1, 3, 5
+    assert ds4.class_names == ("1", "3", "5") and ds4.y_train.tolist() == [0, 1, 2]
     with pytest.raises(
         ValueError,
         match=r"a.csv: `y_train` must be at least one training sample of every class 0..5 .*got no sample of class 0",
     ):
-        load_dataset(f"csv:{p}", label="f1")
+        load_dataset(f"csv:{p}", label="f1", num_classes=6)  # indices on request
+
+
+def test_csv_one_based_integer_labels_with_a_test_file(tmp_path):
+    """Labels 1..3 (as in the UCI wine data) map to classes 0..2 in numeric order, also
+    10 after 9; a test label unseen in training is an error."""
+    tr, te = tmp_path / "tr.csv", tmp_path / "te.csv"
+    tr.write_text("a,label\n0.1,1\n0.2,10\n0.3,9\n0.4,1\n")
+    te.write_text("a,label\n0.5,10\n0.6,9\n")
+    with pytest.warns(UserWarning):
+        ds = load_dataset(f"csv:{tr}", test=str(te))
+    assert ds.class_names == ("1", "9", "10") and ds.y_train.tolist() == [0, 2, 1, 0]
+    assert ds.y_test.tolist() == [2, 1]
+    pm = tmp_path / "pm.csv"
+    pm.write_text("a,label\n0.1,1\n0.2,-1\n")  # the -1/+1 convention of binary tasks
+    with pytest.warns(UserWarning):
+        assert load_dataset(f"csv:{pm}").class_names == ("-1", "1")
+    te.write_text("a,label\n0.5,7\n")
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(ValueError, match=r"must be labels seen in training \(1, 9, 10\); got '7'"),
+    ):
+        load_dataset(f"csv:{tr}", test=str(te))
 
 
 def test_csv_named_label_and_test_file(tmp_path):
@@ -699,7 +727,7 @@ def test_csv_named_label_and_test_file(tmp_path):
             {"num_classes": 2},
             r"`y_train` must be labels in 0..1 \(num_classes = 2\); got 3",
         ),
-        ("a,label\n1,0\n2,-1\n", {}, r"must be labels >= 0; got -1"),
+        ("a,label\n1,0\n2,-1\n", {"num_classes": 2}, r"must be labels >= 0; got -1"),
         ("a,label\n1,0\n", {"delimiter": ";;"}, r"`delimiter` must be one character"),
         ("a,label\n1,x\n2,y\n", {"num_classes": 3}, r"`num_classes` must be 2 \(the distinct text labels\)"),
         ("a,label\n1,0\n2,1\n", {"test": "/no/such.csv"}, r"`test` must be an existing CSV file"),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,9 @@ def load_dataset(spec: str, *, seed: int = 0, **options: Any) -> Dataset:
         * ``npz``: ``num_classes``.
         * ``csv``: ``label`` (the label column's name; default ``"label"`` if the header has
           it, else the last column), ``delimiter`` (default ``","``), ``test`` (a second CSV
-          with the same header used as the test set), ``num_classes``.
+          with the same header used as the test set), ``num_classes``. Integer labels
+          0..k-1 (or any, with ``num_classes``) are class indices; other labels (text, or
+          integers such as 1..3 or -1/1) become classes in sorted order, named by the label.
         * ``folder``: ``size`` (``"H"`` or ``"HxW"``: resize every image; default: all images
           must have one size), ``mode`` (``"auto"``, ``"L"`` grey or ``"RGB"``; auto picks L
           when every image is grey).
@@ -575,14 +578,31 @@ def _load_csv(
                 str(test_path), f"the feature columns of {path.name} ({', '.join(features)})", features_te
             )
     ints = _integer_labels(lab_tr + (lab_te or []))
-    if ints is not None:
-        # Integer labels are class indices (0..k-1); names are the numbers.
-        y_tr, y_te = ints[: len(lab_tr)], (ints[len(lab_tr) :] if lab_te is not None else None)
+    n_tr = len(lab_tr)
+    if ints is not None and (
+        num_classes is not None or set(ints[:n_tr].tolist()) == set(range(int(ints[:n_tr].max()) + 1))
+    ):
+        # Integer labels 0..k-1 (or any labels with num_classes given) are class indices.
+        y_tr, y_te = ints[:n_tr], (ints[n_tr:] if lab_te is not None else None)
         k = _check_num_classes(f"{spec} column {label_col!r}", [ints], num_classes)
         names = tuple(str(i) for i in range(k))
     else:
-        # Text labels: classes are the sorted distinct training labels.
-        names = tuple(sorted(set(lab_tr)))
+        # Text labels, or integers that are not 0..k-1 (e.g. 1, 2, 3): the classes are the
+        # sorted distinct training labels (integers in numeric order); names keep the labels.
+        if ints is not None:
+            values = sorted(set(ints[:n_tr].tolist()))
+            names = tuple(str(v) for v in values)
+            lab_tr = [str(v) for v in ints[:n_tr].tolist()]
+            lab_te = None if lab_te is None else [str(v) for v in ints[n_tr:].tolist()]
+            warnings.warn(
+                f"{spec}: the labels in column {label_col!r} are integers but not 0..k-1; class i is "
+                f"the i-th smallest label ({', '.join(f'{i} = {n}' for i, n in enumerate(names[:4]))}"
+                f"{', ...' if len(names) > 4 else ''}). Give num_classes to use them as indices.",
+                UserWarning,
+                stacklevel=2,
+            )
+        else:
+            names = tuple(sorted(set(lab_tr)))
         index = {n: i for i, n in enumerate(names)}
         unseen = [v for v in (lab_te or []) if v not in index]
         if unseen:
