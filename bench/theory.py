@@ -1,9 +1,12 @@
 """Benchmark the closed-form theory (THEORY.md §4).
 
-1. ``predict`` (class_logits + SVD-based Grams + summaries) for k = 1000 random counts with LDT
-   temperatures; target <= 2 s on the 2-core CPU container. Baseline in the same run: the same
-   Grams from ``eigh`` square roots of the squared products (the previous implementation), with
-   both routes' accuracy on a STEP profile where the exact answer is known (R = 1e6, one minority).
+1. ``predict`` (class_logits + Grams + summaries) for k = 1000 random counts with LDT
+   temperatures; target <= 2 s on the 2-core CPU container. The Grams come from the closed form
+   with M's known null vectors split off exactly (``_closed_form_grams``). Baselines in the same
+   run: one plain SVD of M N^1/2 (the previous implementation) and ``eigh`` square roots of the
+   squared products (the one before), with each route's accuracy on a STEP profile where the
+   exact answer is known (R = 1e6, one minority) and on a CDT profile at k = 2, R = 1e6,
+   gamma = 1.5 (exact: antipodal classifiers, W norm-squared ratio 1e18).
 2. k = 10: the closed form against the convex solver of the class-level program (cvxpy,
    Clarabel), with the speed ratio and the largest relative error of M over the draws.
 
@@ -27,6 +30,7 @@ import numpy as np
 from cegeo.data.imbalance import step_groups
 from cegeo.losses import ParametricCE
 from cegeo.theory import class_logits, predict, psd_sqrt, seli_step
+from cegeo.theory._closed_form import _closed_form_grams
 
 
 def eigh_grams(M: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +42,8 @@ def eigh_grams(M: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def svd_grams(M: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What :func:`cegeo.theory.geometry` does: both Grams from one SVD of M N^1/2."""
+    """The previous route (still :func:`cegeo.theory.geometry`'s for an arbitrary M): both
+    Grams from one SVD of M N^1/2."""
     sq = np.sqrt(n)
     U, s, Vt = np.linalg.svd(M * sq[None, :])
     return (U * s) @ U.T, ((Vt.T * s) @ Vt) / sq[:, None] / sq[None, :]
@@ -58,18 +63,23 @@ def part_predict(repeats: int) -> None:
     n = rng.integers(1, 5000, 1000).astype(np.float64)
     loss = ParametricCE(delta_label=(n / n.max()) ** 0.5)
     M = class_logits(loss, n)
+    dl = loss.delta_label.numpy()
     total = timed(lambda: predict(loss, n), repeats)
+    used = timed(lambda: _closed_form_grams(np.ones(n.size), dl, n), repeats)
     svd = timed(lambda: svd_grams(M, n), repeats)
     base = timed(lambda: eigh_grams(M, n), repeats)
-    med_svd, med_base = statistics.median(svd), statistics.median(base)
+    med_used, med_svd, med_base = statistics.median(used), statistics.median(svd), statistics.median(base)
     print(f"[1] predict, k = 1000 random counts (LDT gamma = 1/2), {repeats} repeats")
     print(
         f"    predict end to end: median {statistics.median(total):.3f} s, min {min(total):.3f} s "
         "(target <= 2 s)"
     )
-    print(f"    Grams by one SVD (used):      median {med_svd:.3f} s, min {min(svd):.3f} s")
-    print(f"    Grams by two eigh (baseline): median {med_base:.3f} s, min {min(base):.3f} s")
-    print(f"    ratio SVD / eigh (median): {med_svd / med_base:.2f}")
+    print(f"    Grams, null space split off (used): median {med_used:.3f} s, min {min(used):.3f} s")
+    print(f"    Grams by one plain SVD (previous):  median {med_svd:.3f} s, min {min(svd):.3f} s")
+    print(f"    Grams by two eigh (before that):    median {med_base:.3f} s, min {min(base):.3f} s")
+    print(
+        f"    ratio used / plain SVD (median): {med_used / med_svd:.2f}; used / eigh: {med_used / med_base:.2f}"
+    )
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - ships with scikit-learn
@@ -86,6 +96,7 @@ def part_predict(repeats: int) -> None:
     step = seli_step(10, 1e6, 0.1)
     cn = step.class_counts
     g = predict(None, cn, step_groups(10, 0.1))
+    sw, sh = svd_grams(class_logits(None, cn), cn)
     bw, bh = eigh_grams(class_logits(None, cn), cn)
 
     def err(A, B):
@@ -93,8 +104,23 @@ def part_predict(repeats: int) -> None:
 
     print(
         f"    accuracy at R = 1e6, k = 10, k_min = 1 (max error / max entry): "
-        f"SVD G_W {err(g.G_W, step.G_W):.1e}, G_H {err(g.G_H, step.G_H):.1e}; "
+        f"used G_W {err(g.G_W, step.G_W):.1e}, G_H {err(g.G_H, step.G_H):.1e}; "
+        f"plain SVD G_W {err(sw, step.G_W):.1e}, G_H {err(sh, step.G_H):.1e}; "
         f"eigh G_W {err(bw, step.G_W):.1e}, G_H {err(bh, step.G_H):.1e}"
+    )
+    # Far-apart temperatures: CDT at k = 2, R = 1e6, gamma = 1.5 (exact: cos = -1, ratio 1e18).
+    c2 = np.array([1e6, 1.0])
+    cdt = ParametricCE(delta_logit=(c2 / c2.max()) ** 1.5)
+    g2 = predict(cdt, c2)
+    pw, _ = svd_grams(class_logits(cdt, c2), c2)
+
+    def cos_ratio(G):
+        return G[0, 1] / np.sqrt(G[0, 0] * G[1, 1]), G[0, 0] / G[1, 1]
+
+    (cu, ru), (cp, rp) = cos_ratio(g2.G_W), cos_ratio(pw)
+    print(
+        f"    CDT k = 2, R = 1e6, gamma = 1.5 (exact cos -1, ratio 1e18): used cos {cu:.6f}, ratio "
+        f"{ru:.4g}; plain SVD cos {cp:.6f}, ratio {rp:.4g}"
     )
 
 

@@ -188,3 +188,134 @@ def test_nan_free_json_for_large_k_without_matrices(cli):
     assert not d["geometry"]["matrices_included"] and "cos_W" not in d["geometry"]
     assert len(d["geometry"]["w_norms"]) == 250
     assert all(v is None or math.isfinite(v) for v in d["geometry"]["summary"].values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Extreme temperatures, two classes, balanced counts, huge R: right answers, no warnings
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("error")
+def test_binary_cdt_far_apart_temperatures(cli):
+    """The audit's repro: W cos maj-min -0.0010, W_ratio 1.0e12, cos_WH 0.50 before; THEORY.md §4.2
+    (binary CDT: ||w_maj|| / ||w_min|| = Dc_maj / Dc_min, antipodal) says -1, 1e18, 1."""
+    d = as_json(cli, "--step", "k=2,R=1e6,rho=0.5", "--loss", "cdt", "--gamma", "1.5")
+    s = d["geometry"]["summary"]
+    dc = d["geometry"]["delta_logit"]
+    assert s["W_ratio"] == pytest.approx((dc[0] / dc[1]) ** 2, rel=1e-12)
+    assert s["W_ratio"] == pytest.approx(1e18, rel=1e-6)
+    assert s["W_cos_maj_min"] == pytest.approx(-1.0, abs=1e-14)
+    assert s["cos_WH"] == pytest.approx(1.0, abs=1e-14)
+
+
+@pytest.mark.filterwarnings("error")
+def test_two_class_tune_is_explained(cli):
+    r = cli("theory", "--counts", "1000,1", "--loss", "ldt", "--tune")
+    assert r.code == 0 and r.err == "", r.err
+    text = " ".join(r.out.split())
+    assert "0.5 (any is symmetric)" in text and "every gamma gives ldt the symmetric geometry" in text
+    assert "-1.52" not in text
+    d = as_json(cli, "--counts", "10,1", "--loss", "cdt", "--tune")
+    results = {x["loss"]: x for x in d["tune"]["results"]}
+    assert results["cdt"]["value"] == 0.0 and "two classes" in results["cdt"]["note"]
+    assert results["ldt"]["value"] == 0.5 and results["ldt"]["all_symmetric"]
+    assert "drop out" not in results["ldt"]["note"]
+
+
+@pytest.mark.filterwarnings("error")
+def test_step_tune_at_R_1e6_prints_no_warning(cli):
+    r = cli("theory", "--step", "k=2,R=1e6,rho=0.5", "--loss", "cdt", "--tune")
+    assert r.code == 0 and r.err == "", r.err
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("R", ["1e13", "1e14", "1e100"])
+def test_huge_long_tail_ratio(cli, R):
+    """Real counts were scaled to int64 for grouping, which overflowed above R ~ 9e12."""
+    r = cli("theory", "--longtail", f"k=4,R={R}", "--json")
+    assert r.code == 0 and r.err == "", r.err
+    d = json.loads(r.out)
+    assert d["groups"] == {"majority": [0, 1], "minority": [2, 3]}  # cut: sqrt(n_max n_min) = sqrt(R)
+    assert all(v is not None for v in d["geometry"]["summary"].values())
+
+
+@pytest.mark.filterwarnings("error")
+def test_huge_ratio_tune_searches_where_it_can(cli):
+    d = as_json(cli, "--step", "k=4,R=1e150,rho=0.5", "--loss", "cdt", "--tune")
+    ldt = next(x for x in d["tune"]["results"] if x["loss"] == "ldt")
+    assert ldt["value"] == pytest.approx(0.5, abs=1e-6) and ldt["bounds"][1] < 3
+
+
+@pytest.mark.parametrize("args", [["--counts", "5,5,5"], ["--longtail", "k=10,R=1"], ["--counts", "7,7"]])
+def test_balanced_profiles_have_ratio_one_and_etf_cosines(cli, args):
+    d = as_json(cli, *args, "--loss", "ldt", "--gamma", "0.7")
+    k = len(d["class_counts"])
+    s = d["geometry"]["summary"]
+    assert d["balanced"] is True
+    for tag in ("W", "H"):
+        assert s[f"{tag}_ratio"] == 1.0
+        for pair in ("maj_maj", "min_min", "maj_min"):
+            assert s[f"{tag}_cos_{pair}"] == pytest.approx(-1 / (k - 1), abs=1e-12)
+    r = cli("theory", *args)
+    assert r.code == 0 and "balanced counts" in " ".join(r.out.split())
+    assert "–" not in r.out.split("geometry vs the simplex ETF")[1].split("distance to ETF")[0]
+    g = as_json(cli, *args, "--loss", "cdt", "--gamma-grid", "-1:1:3")
+    assert g["balanced"] is True
+    assert all(v is not None for s in g["grid"]["summaries"] for v in s.values())
+    assert as_json(cli, "--counts", "5,5,1")["balanced"] is False
+
+
+@pytest.mark.filterwarnings("error")
+def test_gamma_grid_within_range_on_a_steep_long_tail(cli):
+    d = as_json(cli, "--longtail", "k=10,R=1e6", "--loss", "cdt", "--gamma-grid", "-6:6:25")
+    assert all(v is not None for s in d["grid"]["summaries"] for v in s.values())
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (
+            ["--longtail", "k=10,R=1e6", "--loss", "cdt", "--gamma-grid", "-60:60:3"],
+            r"^error: `--gamma-grid` must be values of gamma that keep the cdt loss's .*\(gamma = -60 does not\)",
+        ),
+        (["--step", "k=4,R=1e6,rho=0.5", "--loss", "cdt", "--gamma", "1e3"], r"^error: `--gamma` must be"),
+        (
+            ["--step", "k=4,R=1e150,rho=0.5", "--loss", "cdt", "--gamma", "-2"],
+            r"^error: `--gamma` must be a value",
+        ),
+        (
+            ["--step", "k=4,R=1e6,rho=0.5", "--loss", "ldt", "--gamma", "nan"],
+            r"^error: `--gamma` must be a finite",
+        ),
+        (
+            ["--step", "k=4,R=1e150,rho=0.5", "--loss", "cdt", "--hyper", "gamma=-2"],
+            r"^error: `--hyper` must be hyperparameters whose cdt limiting geometry fits in float64",
+        ),
+        (
+            ["--step", "k=4,R=1e300,rho=0.5", "--loss", "cdt", "--plot", "{tmp}/x.png"],
+            r"^error: `--plot` must be given a --gamma-grid for these counts",
+        ),
+        (
+            ["--step", "k=4,R=1e6,rho=0.5", "--loss", "cdt", "--hyper", "normalize=0.5"],
+            r"^error: `normalize` must be 0 or 1",
+        ),
+        (["--step", "k=10,R=10,rho=0.5,R=5"], r"^error: `--step` must be key=value pairs with each key once"),
+        (
+            ["--counts", "500,,50"],
+            r"^error: `--counts` must be comma-separated positive integers with no empty",
+        ),
+        (
+            ["--step", "k=4,R=10,rho=0.5", "--loss", "ldt", "--gamma-grid", "0:1:100000000"],
+            r"^error: `--gamma-grid` must be START:STOP:NUM with NUM <= 10001",
+        ),
+    ],
+)
+@pytest.mark.filterwarnings("error")
+def test_hyperparameter_and_grid_errors_name_the_option(cli, tmp_path, args, match):
+    import re
+
+    r = cli("theory", *[a.format(tmp=tmp_path) for a in args])
+    assert r.code == 2, (r.out, r.err)
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and re.search(match, lines[0]), r.err
+    assert r.out == "" and list(tmp_path.iterdir()) == []

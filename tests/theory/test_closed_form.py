@@ -271,3 +271,190 @@ def test_summary_nan_for_single_class_groups():
 def test_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------------------------
+# High-precision references: temperatures far apart (R = 1e6, |gamma| up to 1.5), random draws
+# ---------------------------------------------------------------------------------------------
+
+
+def mp_reference(n, dc, dl, dps: int = 50):
+    """THEORY.md §4.1 written out naively in mpmath: M* entry by entry, then the PSD square roots
+    of the squared products ``M N M^T`` and ``N^1/2 M^T M N^1/2`` by ``mpmath.eigsy``. At 50 digits
+    squaring costs nothing that float64 could see. Returns float64 ``(M, G_W, G_H)``."""
+    mp = pytest.importorskip("mpmath")
+    with mp.workdps(dps):
+        k = len(n)
+        n, dc, dl = ([mp.mpf(float(x)) for x in v] for v in (n, dc, dl))
+        total = mp.fsum(d**-2 for d in dc)
+        a = [d**-2 / total for d in dc]
+        M = mp.matrix(k, k)
+        for c in range(k):
+            for y in range(k):
+                M[c, y] = ((1 if c == y else 0) - a[y]) / dc[c] / dl[y]
+
+        def sqrtm(A):
+            E, Q = mp.eigsy(A)
+            return Q * mp.diag([mp.sqrt(max(e, 0)) for e in E]) * Q.T
+
+        G_W = sqrtm(M * mp.diag(n) * M.T)
+        root_n = mp.diag([mp.sqrt(x) for x in n])
+        inner = sqrtm(root_n * M.T * M * root_n)
+        G_H = mp.matrix(k, k)
+        for i in range(k):
+            for j in range(k):
+                G_H[i, j] = inner[i, j] / mp.sqrt(n[i] * n[j])
+        return tuple(np.array(X.tolist(), dtype=np.float64) for X in (M, G_W, G_H))
+
+
+def cosines(G: np.ndarray) -> np.ndarray:
+    d = np.sqrt(np.diag(G))
+    return G / np.outer(d, d)
+
+
+def assert_matches_reference(g, n, dc, dl, rtol: float = 1e-8) -> None:
+    """Every Gram entry to ``rtol`` of its own size: norms (the diagonals) relative to themselves,
+    cosines relative to themselves with an absolute floor of 1e-15 (a cosine that is a small
+    difference of O(1) terms, e.g. 1e-7 at a STEP profile, is only that accurate in float64);
+    ``M*`` entrywise and cos(w_c, h_c)."""
+    M, G_W, G_H = mp_reference(n, dc, dl)
+    for got, ref in ((g.G_W, G_W), (g.G_H, G_H)):
+        assert np.all(np.abs(np.diag(got) / np.diag(ref) - 1) <= rtol)
+        C, C_ref = cosines(got), cosines(ref)
+        assert np.all(np.abs(C - C_ref) <= rtol * np.abs(C_ref) + 1e-15), np.abs(C - C_ref).max()
+    assert np.all(np.abs(g.M - M) <= 1e-13 * np.abs(M))
+    cos_wh = np.diag(M) / np.sqrt(np.diag(G_W) * np.diag(G_H))
+    assert np.allclose(g.cos_WH, cos_wh, rtol=rtol, atol=0)
+
+
+def registry_temperatures(loss, k):
+    from cegeo.losses import loss_temperatures
+
+    return loss_temperatures(loss, k)
+
+
+@pytest.mark.parametrize("gamma", [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5])
+@pytest.mark.parametrize("name", ["cdt", "ldt", "vs"])
+@pytest.mark.parametrize("k", [2, 10])
+def test_registry_losses_at_R_1e6_against_mpmath(k, name, gamma):
+    """The audit's case: one SVD of M N^1/2 gave W_ratio 1e12 (exact 1e18) and cos maj-min -1e-3
+    (exact -1) for CDT at k = 2, gamma = 1.5, and cos maj-min -2.6e-12 (exact -1.6e-14) at k = 10."""
+    from cegeo.theory import theory_loss
+
+    n = step_counts_float(k, 1e6, 0.5)
+    for normalize in (0, 1):
+        loss = theory_loss(name, n, gamma=gamma, normalize=normalize)
+        g = predict(loss, n, step_groups(k, 0.5))
+        assert_matches_reference(g, n, *registry_temperatures(loss, k))
+
+
+@pytest.mark.parametrize("gamma", [-1.5, 1.5])
+@pytest.mark.parametrize("name", ["cdt", "ldt"])
+def test_long_tail_at_R_1e6_against_mpmath(name, gamma):
+    """No two classes alike: the reduced SVD carries every class (rows graded over 1e9)."""
+    from cegeo.theory import theory_loss
+
+    n = 1e6 ** (1 - np.arange(10) / 9)
+    loss = theory_loss(name, n, gamma=gamma)
+    assert_matches_reference(predict(loss, n), n, *registry_temperatures(loss, 10))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_draws_against_mpmath(seed):
+    rng = np.random.default_rng(100 + seed)
+    k = int(rng.integers(2, 13))
+    n = np.round(np.exp(rng.uniform(0, np.log(1e6), k)))
+    dc, dl = np.exp(rng.uniform(-5, 5, k)), np.exp(rng.uniform(-5, 5, k))
+    if seed % 3 == 0:  # some classes alike (same count and temperatures): the group subspaces
+        twin = rng.integers(0, k, k // 2)
+        n[twin], dc[twin], dl[twin] = n[0], dc[0], dl[0]
+    g = predict({"delta_logit": dc, "delta_label": dl}, n)
+    assert_matches_reference(g, n, dc, dl, rtol=1e-7)
+
+
+def test_binary_cdt_at_extreme_temperatures_is_exact():
+    """THEORY.md §4.2, binary: ||w_maj|| / ||w_min|| = Dc_maj / Dc_min, W and H antipodal, and
+    (rank one) w_c parallel to h_c, for temperature ratios up to 1e18."""
+    for R, gamma in ((1e6, 1.5), (1e6, -1.5), (1e12, 1.5), (1e6, 3.0)):
+        dc = np.array([1.0, R**-gamma])
+        g = predict(ParametricCE(delta_logit=dc), [R, 1.0], step_groups(2, 0.5))
+        s = g.summary
+        assert s["W_ratio"] == pytest.approx((dc[0] / dc[1]) ** 2, rel=1e-12)
+        assert s["W_cos_maj_min"] == pytest.approx(-1.0, abs=1e-14)
+        assert s["H_cos_maj_min"] == pytest.approx(-1.0, abs=1e-14)
+        assert s["cos_WH"] == pytest.approx(1.0, abs=1e-14)
+
+
+def test_predict_stays_finite_and_silent_at_extreme_temperatures():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for R in (1e14, 1e100):
+            n = np.array([R, R, 1.0, 1.0])
+            for dc in (np.array([1.0, 1.0, 1e-60, 1e-60]), np.array([1.0, 1e30, 1e-30, 1.0])):
+                g = predict({"delta_logit": dc, "delta_label": dc[::-1]}, n)
+                assert all(math.isfinite(v) for v in g.summary.values())
+                assert np.all(g.w_norms > 0) and np.all(g.h_norms > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Default groups of real counts; balanced counts
+# ---------------------------------------------------------------------------------------------
+
+
+def test_default_groups_follow_imbalance_groups_on_integer_counts(rng):
+    from cegeo.data.imbalance import groups
+
+    cases = [[5, 5, 5], [50, 5, 5], [100, 10, 1], [8, 4, 2], [7, 3]]
+    cases += [rng.integers(1, 10_000, int(rng.integers(2, 30))).tolist() for _ in range(30)]
+    for counts in cases:
+        assert predict(None, counts).groups == groups(counts), counts
+
+
+@pytest.mark.parametrize("R", [1e13, 1e14, 1e100])
+def test_default_groups_of_huge_real_counts(R):
+    """Counts are grouped as floats: scaling them to integers overflowed int64 above R ~ 9e12."""
+    import warnings
+
+    n = R ** (1 - np.arange(4) / 3)  # long tail, n_min = 1; the cut is sqrt(R)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = predict(None, n)
+    assert g.groups.as_dict() == {"majority": [0, 1], "minority": [2, 3]}
+    assert math.isfinite(g.summary["W_ratio"])
+    h = predict(None, [2.5, 2.5, 1.0])
+    assert h.groups.as_dict() == {"majority": [0, 1], "minority": [2]}
+
+
+@pytest.mark.parametrize("k", [2, 3, 10])
+def test_balanced_counts_make_every_class_both_majority_and_minority(k, rng):
+    etf = -1 / (k - 1)
+    s = predict(None, [5] * k).summary
+    for tag in ("W", "H"):
+        assert s[f"{tag}_ratio"] == 1.0
+        for pair in ("maj_maj", "min_min", "maj_min"):
+            assert s[f"{tag}_cos_{pair}"] == pytest.approx(etf, abs=1e-12)
+    # Not an ETF (temperatures differ): the three cosines are the plain mean over all pairs.
+    params = {"delta_logit": np.exp(rng.uniform(-1, 1, k))}
+    g = predict(params, [5] * k)
+    off = ~np.eye(k, dtype=bool)
+    for tag, G in (("W", g.G_W), ("H", g.G_H)):
+        mean_cos = cosines(G)[off].mean()
+        for pair in ("maj_maj", "min_min", "maj_min"):
+            assert g.summary[f"{tag}_cos_{pair}"] == pytest.approx(mean_cos, rel=1e-12)
+        assert g.summary[f"{tag}_ratio"] == 1.0
+
+
+def test_group_summary_pools_balanced_groups_only_when_asked():
+    """Measured geometries (UFM, trained models) keep an empty minority group NaN; the theory's
+    predictions pool it."""
+    from cegeo.data.imbalance import groups
+    from cegeo.theory import group_summary
+
+    g = predict(None, [5, 5, 5])
+    plain = group_summary(g.G_W, g.G_H, g.M, groups([5, 5, 5]))
+    assert math.isnan(plain["W_ratio"]) and math.isnan(plain["H_cos_maj_min"])
+    assert plain["W_cos_maj_maj"] == pytest.approx(-0.5)
+    pooled = group_summary(g.G_W, g.G_H, g.M, groups([5, 5, 5]), pool_balanced=True)
+    assert pooled == g.summary and pooled["W_ratio"] == 1.0

@@ -153,3 +153,72 @@ def test_theory_loss_accepts_real_counts_like_create_loss():
 def test_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------------------------
+# Two classes: the ETF is two antipodal vectors of equal norm
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("counts", [[10, 1], [1000, 1], [1e6, 1.0], [3, 7]])
+def test_two_class_ldt_is_symmetric_at_every_gamma_and_tunes_to_one_half(counts):
+    # Independent of tune: the naive residual vanishes for every gamma (LDT is SELI with effective
+    # counts, and binary SELI is symmetric, THEORY.md §4.2) ...
+    for gamma in (-1.5, 0.0, 0.5, 2.0):
+        g = predict(theory_loss("ldt", counts, gamma=gamma), counts)
+        assert naive_residual(g.G_W, g.G_H) < 1e-12
+    # ... so tune says so and returns the canonical gamma = 1/2, the one with ||h_c||^2 ∝ 1/n_c.
+    r = tune("ldt", counts)
+    assert r.all_symmetric and not r.flat and not r.at_bound
+    assert r.value == 0.5 and r.residual < 1e-12
+    assert "every gamma" in r.note and "1/n_c" in r.note and "two classes" in r.note
+    h = r.geometry.h_norms
+    n = np.asarray(counts, dtype=float)
+    assert h[0] ** 2 * n[0] == pytest.approx(h[1] ** 2 * n[1], rel=1e-9)
+    assert r.to_dict()["all_symmetric"] is True
+
+
+def test_two_class_ldt_with_bounds_that_exclude_one_half():
+    r = tune("ldt", [1000, 1], bounds=(-1.0, 0.2))
+    assert r.all_symmetric and r.at_bound and r.value == pytest.approx(0.2)
+    assert "widen bounds" in r.note
+
+
+@pytest.mark.parametrize("name", ["cdt", "vs"])
+def test_two_class_cdt_is_symmetric_only_at_gamma_zero(name):
+    counts = [10, 1]
+    # Independent of tune: gamma = 0 is CE (binary SELI, symmetric); any other gamma makes
+    # ||w_maj|| / ||w_min|| = Dc_maj / Dc_min != 1 (THEORY.md §4.2).
+    for gamma, symmetric in ((0.0, True), (0.1, False), (-0.1, False)):
+        g = predict(theory_loss(name, counts, gamma=gamma), counts)
+        assert (naive_residual(g.G_W, g.G_H) < 1e-12) == symmetric
+    r = tune(name, counts)
+    assert r.value == 0.0 and r.residual < 1e-12 and not r.all_symmetric and not r.flat
+    assert "reaches the symmetric" in r.note and "two classes" in r.note
+
+
+def test_flat_note_for_balanced_counts_names_the_reason():
+    r = tune("cdt", [5, 5, 5])
+    assert r.flat and "balanced" in r.note and "drop out" not in r.note
+    r = tune("wce", [50, 5, 5])
+    assert r.flat and "drop out" in r.note
+
+
+def test_search_interval_narrows_where_temperatures_overflow():
+    # R = 1e150: (n_c/n_max)^gamma or the Grams overflow float64 beyond |gamma| ~ 2.
+    counts = [1e150, 1e150, 1.0, 1.0]
+    r = tune("ldt", counts)
+    assert r.value == pytest.approx(0.5, abs=1e-6) and r.residual < 1e-8
+    assert -3 < r.bounds[0] < -1 and 1 < r.bounds[1] < 3
+    with pytest.raises(
+        ValueError,
+        match=r"`bounds` must be an interval on which the ldt loss.s limiting geometry can be computed",
+    ):
+        tune("ldt", [1e6, 1.0, 1.0], bounds=(100.0, 200.0))
+
+
+def test_tuned_values_are_rounded_to_the_tolerance():
+    r = tune("ldt", [500, 500, 50, 50])
+    assert r.value == 0.5  # not 0.50000000003
+    r = tune("cdt", [500] * 5 + [50] * 5, xatol=1e-6)
+    assert r.value == round(r.value, 6)

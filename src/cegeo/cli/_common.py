@@ -16,18 +16,33 @@ from rich.console import Console
 from .._validation import InputError, check_class_counts, check_finite, check_int, fail
 from ..data.imbalance import _check_ratio, step_k_min
 
+MAX_GRID = 10_001  # most points a START:STOP:NUM grid or a list may have (each one is a computation)
+
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
 def parse_kv(text: str, option: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, str]:
-    """``"k=10,R=10,rho=0.5"`` -> ``{"k": "10", ...}``; unknown or missing keys are errors."""
+    """``"k=10,R=10,rho=0.5"`` -> ``{"k": "10", ...}``; unknown, missing or repeated keys are errors.
+
+    Examples
+    --------
+    >>> parse_kv("k=10, R=2.5", "--longtail", {"k", "R"})
+    {'k': '10', 'R': '2.5'}
+    >>> parse_kv("k=10,R=10,R=5", "--longtail", {"k", "R"})
+    Traceback (most recent call last):
+    ...
+    cegeo._validation.InputError: `--longtail` must be key=value pairs with each key once (R is repeated); got 'k=10,R=10,R=5'.
+    """
     out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for part in (p.strip() for p in text.split(",")):
         key, sep, value = part.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise fail(option, "comma-separated key=value pairs, e.g. k=10,R=10,rho=0.5", text)
-        out[key.strip()] = value.strip()
+        key = key.strip()
+        if key in out:
+            raise fail(option, f"key=value pairs with each key once ({key} is repeated)", text)
+        out[key] = value.strip()
     unknown = set(out) - allowed
     missing = set(required) - set(out)
     if unknown or missing:
@@ -80,8 +95,22 @@ def longtail_float_counts(k: int, R: float) -> np.ndarray:
 
 
 def parse_counts(text: str, option: str = "--counts") -> np.ndarray:
+    """``"500,50,5"`` -> int64 counts; every entry must be a positive integer (none empty).
+
+    Examples
+    --------
+    >>> parse_counts("500, 50,5").tolist()
+    [500, 50, 5]
+    >>> parse_counts("500,,50")
+    Traceback (most recent call last):
+    ...
+    cegeo._validation.InputError: `--counts` must be comma-separated positive integers with no empty entry; got '500,,50'.
+    """
+    parts = [x.strip() for x in text.split(",")]
+    if not all(parts):
+        raise fail(option, "comma-separated positive integers with no empty entry", text)
     try:
-        values = [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in parts]
     except ValueError:
         raise fail(option, "comma-separated positive integers", text) from None
     return check_class_counts(values, option)
@@ -89,6 +118,8 @@ def parse_counts(text: str, option: str = "--counts") -> np.ndarray:
 
 def parse_grid(text: str, option: str = "--gamma-grid") -> np.ndarray:
     """``"start:stop:num"`` (inclusive, like numpy.linspace) or a comma-separated list.
+
+    At most ``MAX_GRID`` points; no empty list entries.
 
     Examples
     --------
@@ -109,24 +140,34 @@ def parse_grid(text: str, option: str = "--gamma-grid") -> np.ndarray:
             raise fail(option, "START:STOP:NUM with numbers and an integer NUM >= 2", text) from None
         if num < 2 or not (math.isfinite(start) and math.isfinite(stop)) or start >= stop:
             raise fail(option, "START:STOP:NUM with START < STOP and NUM >= 2", text)
+        if num > MAX_GRID:
+            raise fail(option, f"START:STOP:NUM with NUM <= {MAX_GRID}", text)
         return np.linspace(start, stop, num)
+    parts = [x.strip() for x in text.split(",")]
+    if not all(parts):
+        raise fail(option, "START:STOP:NUM or a comma-separated list with no empty entry", text)
     try:
-        values = np.array([float(x) for x in text.split(",") if x.strip()])
+        values = np.array([float(x) for x in parts])
     except ValueError:
         raise fail(option, "START:STOP:NUM or a comma-separated list of numbers", text) from None
-    if values.size == 0 or not np.all(np.isfinite(values)):
+    if not np.all(np.isfinite(values)):
         raise fail(option, "START:STOP:NUM or a comma-separated list of finite numbers", text)
+    if values.size > MAX_GRID:
+        raise fail(option, f"a list of at most {MAX_GRID} numbers", f"{values.size} numbers")
     return values
 
 
 def parse_hyper(pairs: list[str] | None, option: str = "--hyper") -> dict[str, float]:
-    """Repeated ``--hyper name=value`` options."""
+    """Repeated ``--hyper name=value`` options; a name given twice is an error."""
     out: dict[str, float] = {}
     for item in pairs or []:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise fail(option, "name=value (e.g. tau=1.5)", item)
-        out[key.strip()] = check_finite(key.strip(), value)
+        if key in out:
+            raise fail(option, f"each name once ({key} is given twice)", item)
+        out[key] = check_finite(key, value)
     return out
 
 

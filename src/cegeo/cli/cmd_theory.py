@@ -52,6 +52,10 @@ _RESIDUAL_NOTE = (
     "the class means (their norms differ even in the symmetric geometry, ||h_c||^2 ∝ 1/n_c); "
     "ETF residual = sqrt(d_W^2 + d_H^2)."
 )
+_BALANCED_NOTE = (
+    "balanced counts: every class is both a majority and a minority class, so the norm ratio is 1 "
+    "and the three mean cosines are the same mean over all pairs of classes."
+)
 _SUMMARY_ROWS = (
     ("ratio", "norm² ratio maj/min"),
     ("cos_maj_maj", "mean cos maj-maj"),
@@ -83,6 +87,12 @@ def _profile(
     if n.size < 2:
         raise fail("--counts", "at least 2 comma-separated class counts", counts)
     return n.astype(np.float64), None, {"kind": "counts", "k": int(n.size), "R": float(n.max() / n.min())}
+
+
+def _balanced(groups: Groups) -> bool:
+    """Equal counts: one group holds every class (the maj/min summaries are then over all classes)."""
+    k = len(groups.labels)
+    return groups.members(groups.names[-1]).size == 0 and groups.members(groups.names[0]).size == k
 
 
 def _describe(desc: dict) -> str:
@@ -197,7 +207,9 @@ def _tune_table(results: list[Any]) -> Table:
     for col in ("loss", "parameter", "best value", "residual", "d_W", "d_H"):
         table.add_column(col, justify="right" if col != "loss" else "left")
     for r in results:
-        value = "any (flat)" if r.flat else f"{r.value:.6g}"
+        value = (
+            "any (flat)" if r.flat else f"{r.value:.6g}" + (" (any is symmetric)" if r.all_symmetric else "")
+        )
         table.add_row(r.loss, r.param, value, _fmt(r.residual), _fmt(r.residual_W), _fmt(r.residual_H))
     return table
 
@@ -274,7 +286,38 @@ def theory_command(
         grid = parse_grid(gamma_grid)
     if plot is not None:
         _check_plot_path(plot)
-    base = theory_loss(loss, class_counts, **extra)  # validates the hyperparameters up front
+    # Everything that can fail on the input runs before the first line is printed.
+    try:
+        base = theory_loss(loss, class_counts, **extra)  # validates the hyperparameters up front
+        geo = predict(base, class_counts, groups) if grid is None else None
+    except InputError as err:
+        raise _hyper_error(err, loss, class_counts, gamma, hyper) from None
+    geos: list[Geometry] = []
+    if grid is not None:
+        assert param is not None and gamma_grid is not None
+        geos = [
+            _grid_geometry(loss, class_counts, groups, extra, param, v, "--gamma-grid", gamma_grid)
+            for v in grid
+        ]
+    plot_summaries = None
+    if plot is not None:
+        assert param is not None
+        if grid is None:
+            plot_summaries = [
+                _grid_geometry(loss, class_counts, groups, extra, param, v, "--plot", str(plot)).summary
+                for v in DEFAULT_PLOT_GRID
+            ]
+        else:
+            plot_summaries = [g.summary for g in geos]
+    results = []
+    if do_tune:
+        names = [loss] if param is not None else []
+        if "ldt" not in names:
+            names.append("ldt")
+        own = {key: v for key, v in extra.items() if key != param}  # the loss's other hyperparameters
+        results = [
+            tune(name, class_counts, hyper=own if name == loss else None, groups=groups) for name in names
+        ]
 
     out: dict[str, Any] = {
         "profile": desc,
@@ -284,9 +327,9 @@ def theory_command(
         "etf": {"ratio": 1.0, "cos": -1.0 / (k - 1), "cos_WH": 1.0},
     }
     header = f"cegeo theory: {loss} on {_describe(desc)}; limiting geometry (THEORY.md §4)"
-    if grid is None:
-        geo = predict(base, class_counts, groups)
+    if geo is not None:
         out["groups"] = geo.groups.as_dict()
+        out["balanced"] = _balanced(geo.groups)
         out["geometry"] = _geometry_dict(geo, base)
         if not as_json:
             hyper_text = ", ".join(f"{key}={v:g}" for key, v in out["hyper"].items()) or "no hyperparameters"
@@ -296,13 +339,12 @@ def theory_command(
                 console.print(_class_table(geo, base))
             console.print(_summary_table(geo))
             console.print(_RESIDUAL_NOTE)
+            if out["balanced"]:
+                console.print(_BALANCED_NOTE)
     else:
-        assert param is not None
-        geos = [
-            predict(theory_loss(loss, class_counts, **{**extra, param: v}), class_counts, groups)
-            for v in grid
-        ]
+        assert param is not None and grid is not None
         out["groups"] = geos[0].groups.as_dict()
+        out["balanced"] = _balanced(geos[0].groups)
         out["grid"] = {
             "param": param,
             "values": grid,
@@ -314,15 +356,10 @@ def theory_command(
             for table in _grid_tables(param, grid, geos, k):
                 console.print(table)
             console.print(_RESIDUAL_NOTE)
+            if out["balanced"]:
+                console.print(_BALANCED_NOTE)
 
     if do_tune:
-        names = [loss] if param is not None else []
-        if "ldt" not in names:
-            names.append("ldt")
-        own = {key: v for key, v in extra.items() if key != param}  # the loss's other hyperparameters
-        results = [
-            tune(name, class_counts, hyper=own if name == loss else None, groups=groups) for name in names
-        ]
         sym = symmetric_temperatures(class_counts)
         out["tune"] = {"symmetric_temperatures": sym, "results": [r.to_dict() for r in results]}
         if not as_json:
@@ -337,10 +374,58 @@ def theory_command(
                 console.print(f"{r.loss}: {r.note}")
 
     if plot is not None:
-        _write_plot(plot, loss, extra, class_counts, groups, grid, desc)
+        assert plot_summaries is not None
+        _write_plot(plot, loss, plot_summaries, class_counts.size, grid, desc)
         (err_console if as_json else console).print(f"wrote {plot}")
     if as_json:
         typer.echo(dumps_json(out))
+
+
+def _hyper_error(
+    err: InputError, loss: str, counts: np.ndarray, gamma: float | None, hyper: list[str] | None
+) -> InputError:
+    """Name the option behind a hyperparameter error: --gamma when it was given that way."""
+    text = str(err)
+    option = "--gamma" if gamma is not None else "--hyper"
+    if text.startswith("`gamma` ") and gamma is not None:
+        return InputError(text.replace("`gamma`", "`--gamma`", 1))
+    if text.startswith("`loss` must be temperatures"):  # the Grams, not the loss, overflow
+        what = "a value" if gamma is not None else "hyperparameters"
+        R = counts.max() / counts.min()
+        return fail(
+            option,
+            f"{what} whose {loss} limiting geometry fits in float64 for counts with R = {R:g}",
+            gamma if gamma is not None else hyper,
+        )
+    return err
+
+
+def _grid_geometry(
+    loss: str,
+    counts: np.ndarray,
+    groups: Groups | None,
+    extra: dict,
+    param: str,
+    value: float,
+    option: str,
+    text: str,
+) -> Geometry:
+    """The geometry at one grid value; a value whose temperatures or Grams overflow names the option."""
+    try:
+        return predict(theory_loss(loss, counts, **{**extra, param: value}), counts, groups)
+    except InputError:
+        R = counts.max() / counts.min()
+        if option == "--gamma-grid":
+            expected = (
+                f"values of {param} that keep the {loss} loss's temperatures and limiting geometry "
+                f"finite for counts with R = {R:g} ({param} = {value:g} does not)"
+            )
+        else:
+            expected = (
+                f"given a --gamma-grid for these counts (R = {R:g}): on the default grid -1.5:1.5, "
+                f"{param} = {value:g} makes the {loss} loss's temperatures or geometry overflow"
+            )
+        raise fail(option, expected, text) from None
 
 
 def _sym_table(sym: np.ndarray, counts: np.ndarray, groups: Groups, per_class: bool) -> Table:
@@ -369,26 +454,15 @@ def _check_plot_path(path: Path) -> None:
 
 
 def _write_plot(
-    path: Path,
-    loss: str,
-    extra: dict[str, float],
-    counts: np.ndarray,
-    groups: Groups | None,
-    grid: np.ndarray | None,
-    desc: dict,
+    path: Path, loss: str, summaries: list[dict], k: int, grid: np.ndarray | None, desc: dict
 ) -> None:
     from ..report.figures import geometry_vs_gamma_figure, save_figure
 
     param = get_loss_info(loss).family_param
-    assert param is not None
-    xs = DEFAULT_PLOT_GRID if grid is None else grid
-    summaries = [
-        predict(theory_loss(loss, counts, **{**extra, param: v}), counts, groups).summary for v in xs
-    ]
     fig = geometry_vs_gamma_figure(
-        xs,
+        DEFAULT_PLOT_GRID if grid is None else grid,
         summaries,
-        counts.size,
+        k,
         title=f"{loss}: {_describe(desc)} (theory, max-margin limit)",
         xlabel=param,
     )

@@ -13,19 +13,34 @@ Closed form (THEORY.md §4.1)::
 
 Weights ``omega`` and offsets ``iota`` drop out of the max-margin limit, so wCE, LA and Balanced
 Softmax share CE's geometry (SELI).
+
+Numerics of :func:`predict`. With ``u = Dc^-1 1 / ||Dc^-1 1||`` (a unit vector) the closed form
+factors as ``M* = (I - u u^T) Dc^-1 Dl^-1``, so ``A = M* N^1/2 = (I - u u^T) D`` with the diagonal
+``D = N^1/2 Dc^-1 Dl^-1``. Its null vectors are known exactly: ``u^T A = 0`` (that is
+``M*^T Dc^-1 1 = 0``) and ``A D^-1 u = 0`` (``M* Dl 1 = 0``). Classes with the same count and
+temperatures span exact singular subspaces too: a vector that sums to zero over such a group is
+mapped to ``d_g`` times itself. :func:`predict` splits both off exactly: the group subspaces in
+closed form, and the null vectors by writing what is left as ``Q C`` with ``Q`` an exact
+orthonormal (Householder) basis of ``u``'s complement, so that the thin SVD of the
+``(g - 1) x g`` matrix ``C = Q^T D`` (``g`` distinct classes) has exactly the ``g - 1`` non-zero
+singular values. (One SVD of ``A`` itself leaves a rounding-level singular value where the exact
+one is 0; with temperatures far apart (R = 1e6, |gamma| >= 1) that swamped the small Gram entries
+and cost up to all digits of the norm ratios and small cosines.) :func:`geometry` of an arbitrary
+``M`` cannot know its null vectors and takes one SVD of ``M N^1/2``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 
 from .._validation import InputError, as_float_vector, fail
 from ..data.imbalance import Groups
-from ..data.imbalance import groups as make_groups
 
 __all__ = [
     "Geometry",
@@ -103,11 +118,36 @@ def class_logits(loss_or_params: Any, class_counts: Any) -> np.ndarray:
     [[0.5, -1.0], [-0.5, 1.0]]
     """
     n = _counts(class_counts)
-    k = n.size
-    dc, dl = _temperatures(loss_or_params, k)
-    a = dc**-2 / np.sum(dc**-2)  # (k,)
-    core = np.eye(k) - np.outer(np.ones(k), a)  # (k, k)
-    return core / dc[:, None] / dl[None, :]
+    dc, dl = _temperatures(loss_or_params, n.size)
+    return _class_logits(dc, dl)
+
+
+def _class_logits(dc: np.ndarray, dl: np.ndarray) -> np.ndarray:
+    """``Dc^-1 (I - 1 a^T) Dl^-1`` with every entry to a few ulps (no cancellation in ``1 - a_y``)."""
+    k = dc.size
+    w = (dc.min() / dc) ** 2  # Dc^-2 scaled to max 1 (a is scale-free), (k,)
+    total = w.sum()
+    rest = total - w  # sum_{j != y} w_j: exact enough unless w_y dominates the sum ...
+    top = int(np.argmax(w))
+    rest[top] = np.delete(w, top).sum()  # ... which only the largest term can do: sum the others
+    core = -np.outer(np.ones(k), w / total)  # (k, k)
+    core[np.diag_indices(k)] = rest / total  # 1 - a_y
+    with np.errstate(over="ignore", under="ignore"):  # checked just below
+        M = core / dc[:, None] / dl[None, :]
+    if not np.all(np.isfinite(M)):
+        raise _too_extreme(dc, dl, None, "a logit matrix M* beyond 1e308")
+    return M
+
+
+def _too_extreme(dc: np.ndarray, dl: np.ndarray, n: np.ndarray | None, got: str) -> InputError:
+    """The error for temperatures (and counts) whose limiting geometry float64 cannot hold."""
+    counts = "" if n is None else f"n from {n.min():.3g} to {n.max():.3g}; "
+    return fail(
+        "loss",
+        "temperatures whose limiting geometry fits in float64 for these counts "
+        f"({counts}Dc from {dc.min():.3g} to {dc.max():.3g}, Dl from {dl.min():.3g} to {dl.max():.3g})",
+        got,
+    )
 
 
 def psd_sqrt(A: np.ndarray) -> np.ndarray:
@@ -124,9 +164,9 @@ def _norms(G: np.ndarray) -> np.ndarray:
 
 
 def _cos(G: np.ndarray) -> np.ndarray:
-    """The vectors' pairwise cosines from their Gram matrix."""
+    """The vectors' pairwise cosines from their Gram matrix (clipped to [-1, 1] against rounding)."""
     d = np.sqrt(np.clip(np.diag(G), 1e-300, None))
-    return G / np.outer(d, d)
+    return np.clip(G / d[:, None] / d[None, :], -1.0, 1.0)  # no outer(d, d): it can overflow
 
 
 def distance(G: Any, G_ref: Any) -> float:
@@ -144,13 +184,15 @@ def distance(G: Any, G_ref: Any) -> float:
     B = np.asarray(G_ref, dtype=np.float64)
     if A.shape != B.shape or A.ndim != 2:
         raise fail("G", f"a matrix of shape {B.shape}", A.shape)
-    na, nb = np.linalg.norm(A), np.linalg.norm(B)
-    if na == 0 or nb == 0:
+    if not (np.any(A) and np.any(B)):
         raise InputError("`G` must be a non-zero matrix; got all zeros.")
-    return float(np.linalg.norm(A / na - B / nb))
+    A, B = A / np.abs(A).max(), B / np.abs(B).max()  # the norms of 1e200-sized entries overflow
+    return float(np.linalg.norm(A / np.linalg.norm(A) - B / np.linalg.norm(B)))
 
 
-def group_summary(G_W: np.ndarray, G_H: np.ndarray, M: np.ndarray | None, grp: Groups) -> dict[str, float]:
+def group_summary(
+    G_W: np.ndarray, G_H: np.ndarray, M: np.ndarray | None, grp: Groups, *, pool_balanced: bool = False
+) -> dict[str, float]:
     """Scale-free group summaries of two Grams, shared by theory, UFM and the trained-model probes.
 
     Keys (``maj`` is the first group, ``min`` the last: majority/minority or many/few):
@@ -160,19 +202,28 @@ def group_summary(G_W: np.ndarray, G_H: np.ndarray, M: np.ndarray | None, grp: G
     * ``W_cos_maj_maj``, ``W_cos_min_min``, ``W_cos_maj_min`` and the same for ``H``: mean
       pairwise cosines within/between groups (NaN where a group has one class).
     * ``cos_WH``: mean over classes of cos(w_c, h_c) (needs ``M``'s diagonal, or G cross terms).
+
+    Balanced counts (one group holds every class, as :func:`cegeo.data.imbalance.groups` labels
+    equal counts) leave the minority group empty and its entries NaN; with ``pool_balanced``
+    (the theory's predictions) every class is then both a majority and a minority, so ``*_ratio``
+    is 1 and the three mean cosines are the same mean over all pairs (-1/(k-1) for an ETF).
     """
     maj, mino = grp.members(grp.names[0]), grp.members(grp.names[-1])
+    if pool_balanced and mino.size == 0 and maj.size == G_W.shape[0]:
+        mino = maj
     out: dict[str, float] = {}
     for tag, G in (("W", G_W), ("H", G_H)):
         sq = np.diag(G)
-        out[f"{tag}_ratio"] = float(np.mean(sq[maj]) / np.mean(sq[mino])) if mino.size else float("nan")
+        with np.errstate(over="ignore"):  # a ratio beyond 1e308 is inf
+            out[f"{tag}_ratio"] = float(np.mean(sq[maj]) / np.mean(sq[mino])) if mino.size else float("nan")
         C = _cos(G)
         out[f"{tag}_cos_maj_maj"] = _mean_offdiag(C, maj, maj)
         out[f"{tag}_cos_min_min"] = _mean_offdiag(C, mino, mino)
         out[f"{tag}_cos_maj_min"] = _mean_offdiag(C, maj, mino)
     if M is not None:
-        wn, hn = np.sqrt(np.diag(G_W)), np.sqrt(np.diag(G_H))
-        out["cos_WH"] = float(np.mean(np.diag(M) / (wn * hn)))
+        wn, hn = _norms(G_W), _norms(G_H)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero norm gives NaN, silently
+            out["cos_WH"] = float(np.mean(np.clip(np.diag(M) / wn / hn, -1.0, 1.0)))
     return out
 
 
@@ -235,8 +286,9 @@ class Geometry:
 
     @property
     def cos_WH(self) -> np.ndarray:
-        """cos(w_c, h_c) per class, shape (k,)."""
-        return np.diag(self.M) / (self.w_norms * self.h_norms)
+        """cos(w_c, h_c) per class (clipped to [-1, 1] against rounding), shape (k,)."""
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero norm gives NaN, silently
+            return np.clip(np.diag(self.M) / self.w_norms / self.h_norms, -1.0, 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: counts, groups, per-class norms, cosine matrices, logits and summary."""
@@ -257,8 +309,11 @@ def geometry(M: Any, class_counts: Any, groups: Groups | None = None) -> Geometr
     """Grams of classifiers and class means from a class-level logit matrix (THEORY.md §4.1).
 
     ``G_W = (M N M^T)^(1/2)`` and ``G_H = N^-1/2 (N^1/2 M^T M N^1/2)^(1/2) N^-1/2`` in float64,
-    both square roots from one SVD of ``M N^(1/2)`` (accurate for the rank-deficient ``M*``). ``G_W`` scales as sqrt(n), ``G_H`` as 1/sqrt(n): compare the
-    scale-free summaries.
+    both square roots from one SVD of ``M N^(1/2)``. ``G_W`` scales as sqrt(n), ``G_H`` as
+    1/sqrt(n): compare the scale-free summaries. For the closed form ``M*`` of a loss use
+    :func:`predict`, which knows ``M*``'s null vectors and stays accurate when temperatures are far
+    apart (module docstring); this generic route leaves a rounding-level singular value in their
+    place.
 
     Parameters
     ----------
@@ -266,7 +321,8 @@ def geometry(M: Any, class_counts: Any, groups: Groups | None = None) -> Geometr
     class_counts : array-like (k,)
         Positive counts (real values allowed, e.g. effective counts).
     groups : Groups, optional
-        Majority/minority grouping; default :func:`cegeo.data.imbalance.groups` of the counts.
+        Majority/minority grouping; default: the rule of :func:`cegeo.data.imbalance.groups`,
+        applied to the (possibly real) counts.
 
     Examples
     --------
@@ -279,28 +335,142 @@ def geometry(M: Any, class_counts: Any, groups: Groups | None = None) -> Geometr
     M = np.asarray(M, dtype=np.float64)
     if M.shape != (k, k):
         raise fail("M", f"a ({k}, {k}) matrix (k from class_counts)", M.shape)
-    grp = groups if groups is not None else make_groups(_integerish(n))
+    grp = groups if groups is not None else _default_groups(n)
     sq = np.sqrt(n)
     # Both square roots from one SVD of M N^1/2 = U S V^T: (M N M^T)^1/2 = U S U^T and
-    # (N^1/2 M^T M N^1/2)^1/2 = V S V^T. Same matrices as eigh + sqrt of the squared products,
-    # but M* is rank k-1 and the sqrt of a rounding-level null eigenvalue (~sqrt(eps)) cost up
-    # to 1e-2 relative error in G_H at R = 1e6; the SVD keeps it near machine precision.
+    # (N^1/2 M^T M N^1/2)^1/2 = V S V^T (the sqrt of squared products would lose half the digits).
     U, s, Vt = np.linalg.svd(M * sq[None, :])
     G_W = (U * s) @ U.T
     G_W = 0.5 * (G_W + G_W.T)
     inner = (Vt.T * s) @ Vt
     G_H = 0.5 * (inner + inner.T) / sq[:, None] / sq[None, :]
-    return Geometry(M, G_W, G_H, n, grp, group_summary(G_W, G_H, M, grp))
+    return Geometry(M, G_W, G_H, n, grp, group_summary(G_W, G_H, M, grp, pool_balanced=True))
 
 
-def _integerish(n: np.ndarray) -> np.ndarray:
-    """Counts for grouping: scale real counts so the smallest is >= 1, then round."""
-    scaled = n / n.min() * 1e6 if n.min() < 1 or np.any(n != np.round(n)) else n
-    return np.maximum(np.round(scaled), 1).astype(np.int64)
+def _default_groups(n: np.ndarray) -> Groups:
+    """:func:`cegeo.data.imbalance.groups` without thresholds, for real (effective) counts.
+
+    Same rule, applied to the floats themselves (no rescaling to integers, which overflowed int64
+    above R ~ 9e12): all equal -> every class ``majority``; two values -> the larger; else
+    count >= the geometric mean of the extremes.
+    """
+    lo, hi = float(n.min()), float(n.max())
+    if lo == hi:
+        return Groups(("majority", "minority"), ("majority",) * n.size)
+    if np.unique(n).size == 2:
+        major = n > lo
+    else:
+        prod = hi * lo  # as imbalance.groups computes it, unless it overflows
+        cut = math.sqrt(prod) if math.isfinite(prod) else math.sqrt(hi) * math.sqrt(lo)
+        major = n >= cut
+    return Groups(("majority", "minority"), tuple("majority" if m else "minority" for m in major))
+
+
+def _exp_max1(log_x: np.ndarray) -> np.ndarray:
+    """``exp(log_x)`` scaled so that its largest entry is 1."""
+    return np.exp(log_x - log_x.max())
+
+
+def _householder_complement(x: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the complement of ``x`` (k >= 2), shape (k, k - 1).
+
+    The columns of a Householder reflector ``H = I - v v^T / (1 + |u_p|)``, ``u = x / |x|``,
+    ``v = u + sign(u_p) e_p``, that maps ``u`` to ``-sign(u_p) e_p``, less column ``p``. Pivoting on
+    the largest ``|u_p|`` makes every entry accurate to a few ulps, tiny ones included: ``H_ij =
+    delta_ij - u_i u_j / (1 + |u_p|)`` off row and column ``p`` (no cancellation: the subtracted
+    term is at most 1/2 on the diagonal), ``H_pj = -sign(u_p) u_j``.
+    """
+    u = x / np.linalg.norm(x)  # callers pass max |x| = 1: no overflow
+    p = int(np.argmax(np.abs(u)))
+    sign = 1.0 if u[p] >= 0 else -1.0
+    H = -np.outer(u, u / (1.0 + abs(u[p])))  # (k, k)
+    H[np.diag_indices(u.size)] += 1.0
+    H[p, :] = -sign * u
+    H[:, p] = -sign * u
+    return np.delete(H, p, axis=1)
+
+
+def _graded_svd(T: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD ``T = V S U^T`` of a tall matrix whose rows differ widely in scale.
+
+    Returns ``(U, s, V)``. Rows sorted by decreasing norm, then Householder QR with column pivoting
+    ``T[:, piv] = Q1 R1`` and an SVD of the small ``R1``: QR preconditioning keeps the small rows'
+    digits in the singular vectors, where an SVD of ``T`` itself lost up to 1e-5 relative in small
+    cosines (random counts and temperatures e^-5..e^5, against 50-digit mpmath). Drmac and Veselic,
+    "New fast and accurate Jacobi SVD algorithm", SIMAX 2008, use the same preconditioner.
+    """
+    order = np.argsort(-np.linalg.norm(T, axis=1), kind="stable")
+    Q1, R1, piv = scipy.linalg.qr(T[order], mode="economic", pivoting=True)
+    X, s, Yt = np.linalg.svd(R1)
+    V = np.empty_like(Q1)
+    V[order] = Q1 @ X
+    U = np.empty_like(Yt.T)
+    U[piv] = Yt.T
+    return U, s, V
+
+
+def _closed_form_grams(dc: np.ndarray, dl: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(G_W, G_H)`` of ``M* = (I - u u^T) Dc^-1 Dl^-1`` with its exact singular subspaces split off.
+
+    See the module docstring. ``A = M* N^1/2 = (I - u u^T) D``, ``D = diag(d)``. Group the classes
+    with equal ``(n, Dc, Dl)``; ``E`` (k x g) has the unit group indicators as columns, ``m_g`` the
+    group sizes. Then ``A = E A_r E^T + sum_g d_g Pi_g`` with ``Pi_g`` the projector onto vectors
+    that sum to zero over group g and ``A_r = (I - u_r u_r^T) D_r`` (g x g, ``u_r = E^T u`` a unit
+    vector), so ``(A A^T)^1/2 = E (A_r A_r^T)^1/2 E^T + sum_g d_g Pi_g`` and the same for
+    ``A^T A``. With ``Q`` (g x (g-1)) an orthonormal basis of ``u_r``'s complement,
+    ``I - u_r u_r^T = Q Q^T``, so ``A_r = Q C`` with ``C = Q^T D_r`` ((g-1) x g, rank g-1: its
+    row space is the complement of the null vector ``D_r^-1 u_r``). The thin SVD ``C = U S V^T``
+    gives ``(A_r A_r^T)^1/2 = (Q U) S (Q U)^T`` and ``(A_r^T A_r)^1/2 = V S V^T``.
+    """
+    k = n.size
+    # d = sqrt(n) / (Dc Dl) in logs: no overflow for extreme temperatures; scale restored at the end.
+    log_d = 0.5 * np.log(n) - np.log(dc) - np.log(dl)
+    scale = float(log_d.max())
+    d = np.exp(log_d - scale)  # (k,), max 1
+    _, first, inverse, m = np.unique(
+        np.stack([n, dc, dl], axis=1), axis=0, return_index=True, return_inverse=True, return_counts=True
+    )
+    inverse = inverse.reshape(-1)
+    g = m.size
+    d_r = d[first]  # (g,)
+    red_W = np.zeros((g, g))
+    red_H = np.zeros((g, g))
+    if g > 1:
+        # A_r = (I - u_r u_r^T) D_r = Q C with Q an orthonormal basis of u_r's complement and
+        # C = Q^T D_r, (g-1) x g: its thin SVD has exactly the g-1 non-zero singular values of A_r
+        # (none at rounding level), and each entry Q_li d_i of C is exact to an ulp.
+        # u_r ∝ sqrt(m) / Dc, from logs (no overflow at extreme temperatures).
+        Q = _householder_complement(_exp_max1(0.5 * np.log(m) - np.log(dc[first])))  # (g, g-1)
+        U, s, V = _graded_svd(d_r[:, None] * Q)  # C^T = D_r Q = V S U^T
+        L = (Q @ U) * np.sqrt(s)  # (A_r A_r^T)^1/2 = (Q U) S (Q U)^T, (g, g-1)
+        R = V * np.sqrt(s)  # (A_r^T A_r)^1/2 = V S V^T, (g, g-1)
+        red_W = L @ L.T
+        red_H = R @ R.T
+    # Expand: entry (i, j) of E X E^T is X[g_i, g_j] / sqrt(m_gi m_gj); add d_g Pi_g within groups.
+    inv_sqrt_m = 1.0 / np.sqrt(m[inverse])  # (k,)
+    same = inverse[:, None] == inverse[None, :]  # (k, k)
+    within = np.where(same, -(d[:, None] / m[inverse][:, None]), 0.0)
+    within[np.diag_indices(k)] += d
+    G_W = red_W[np.ix_(inverse, inverse)] * inv_sqrt_m[:, None] * inv_sqrt_m[None, :] + within
+    inner = red_H[np.ix_(inverse, inverse)] * inv_sqrt_m[:, None] * inv_sqrt_m[None, :] + within
+    # Restore the scale: G_W by e^scale, G_H by e^scale / sqrt(n_i n_j), each factor from logs.
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # checked just below
+        G_W = 0.5 * (G_W + G_W.T) * np.exp(scale)
+        f = np.exp(0.5 * scale - 0.5 * np.log(n))  # (k,)
+        G_H = 0.5 * (inner + inner.T) * f[:, None] * f[None, :]
+    for G in (G_W, G_H):
+        diag = np.diag(G)
+        if not (np.all(np.isfinite(G)) and np.all(diag > 0) and np.all(np.isfinite(1 / diag))):
+            raise _too_extreme(dc, dl, n, f"norms of order 1e{scale / math.log(10):.0f}")
+    return G_W, G_H
 
 
 def predict(loss: Any, class_counts: Any, groups: Groups | None = None) -> Geometry:
-    """``geometry(class_logits(loss, counts), counts)``: the geometry training converges to.
+    """The geometry training converges to: ``geometry(class_logits(loss, counts), counts)``.
+
+    Computed from the factored closed form with its exact null vectors and group subspaces split
+    off (module docstring), so small Gram entries keep their digits when temperatures are far apart
+    (e.g. R = 1e6, |gamma| = 1.5).
 
     Examples
     --------
@@ -310,10 +480,14 @@ def predict(loss: Any, class_counts: Any, groups: Groups | None = None) -> Geome
     >>> round(g.summary["W_ratio"], 6), round(g.summary["W_cos_maj_min"], 4)
     (1.0, -0.1111)
     """
-    return geometry(class_logits(loss, class_counts), class_counts, groups)
+    n = _counts(class_counts)
+    dc, dl = _temperatures(loss, n.size)
+    M = _class_logits(dc, dl)
+    grp = groups if groups is not None else _default_groups(n)
+    G_W, G_H = _closed_form_grams(dc, dl, n)
+    return Geometry(M, G_W, G_H, n, grp, group_summary(G_W, G_H, M, grp, pool_balanced=True))
 
 
 def etf_geometry(k: int) -> Geometry:
     """The simplex-ETF reference (balanced CE): equal norms, all cosines -1/(k-1)."""
-    ones = np.ones(k)
-    return geometry(class_logits(None, ones), ones)
+    return predict(None, np.ones(k))

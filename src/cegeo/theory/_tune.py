@@ -1,8 +1,8 @@
 """Symmetric temperatures and one-parameter tuning toward the simplex ETF (THEORY.md §4.2).
 
 The *symmetric* geometry: classifiers ``W`` form a simplex ETF (equal norms, all cosines
-``-1/(k-1)``) and class-mean embeddings ``H`` have ETF angles. Their norms cannot be equal under
-imbalance: LDT with ``Dl ∝ sqrt(n)`` reaches the target exactly with ``||h_y||^2 ∝ 1/n_y``.
+``-1/(k-1)``) and class-mean embeddings ``H`` have ETF angles; their norms may differ. LDT with
+``Dl ∝ sqrt(n)`` (gamma = 1/2) reaches it exactly for any counts, with ``||h_y||^2 ∝ 1/n_y``.
 
 Residual to the ETF (what :func:`tune` minimises), with ``E = S / ||S||_F`` the normalised ETF
 Gram (``S = I - 11^T/k``) and :func:`cegeo.theory.distance` the normalised-Gram distance::
@@ -12,10 +12,19 @@ Gram (``S = I - 11^T/k``) and :func:`cegeo.theory.distance` the normalised-Gram 
     residual = sqrt(d_W^2 + d_H^2)
 
 ``residual = 0`` exactly for the symmetric geometry; each part lies in [0, 2].
+
+Two classes. The ETF for k = 2 is two antipodal vectors of equal norm. The limiting ``W`` and ``H``
+are always antipodal (``M*`` has rank k - 1 = 1), so the residual only compares ``||w_0||`` with
+``||w_1||``. CE's geometry (SELI) is then symmetric for any counts (THEORY.md §4.2), CDT and VS are
+symmetric only at gamma = 0, where they are CE, and LDT is symmetric at every gamma, because LDT is
+SELI with effective counts. The residual cannot choose among LDT's values, so :func:`tune` returns
+the value whose class means satisfy ``||h_c||^2 ∝ 1/n_c``, which is gamma = 1/2: the symmetric
+temperatures ``Dl ∝ sqrt(n)``, as for any k. It flags that case ``all_symmetric``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +34,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from torch import nn
 
-from .._validation import check_choice, check_finite, check_int, fail
+from .._validation import InputError, check_choice, check_finite, check_int, fail
 from ..data.imbalance import Groups
 from ._closed_form import Geometry, _counts, distance, predict
 
@@ -40,7 +49,7 @@ __all__ = [
 ]
 
 TARGETS = ("etf",)
-FLAT_TOL = 1e-10  # residual spread over the grid below which a family's geometry is constant
+FLAT_TOL = 1e-10  # Gram change (or residual spread) over the grid below which it counts as constant
 
 
 def symmetric_temperatures(class_counts: Any) -> np.ndarray:
@@ -176,10 +185,16 @@ class TuneResult:
         The predicted geometry at the optimum.
     target : str
     bounds : (float, float)
-        The searched interval.
+        The searched interval: the requested one, narrowed where the loss's temperatures or
+        Grams would overflow float64 for these counts (R ~ 1e100 and beyond).
     flat : bool
         The family's limiting geometry is the same for every value (wce, la: weights and offsets
-        drop out of the max-margin limit, THEORY.md §4, so they all give CE's SELI).
+        drop out of the max-margin limit, THEORY.md §4, so they all give CE's SELI; any family on
+        balanced counts, whose temperatures are then all equal).
+    all_symmetric : bool
+        Every value reaches the target but the geometry still depends on the value (LDT with two
+        classes, module docstring). ``value`` is then the one with ``||h_c||^2 ∝ 1/n_c``
+        (gamma = 1/2 for LDT).
     at_bound : bool
         The optimum lies on the searched interval's edge: widen ``bounds``.
     note : str
@@ -199,6 +214,7 @@ class TuneResult:
     flat: bool = False
     at_bound: bool = False
     note: str = ""
+    all_symmetric: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no matrices)."""
@@ -213,6 +229,7 @@ class TuneResult:
             "target": self.target,
             "bounds": list(self.bounds),
             "flat": self.flat,
+            "all_symmetric": self.all_symmetric,
             "at_bound": self.at_bound,
             "note": self.note,
             "summary": dict(self.geometry.summary),
@@ -233,7 +250,8 @@ def tune(
     """The value of a loss's family parameter whose limiting geometry is closest to the ETF.
 
     A grid over ``bounds`` (``num_grid`` points) finds the best cell; a bounded Brent search
-    (scipy ``minimize_scalar``) refines it between the neighbouring grid points to ``xatol``.
+    (scipy ``minimize_scalar``) refines it between the neighbouring grid points to ``xatol``, and
+    the value is rounded to ``xatol``'s decimals.
     The search costs about 70 closed-form :func:`cegeo.theory.predict` calls: 30 ms in all for
     k = 10, about 1 s for k = 200 and 20-40 s for k = 1000 on a 2-core CPU.
 
@@ -241,9 +259,10 @@ def tune(
     ----------
     loss_name : str
         A registered loss with a family parameter that the theory covers: ``ldt`` (reaches the
-        target exactly at gamma = 1/2), ``cdt`` and ``vs`` (gamma, at the given tau; VS's offsets
-        drop out, so it has CDT's geometry; no value is symmetric when R > 1), ``wce`` and ``la``
-        (flat: CE's geometry for every value).
+        target exactly at gamma = 1/2; with two classes at every gamma, and 1/2 is returned with
+        ``all_symmetric``), ``cdt`` and ``vs`` (gamma, at the given tau; VS's offsets drop out, so
+        it has CDT's geometry; no value is symmetric when R > 1 and k >= 3; with two classes
+        gamma = 0, which is CE, is), ``wce`` and ``la`` (flat: CE's geometry for every value).
     class_counts : array-like of shape (k,)
         Positive counts, k >= 2 (real values allowed).
     target : {"etf"}
@@ -276,8 +295,11 @@ def tune(
     >>> round(r.value, 6), r.residual < 1e-8
     (0.5, True)
     >>> r = tune("cdt", counts)
-    >>> round(r.value, 3), round(r.residual, 3)  # CDT cannot reach the ETF when R > 1
+    >>> round(r.value, 3), round(r.residual, 3)  # CDT cannot reach the ETF when R > 1 and k > 2
     (0.428, 0.299)
+    >>> r = tune("ldt", [1000, 1])  # two classes: every gamma is symmetric; 1/2 gives ||h||^2 ∝ 1/n
+    >>> r.value, r.all_symmetric, r.residual < 1e-12
+    (0.5, True, True)
     >>> tune("ce", counts)
     Traceback (most recent call last):
     ...
@@ -311,34 +333,144 @@ def tune(
     def objective(v: float) -> float:
         return etf_residual(geo_at(v)).total
 
-    grid = np.linspace(lo, hi, num_grid)
-    values = np.array([objective(v) for v in grid])
-    if values.max() - values.min() <= FLAT_TOL:
+    grid, geos = _computable(geo_at, param, loss_name, np.linspace(lo, hi, num_grid), (lo, hi))
+    narrowed = grid.size < num_grid
+    if narrowed:
+        lo, hi = float(grid[0]), float(grid[-1])
+    num_grid = grid.size
+    values = np.array([etf_residual(g).total for g in geos])
+    if all(_same_geometry(g, geos[0]) for g in geos[1:]):
         value = float(base.get(param, info.defaults[param]))
-        note = (
-            f"{loss_name}'s limiting geometry does not depend on {param}: weights and offsets drop "
-            "out of the max-margin limit (THEORY.md §4), so every value gives CE's geometry (SELI)."
-        )
+        if counts.min() == counts.max():
+            note = (
+                f"{loss_name}'s limiting geometry does not depend on {param}: the counts are balanced, "
+                "so every class gets the same temperature, weight and offset, and every value gives "
+                "CE's geometry, the simplex ETF."
+            )
+        else:
+            note = (
+                f"{loss_name}'s limiting geometry does not depend on {param}: weights and offsets drop "
+                "out of the max-margin limit (THEORY.md §4), so every value gives CE's geometry (SELI)."
+            )
         return _result(loss_name, param, value, geo_at(value), base, target, (lo, hi), True, False, note)
+    if values.max() <= FLAT_TOL:
+        return _all_symmetric(loss_name, param, counts, geo_at, geos, base, target, (lo, hi), grid, xatol)
     i = int(np.argmin(values))
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, num_grid - 1)]
-    opt = minimize_scalar(
-        objective, bounds=(a, b), method="bounded", options={"xatol": xatol, "maxiter": 500}
-    )
-    value = float(opt.x) if opt.fun <= values[i] else float(grid[i])
+    value = _refine(objective, grid, values, i, xatol)
     at_bound = (i == 0 and value - lo <= 10 * xatol) or (i == num_grid - 1 and hi - value <= 10 * xatol)
     geo = geo_at(value)
     res = etf_residual(geo)
-    if at_bound:
+    if at_bound and narrowed:
+        note = (
+            f"the best {param} lies on the edge of the searched interval [{lo:g}, {hi:g}]; beyond it "
+            f"the {loss_name} loss's temperatures or Grams overflow for these counts."
+        )
+    elif at_bound:
         note = f"the best {param} lies on the search bound; widen bounds={lo, hi} to look further."
     elif res.total < 1e-6:
-        note = f"{loss_name} reaches the symmetric (ETF) geometry at {param} = {value:.6g}."
+        note = f"{loss_name} reaches the symmetric (ETF) geometry at {param} = {value:.6g}"
+        if counts.size == 2:
+            note += " (with two classes CE's geometry is already symmetric, THEORY.md §4.2)"
+        note += "."
     else:
         note = (
             f"no {param} makes {loss_name}'s geometry symmetric for these counts; "
             f"{param} = {value:.6g} is the closest (residual {res.total:.3g})."
         )
     return _result(loss_name, param, value, geo, base, target, (lo, hi), False, at_bound, note)
+
+
+def _computable(
+    geo_at: Any, param: str, loss: str, grid: np.ndarray, bounds: Any
+) -> tuple[np.ndarray, list[Geometry]]:
+    """The grid points where the loss and its geometry can be computed, with their geometries.
+
+    With extreme counts (R ~ 1e100 and beyond) temperatures such as ``(n_c/n_max)^-3``, or the
+    Grams they give, overflow float64; the search then runs on the interval where they do not (it
+    contains 0, and the temperatures grow with ``|param|``).
+    """
+    geos: list[Geometry | None] = []
+    for v in grid:
+        try:
+            geos.append(geo_at(float(v)))
+        except InputError:
+            geos.append(None)
+    idx = np.array([j for j, g in enumerate(geos) if g is not None], dtype=np.int64)
+    if idx.size < 3 or idx[-1] - idx[0] + 1 != idx.size:
+        bad = float(grid[next(j for j, g in enumerate(geos) if g is None)])
+        raise fail(
+            "bounds",
+            f"an interval on which the {loss} loss's limiting geometry can be computed for these "
+            f"counts (at {param} = {bad:g} its temperatures or Grams overflow)",
+            bounds,
+        )
+    return grid[idx], [geos[j] for j in idx]  # type: ignore[misc]
+
+
+def _same_geometry(a: Geometry, b: Geometry) -> bool:
+    """The same limiting geometry up to scale: normalised Grams of W and H within FLAT_TOL."""
+    return distance(a.G_W, b.G_W) <= FLAT_TOL and distance(a.G_H, b.G_H) <= FLAT_TOL
+
+
+def _refine(objective: Any, grid: np.ndarray, values: np.ndarray, i: int, xatol: float) -> float:
+    """Bounded Brent search between grid[i]'s neighbours; keeps grid[i] unless Brent does better.
+
+    The result is rounded to the decimals of ``xatol`` (it is only that accurate), so an exact
+    optimum such as 0.5 or 0 prints as such.
+    """
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+    opt = minimize_scalar(
+        objective, bounds=(a, b), method="bounded", options={"xatol": xatol, "maxiter": 500}
+    )
+    value = float(opt.x) if opt.fun < values[i] else float(grid[i])
+    digits = max(0, -math.floor(math.log10(xatol)))
+    return float(min(max(round(value, digits), grid[0]), grid[-1]))
+
+
+def _all_symmetric(
+    loss: str,
+    param: str,
+    counts: np.ndarray,
+    geo_at: Any,
+    geos: list[Geometry],
+    base: Mapping[str, Any],
+    target: str,
+    bounds: tuple[float, float],
+    grid: np.ndarray,
+    xatol: float,
+) -> TuneResult:
+    """Every value is symmetric (LDT with two classes): choose ``||h_c||^2 ∝ 1/n_c``."""
+
+    def h_distance(geo: Geometry) -> float:  # scale-free distance of ||h_c||^2 n_c to a constant
+        return distance(np.diag(geo.h_norms**2 * counts), np.eye(counts.size))
+
+    def h_objective(v: float) -> float:
+        return h_distance(geo_at(v))
+
+    values = np.array([h_distance(g) for g in geos])
+    i = int(np.argmin(values))
+    value = _refine(h_objective, grid, values, i, xatol)
+    two = "with two classes, " if counts.size == 2 else ""
+    at_bound = values.max() - values.min() > FLAT_TOL and (
+        (i == 0 and value - bounds[0] <= 10 * xatol)
+        or (i == grid.size - 1 and bounds[1] - value <= 10 * xatol)
+    )
+    note = (
+        f"{two}every {param} gives {loss} the symmetric geometry (equal-norm ETF classifiers, "
+        "ETF-angled class means; THEORY.md §4.2), so the ETF residual cannot choose; "
+    )
+    if at_bound:
+        note += (
+            f"{param} = {value:.6g} comes closest to ||h_c||^2 ∝ 1/n_c on the search interval, on its "
+            f"bound; widen bounds={bounds} to look further."
+        )
+    else:
+        note += (
+            f"{param} = {value:.6g} is the one that also gives ||h_c||^2 ∝ 1/n_c, the symmetric label "
+            "temperatures Dl ∝ sqrt(n) of any k."
+        )
+    out = _result(loss, param, value, geo_at(value), base, target, bounds, False, at_bound, note)
+    return dataclasses.replace(out, all_symmetric=True)
 
 
 def _bounds(bounds: Any) -> tuple[float, float]:
