@@ -6,6 +6,7 @@ import csv
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,6 +118,16 @@ def test_ufm_config_with_overrides(cli, tmp_path):
         (["--counts", "4,2", "--dtype", "float16"], "`dtype` must be 'float32' or 'float64'"),
         (["--counts", "4,2", "--device", "tpu"], "`device` must be"),
         (["--counts", "4,2", "--threads", "0"], "`--threads` must be an integer >= 1"),
+        (["--counts", "4,2", "--threads", "1000000"], r"`--threads` must be an integer in \[1, \d+\]"),
+        (["--counts", "4,2", "--weight-decay", "-1"], "`--weight-decay` must be a number >= 0"),
+        (
+            ["--counts", "4,2", "--weight-decay", "0", "--path"],
+            r"`--weight-decay` must be a number in \(0, 1\) with --path",
+        ),
+        (
+            ["--counts", "4,2", "--weight-decay", "2", "--path"],
+            r"`--weight-decay` must be a number in \(0, 1\)",
+        ),
         (["--counts", "4,2", "--path-lams", "1e-3,1e-2"], "`path_lams` must be a strictly decreasing"),
         (["--counts", "4,2", "--path-lams", "a"], "`--path-lams` must be comma-separated numbers"),
         (["--counts", "4,2", "--init-std", "0"], "`init_std` must be a number > 0"),
@@ -130,6 +141,29 @@ def test_ufm_bad_input_is_one_line_and_exit_2(cli, args, match):
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert match in lines[0] or re.search(match, lines[0]), lines[0]
     assert r.out == ""  # nothing ran
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("counts = [4, 2]\nseeds = [-1]\n", "`seeds` must be an integer >= 0; got -1."),
+        ("counts = [4, 2]\nweight_decay = -1\n", "`weight_decay` must be a number >= 0"),
+        ("counts = [4, 2]\nthreads = 1000000\n", "`threads` must be an integer in [1, "),
+        (
+            "counts = [4, 2]\ngamma_grid = 5\n",
+            "`gamma_grid` must be a list of numbers or a 'START:STOP:NUM' string",
+        ),
+        ("[ufm]\ncounts = [4, 2]\n", "unknown key `ufm` in the config"),
+        ("step = 'k=4,R=2,rho=0.5'\n[ufm]\nd = 3\n", "unknown key `ufm` in the config"),
+    ],
+)
+def test_ufm_bad_config_values_name_the_key(cli, tmp_path, text, match):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    r = cli("ufm", "--config", bad, "--quiet")
+    lines = r.err.strip().splitlines()
+    assert r.code == 2 and len(lines) == 1 and match in lines[0], r.err
+    assert r.out == ""
 
 
 def test_ufm_bad_config_file(cli, tmp_path):
@@ -155,3 +189,173 @@ def test_ufm_out_must_be_a_folder(cli, tmp_path):
 def test_ufm_cuda_without_gpu(cli):
     r = cli("ufm", "--counts", "4,2", "--device", "cuda", "--quiet")
     assert r.code == 2 and "`device` must be an available device" in r.err
+
+
+# ------------------------------------------------------------------------ audit findings
+
+
+def _gap(key, value, reference):
+    """The documented gap (summary.json `gap_definition`), written out again for the test."""
+    return abs(value / reference - 1) if key.endswith("ratio") else abs(value - reference)
+
+
+def test_gap_split_is_taken_at_the_gamma_of_the_total(cli, tmp_path):
+    """The optimisation and regularisation columns are those of the grid value named in `at`.
+
+    Expected values come from the per-configuration rows of summary.json (GD, mean over seeds),
+    their theory, and minimize_ufm called here, not from the table code.
+    """
+    from cegeo.ufm import UFMConfig, minimize_ufm
+
+    out = tmp_path / "run"
+    args = ["--step", "k=4,R=10,rho=0.5", "--n-min", "1", "--d", "4", "--loss", "cdt,ldt"]
+    args += ["--gamma-grid", "-1:1.5:6", "--epochs", "300", "--lr", "0.5", "--seeds", "0,1", "--quiet"]
+    r = cli("ufm", *args, "--out", out)
+    assert r.code == 0, r.err
+    summary = json.loads((out / "summary.json").read_text())
+    counts, lam = summary["class_counts"], summary["experiment"]["weight_decay"]
+    lines = r.out.splitlines()
+    split_elsewhere = 0
+    for loss in ("cdt", "ldt"):
+        rows = [c for c in summary["configs"] if c["loss"] == loss]
+        gammas = sorted({c["gamma"] for c in rows if c["gamma"] >= -0.5})
+        minimiser = {
+            g: minimize_ufm(UFMConfig(loss, {"gamma": g}, lam=lam), counts, 4).metrics for g in gammas
+        }
+        title = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{loss}: largest gap"))
+        for key in PANEL_KEYS:
+            total, opt, reg = {}, {}, {}
+            for g in gammas:
+                mine = [c for c in rows if c["gamma"] == g]
+                ufm = float(np.mean([c[key] for c in mine]))
+                theory = mine[0]["theory"][key]
+                total[g] = _gap(key, ufm, theory)
+                opt[g] = _gap(key, ufm, minimiser[g][key])
+                reg[g] = _gap(key, minimiser[g][key], theory)
+            at = max(gammas, key=lambda g: total[g])
+            got = summary["comparison"][loss]["gaps"][key]
+            assert got["at"] == at, (loss, key)
+            assert got["ufm_vs_theory"] == pytest.approx(total[at], rel=1e-9)
+            assert got["optimisation"] == pytest.approx(opt[at], rel=1e-6, abs=1e-9), (loss, key)
+            assert got["regularisation"] == pytest.approx(reg[at], rel=1e-6, abs=1e-9), (loss, key)
+            largest = max(gammas, key=lambda g: opt[g])
+            assert got["largest_optimisation"]["at"] == largest
+            split_elsewhere += largest != at or max(gammas, key=lambda g: reg[g]) != at
+            # The printed row shows the same numbers.
+            label = key.replace("_", ": ", 1).split(": ")[0] + ":"
+            row = next(
+                line for line in lines[title:] if line.startswith("│ " + label) and _panel_word(key) in line
+            )
+            cells = [c.strip() for c in row.strip("│").split("│")]
+            assert float(cells[2]) == pytest.approx(at)
+            assert float(cells[3]) == pytest.approx(opt[at], rel=1e-3, abs=1e-4)
+            assert float(cells[4]) == pytest.approx(reg[at], rel=1e-3, abs=1e-4)
+    assert split_elsewhere  # the case tells the two definitions apart
+
+
+def _panel_word(key):
+    return {"ratio": "ratio", "cos_maj_maj": "maj-maj", "cos_min_min": "min-min", "cos_maj_min": "maj-min"}[
+        key.split("_", 1)[1]
+    ]
+
+
+def test_rerun_into_the_same_folder_leaves_no_stale_outputs(cli, tmp_path):
+    out = tmp_path / "run"
+    r = cli("ufm", *TINY, "--path", "--path-lams", "1e-2,1e-4", "--out", out)
+    assert r.code == 0, r.err
+    before = {p.name for p in out.iterdir()}
+    assert {"path.csv", "path_cdt.png", "path_ldt.png", "ufm_cdt.png", "ufm_ldt.png"} <= before
+    # Files that are not cegeo ufm's outputs stay, even when they look alike.
+    keep = ["notes.txt", "ufm_mine.png", "path_old.csv", "ufm.csv.bak", "summary.md"]
+    for name in keep:
+        (out / name).write_text("mine")
+    smaller = [a if a != "cdt,ldt" else "ldt" for a in TINY]
+    r = cli("ufm", *smaller, "--out", out)
+    assert r.code == 0, r.err
+    assert {p.name for p in out.iterdir()} == {"ufm.csv", "summary.json", "config.toml", "ufm_ldt.png", *keep}
+    text = " ".join(r.out.split())
+    assert "removed from an earlier run: path.csv, path_cdt.png, path_ldt.png, ufm_cdt.png" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["path"] is None and list(summary["comparison"]) == ["ldt"]
+
+
+def test_all_configurations_diverged_is_reported_and_exits_1(cli, tmp_path):
+    import warnings
+
+    args = ["--step", "k=4,R=10,rho=0.5", "--n-min", "2", "--d", "6", "--loss", "cdt"]
+    args += ["--gamma-grid", "-3:3:7", "--lr", "60", "--momentum", "0", "--epochs", "300", "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no stray numpy RuntimeWarning
+        r = cli("ufm", *args, "--out", tmp_path / "x")
+    assert r.code == 1
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: 7/7 configurations diverged (cdt gamma=-3,-2,-1,0,1,2,3); lower --lr (now 60)"
+    )
+    assert "RuntimeWarning" not in r.err
+    summary = json.loads((tmp_path / "x" / "summary.json").read_text())  # still written: the evidence
+    assert summary["diverged"] == list(range(7))
+
+
+def test_some_configurations_diverged_is_a_note_and_exits_0(cli):
+    args = ["--step", "k=4,R=10,rho=0.5", "--n-min", "2", "--d", "6", "--loss", "cdt"]
+    args += ["--gamma-grid", "-3:3:7", "--lr", "30", "--momentum", "0", "--epochs", "100", "--quiet"]
+    r = cli("ufm", *args, "--seeds", "0,1")
+    assert r.code == 0, r.err
+    text = " ".join(r.out.split())
+    assert "note: 6/14 configurations diverged (cdt gamma=1,2,3); lower --lr (now 30)" in text
+
+
+def test_zero_minimiser_is_reported_as_undefined_geometry(cli, tmp_path):
+    out = tmp_path / "z"
+    args = ["--counts", "6,6,2,2", "--d", "4", "--loss", "ldt", "--gamma-grid", "0,0.5"]
+    args += ["--weight-decay", "0.9", "--path", "--path-lams", "0.9,0.5", "--epochs", "500", "--quiet"]
+    r = cli("ufm", *args, "--out", out)
+    assert r.code == 0, r.err
+    text = " ".join(r.out.split())
+    assert "note: ldt at gamma = 0, 0.5: the exact minimiser at weight decay 0.9 is W = H = 0" in text
+    assert "note: ldt path: at gamma=0 lam=9e-01, gamma=0 lam=5e-01, gamma=0.5 lam=9e-01" in text
+    summary = json.loads((out / "summary.json").read_text())
+    entry = summary["comparison"]["ldt"]
+    assert entry["zero_minimiser_at"] == [0.0, 0.5]
+    for point in entry["points"]:
+        assert point["minimiser"]["zero"] and point["minimiser"]["is_global"]
+        assert point["minimiser"]["metrics"]["W_ratio"] is None and point["ufm"]["W_ratio"] is None
+    assert all(g["ufm_vs_theory"] is None for g in entry["gaps"].values())
+    with (out / "path.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(row["zero"] == "True" and row["W_ratio"] == "" for row in rows)
+
+
+def test_d_below_k_is_noted_and_uncertified_minimisers_are_flagged(cli):
+    import warnings
+
+    args = ["--counts", "6,6,2,2", "--d", "2", "--loss", "ce", "--weight-decay", "1e-2", "--lr", "1"]
+    args += ["--epochs", "300", "--seeds", "1", "--path", "--path-lams", "1e-2,1e-3", "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the command says it once, as a note, not as a warning
+        r = cli("ufm", *args)
+    assert r.code == 0, r.err
+    text = " ".join(r.out.split())
+    assert "note: d = 2 < k = 4: THEORY.md §4 assumes d >= k" in text
+    assert "note: ce: the exact minimiser is not certified global (d < k)" in text
+    assert "note: ce path: 2 point(s) not certified global (lam=1e-02, lam=1e-03)" in text
+    r = cli("ufm", *[a if a != "2" else "4" for a in args])
+    assert r.code == 0 and "note:" not in r.out
+
+
+def test_zero_weight_decay_runs_without_a_split(cli):
+    args = ["--counts", "6,6,2,2", "--d", "4", "--loss", "ldt", "--gamma-grid", "0,0.5"]
+    r = cli("ufm", *args, "--weight-decay", "0", "--epochs", "200", "--quiet")
+    assert r.code == 0, r.err
+    text = " ".join(r.out.split())
+    assert "no split: without weight decay there is no regularised minimiser" in text
+    assert "note: weight decay 0: no regularised minimiser" in text
+
+
+def test_tables_keep_their_numbers_when_piped(cli):
+    """Captured output is not a terminal (80 columns by default): nothing is cut to '…'."""
+    r = cli("ufm", *TINY, "--path", "--path-lams", "1e-2,1e-4,1e-6,1e-8,1e-10")
+    assert r.code == 0, r.err
+    assert "…" not in r.out
+    assert "regularisation" in r.out and "optimisation" in r.out

@@ -224,6 +224,23 @@ def test_divergent_configuration_is_contained():
     assert not bad["finite"] and math.isnan(bad["W_ratio"])
 
 
+def test_diverging_run_with_finite_but_huge_parameters_is_flagged_without_warnings():
+    """Mid-divergence the parameters are finite but their Grams overflow: finite = False, and
+    no numpy RuntimeWarning escapes (the audit's `--lr 60` CDT sweep)."""
+    import warnings
+
+    cfgs = [UFMConfig("cdt", {"gamma": g}, lam=5e-4, lr=60.0, momentum=0.0) for g in (-3.0, 0.0, 3.0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = simulate(cfgs, [20, 20, 2, 2], d=6, epochs=300, log_every=10)
+    assert not any(row["finite"] for row in res.final_rows())
+    flagged = [r for r in res.rows if not r["finite"]]
+    # Some logged rows were flagged while W and H were still finite (only too large to measure).
+    assert any(math.isfinite(r["W_norm"]) for r in flagged)
+    for r in flagged:
+        assert all(math.isnan(r[key]) for key in (*PANEL_KEYS, "dist_W", "nc1"))
+
+
 # ------------------------------------------------------------------- exact minimiser
 
 
@@ -295,6 +312,77 @@ def test_certificate_flags_saddles_and_the_solver_leaves_them():
     warm = minimize_ufm(cfg, counts, 4, x0=start.x)
     assert warm.escapes >= 1 and warm.is_global
     assert warm.objective == pytest.approx(cold.objective, rel=1e-10)
+
+
+def _zero_threshold(loss_name, hyper, counts):
+    """||grad_Z L(0)||_2 at the sample level (autograd on the loss module): the smallest lam at
+    which W = H = 0 minimises the UFM (the convex problem L(Z) + lam ||Z||_*)."""
+    loss = create_loss(loss_name, counts, **hyper)
+    Z = torch.zeros(sum(counts), len(counts), dtype=torch.float64, requires_grad=True)  # (n, k)
+    loss(Z, _labels(counts)).backward()
+    return float(torch.linalg.matrix_norm(Z.grad, ord=2))
+
+
+@pytest.mark.parametrize(
+    "loss, hyper", [("ldt", {"gamma": 0.0}), ("ldt", {"gamma": 0.5}), ("cdt", {"gamma": 1.0})]
+)
+def test_zero_minimiser_is_detected_and_has_no_geometry(loss, hyper):
+    lam_star = _zero_threshold(loss, hyper, COUNTS)
+    above = minimize_ufm(UFMConfig(loss, hyper, lam=1.05 * lam_star), COUNTS, d=4)
+    assert above.zero and above.is_global and above.converged and above.iterations == 0
+    assert not np.any(above.W) and not np.any(above.H)
+    assert above.certificate == pytest.approx(1 / 1.05, rel=1e-9)
+    assert above.objective == pytest.approx(math.log(4))  # all logits 0
+    for key in (*PANEL_KEYS, "cos_WH", "dist_W", "dist_H", "dist_M"):
+        assert math.isnan(above.metrics[key]), key
+    assert above.metrics["W_norm"] == 0.0
+    # Nothing near the origin does better (sample level, the loss module itself).
+    labels = _labels(COUNTS)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        W, H = (
+            torch.randn(4, 4, generator=gen, dtype=torch.float64),
+            torch.randn(4, 16, generator=gen, dtype=torch.float64),
+        )
+        for t in (1e-1, 1e-2):
+            f = float(ufm_objective(create_loss(loss, COUNTS, **hyper), t * W, t * H, labels, above.lam))
+            assert f >= above.objective - 1e-15
+    below = minimize_ufm(UFMConfig(loss, hyper, lam=0.9 * lam_star), COUNTS, d=4)
+    assert not below.zero and below.is_global and np.linalg.norm(below.W) > 1e-3
+    assert below.objective < math.log(4)
+
+
+def test_path_through_zero_minimisers_restarts_and_reports_them():
+    lam_star = _zero_threshold("ldt", {"gamma": 0.5}, COUNTS)
+    lams = [0.9, 2 * lam_star, 0.5 * lam_star, 1e-2, 1e-4]
+    path = regularization_path(UFMConfig("ldt", {"gamma": 0.5}), COUNTS, lams, d=4)
+    assert [r["zero"] for r in path.rows] == [True, True, False, False, False]
+    assert all(r["is_global"] and r["converged"] for r in path.rows)
+    assert math.isnan(path.rows[0]["W_ratio"]) and math.isnan(path.rows[0]["gap_W_ratio"])
+    cold = minimize_ufm(UFMConfig("ldt", {"gamma": 0.5}, lam=1e-2), COUNTS, d=4)
+    assert path.minima[3].objective == pytest.approx(cold.objective, rel=1e-10)
+
+
+def test_d_below_k_warns_and_the_minimiser_may_be_local():
+    """The audit's case: counts [6,6,2,2], d = 2, CE, lam = 1e-2. Seed 1 stops at a local optimum
+    (objective 0.324515) that GD beats (0.321793); nothing certifies it, and the user is warned."""
+    from cegeo.ufm import LowRankWarning
+
+    cfg = UFMConfig("ce", lam=1e-2, lr=1.0, momentum=0.9, seed=1)
+    with pytest.warns(LowRankWarning, match=r"d = 2 < k = 4: .* may be a local optimum"):
+        local = minimize_ufm(cfg, COUNTS, d=2)
+    gd = simulate(cfg, COUNTS, d=2, epochs=4000).final_rows()[0]
+    assert local.converged and not local.is_global
+    assert local.objective == pytest.approx(0.324515, abs=1e-6)
+    assert gd["objective"] == pytest.approx(0.321793, abs=1e-6) and gd["objective"] < local.objective
+    with pytest.warns(LowRankWarning) as record:
+        regularization_path(cfg, COUNTS, [1e-2, 1e-3], d=2)
+    assert len(record) == 1  # once per path, not once per lam
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert minimize_ufm(cfg, COUNTS, d=4).is_global  # d >= k: no warning
 
 
 def test_theory_reference_numbers_k4():
@@ -370,6 +458,17 @@ def test_paper_config_is_the_theory_recipe():
     assert exp.lams()[0] == 5e-4 and len(exp.lams()) == 9
 
 
+def test_zero_weight_decay_runs_without_a_path_grid():
+    exp = from_dict(UFMExperiment, {"counts": [4, 2], "weight_decay": 0.0}).validate()
+    assert exp.configs()[0].lam == 0.0
+    with pytest.raises(ValueError, match=r"`weight_decay` must be a number in \(0, 1\) for the default"):
+        exp.lams()
+    given = from_dict(UFMExperiment, {"counts": [4, 2], "weight_decay": 0.0, "path_lams": [1e-2, 1e-3]})
+    assert given.validate().lams() == [1e-2, 1e-3]
+    row = simulate(UFMConfig("ce", lam=0.0, lr=1.0), [4, 2], d=2, epochs=50).final_rows()[0]
+    assert row["finite"] and row["train_acc"] == 1.0
+
+
 def test_experiment_profiles_and_round_trip():
     from cegeo._io import read_toml
     from cegeo.config import to_toml_text
@@ -404,6 +503,7 @@ def test_experiment_profiles_and_round_trip():
         (dict(dtype="float16"), r"`dtype` must be 'float32' or 'float64'"),
         (dict(device="tpu"), r"`device` must be a torch device|`device` must be 'cpu' or 'cuda"),
         (dict(threads=0), r"`threads` must be an integer >= 1"),
+        (dict(threads=10**6), r"`threads` must be an integer in \[1, \d+\]"),
         (dict(log_every=0), r"`log_every` must be an integer >= 1"),
         (dict(configs=UFMConfig(lam=-1.0)), r"`lam` must be a number >= 0"),
         (dict(configs=UFMConfig(lr=0.0)), r"`lr` must be a number > 0"),
@@ -475,6 +575,10 @@ def test_minimiser_and_path_errors(call, match):
         ({"counts": [4, 2], "epochs": "many"}, r"`epochs` must be an integer"),
         ({"counts": [4, 2], "batch_size": -1}, r"`batch_size` must be an integer >= 0"),
         ({"counts": [4], "losses": ["ce"]}, r"`counts` must be at least two class counts"),
+        ({"counts": [4, 2], "seeds": [0, -1]}, r"`seeds` must be an integer >= 0"),
+        ({"counts": [4, 2], "weight_decay": -1.0}, r"`weight_decay` must be a number >= 0"),
+        ({"counts": [4, 2], "threads": 10**6}, r"`threads` must be an integer in \[1, \d+\]"),
+        ({"counts": [4, 2], "threads": 0}, r"`threads` must be an integer >= 1"),
     ],
 )
 def test_experiment_errors(data, match):

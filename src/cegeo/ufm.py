@@ -57,6 +57,7 @@ import contextlib
 import itertools
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,14 +75,17 @@ from .losses import ParametricCE, create_loss, get_loss_info
 from .theory import Geometry, distance, group_summary, predict
 
 __all__ = [
+    "MAX_THREADS",
     "METRIC_COLUMNS",
     "PANEL_KEYS",
     "LogTrend",
+    "LowRankWarning",
     "PathResult",
     "UFMConfig",
     "UFMExperiment",
     "UFMMinimum",
     "UFMResult",
+    "check_threads",
     "fit_log_trend",
     "loss_vectors",
     "minimize_ufm",
@@ -106,7 +110,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "grad_rel",  # ||grad F|| / (lam ||(W, H)||): 0 at a stationary point
     "train_acc",
     "train_bal_acc",
-    "finite",
+    "finite",  # False once the run diverged (loss not finite or ||W||^2 + ||H||^2 > 1e100)
     "W_norm",  # ||W||_F
     "H_norm",  # ||H||_F (all samples)
     "W_norm_maj",  # mean ||w_c|| over the first group (majority)
@@ -122,10 +126,21 @@ METRIC_COLUMNS: tuple[str, ...] = (
 )
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# ||W||^2 + ||H||^2 above this counts as diverged (finite = False): the Grams' own norms would
+# overflow float64 soon after, and no converging run comes near it (norms grow like
+# sqrt(log 1/lam)).
+_DIVERGED_SQNORM = 1e100
+#: Upper bound of the ``threads`` argument: more intra-op threads than this crash OpenMP
+#: runtimes (libgomp aborts at 10^6) and never help the small batched matmuls here.
+MAX_THREADS = 1024  # the same on every machine, so a config that works on one is valid on all
 _RESERVED_COLUMNS = frozenset(
     {"config", "loss", "lam", "lr", "momentum", "milestones", "lr_decay", "seed", "batch_size", "d", "dtype"}
     | set(METRIC_COLUMNS)
 )
+
+
+class LowRankWarning(UserWarning):
+    """``d < k``: the exact minimiser may be a local optimum and THEORY.md §4 does not apply."""
 
 
 # ------------------------------------------------------------------------------ configurations
@@ -265,6 +280,14 @@ def _check_device(device: Any) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise fail("device", "'cpu' or 'cuda[:i]'", device)
     return dev
+
+
+def check_threads(param: str, value: Any) -> int:
+    """``value`` as a thread count in ``[1, MAX_THREADS]`` (one-line error naming ``param``)."""
+    threads = check_int(param, value, minimum=1)
+    if threads > MAX_THREADS:
+        raise fail(param, f"an integer in [1, {MAX_THREADS}]", value)
+    return threads
 
 
 def _seeds(seed: int) -> tuple[int, int]:
@@ -413,21 +436,26 @@ def _measure(
     rows = []
     for b, lam in enumerate(lams):
         Wb, Hb = W_all[b], H_all[b]
-        sq_w, sq_h = float(np.sum(Wb * Wb)), float(np.sum(Hb * Hb))
-        loss = float(losses[b])
-        gnorm = math.sqrt(float(np.sum((gW_all[b] + lam * Wb) ** 2) + np.sum((gH_all[b] + lam * Hb) ** 2)))
-        scale = lam * math.sqrt(sq_w + sq_h)
+        # A diverging run overflows here (its parameters may still be finite); it is reported
+        # as finite = False below, not as a stray RuntimeWarning.
+        with np.errstate(over="ignore", invalid="ignore"):
+            sq_w, sq_h = float(np.sum(Wb * Wb)), float(np.sum(Hb * Hb))
+            loss = float(losses[b])
+            gnorm = math.sqrt(
+                float(np.sum((gW_all[b] + lam * Wb) ** 2) + np.sum((gH_all[b] + lam * Hb) ** 2))
+            )
+            scale = lam * math.sqrt(sq_w + sq_h)
         correct = pred_all[b] == labels
         row: dict[str, Any] = {
             "train_loss": loss,
             "objective": loss + 0.5 * lam * (sq_w + sq_h),
-            "grad_rel": gnorm / scale if scale > 0 else nan,
+            "grad_rel": gnorm / scale if scale > 0 and math.isfinite(scale) else nan,
             "train_acc": float(correct.mean()),
             "train_bal_acc": float(np.mean(np.bincount(labels, weights=correct, minlength=k) / counts)),
             "W_norm": math.sqrt(sq_w),
             "H_norm": math.sqrt(sq_h),
         }
-        finite = bool(np.isfinite(loss) and np.all(np.isfinite(Wb)) and np.all(np.isfinite(Hb)))
+        finite = bool(np.isfinite(loss) and sq_w + sq_h <= _DIVERGED_SQNORM)
         row["finite"] = finite
         if not finite:
             row.update({key: nan for key in METRIC_COLUMNS[METRIC_COLUMNS.index("W_norm_maj") :]})
@@ -621,6 +649,7 @@ def simulate(
         CPU intra-op threads during the run (restored afterwards); None leaves torch's
         setting. One thread keeps batched runs bitwise reproducible and avoids OpenMP stalls
         when other processes share the cores; the batch, not threads, is the parallelism here.
+        At most :data:`MAX_THREADS`.
 
     Returns
     -------
@@ -630,7 +659,7 @@ def simulate(
     ------
     ValueError
         An empty batch, a loss that is not a ParametricCE, bad counts, ``d``, ``epochs``,
-        ``batch_size``, ``init_std``, dtype or device, or a bad configuration field.
+        ``batch_size``, ``init_std``, ``threads``, dtype or device, or a bad configuration field.
 
     Examples
     --------
@@ -666,7 +695,7 @@ def simulate(
     if log_every is not None:
         log_every = check_int("log_every", log_every, minimum=1)
     if threads is not None:
-        threads = check_int("threads", threads, minimum=1)
+        threads = check_threads("threads", threads)
     dt = _check_dtype(dtype)
     dev = _check_device(device)
     for c in configs:
@@ -966,9 +995,14 @@ class UFMMinimum:
         Saddles left along the certificate's direction before the final point (a warm start
         from a minimiser whose minority rows are exactly 0 sits on such a saddle).
     metrics : dict
-        The measurement columns (:data:`METRIC_COLUMNS` where defined; ``nc1`` is 0).
+        The measurement columns (:data:`METRIC_COLUMNS` where defined; ``nc1`` is 0). NaN
+        geometry (norm ratios, cosines, Gram distances) when the minimiser is zero.
     x : ndarray
         The optimiser's variables (for warm starts).
+    zero : bool
+        The minimiser is ``W = H = 0`` (the weight decay is too large for any fit): certified by
+        ``certificate <= 1`` at the origin, i.e. ``||grad_{M'} L(0)||_2 <= lam``. Its geometry is
+        undefined and reported as NaN.
     """
 
     config: UFMConfig
@@ -984,10 +1018,16 @@ class UFMMinimum:
     metrics: dict[str, float]
     x: np.ndarray = field(repr=False)
     escapes: int = 0
+    zero: bool = False
 
     @property
     def is_global(self) -> bool:
-        """Converged and certified (``certificate <= 1 + 1e-6``; meaningful for ``d >= k``)."""
+        """Converged and certified (``certificate <= 1 + 1e-6``).
+
+        The certificate is sufficient for any ``d``. For ``d >= k`` it is also necessary (the
+        solver escapes uncertified points, so False means it ran out of iterations); for
+        ``d < k`` a global minimiser may fail it, and a False result may be a local optimum.
+        """
         return self.converged and self.certificate <= 1 + 1e-6
 
 
@@ -1034,7 +1074,11 @@ def minimize_ufm(
     ``||grad (F/lam)|| <= tol ||x||`` or ``max_iter`` iterations (finishing with Newton steps
     when float64 line searches stall). For ``d >= k`` a stationary point whose certificate
     exceeds 1 is a saddle; the solver leaves it along the violating direction and descends
-    again, so the result is the global minimiser (``is_global``).
+    again, so the result is the global minimiser (``is_global``). For ``d < k`` (outside
+    THEORY.md §4, which assumes ``d >= k``) there is no such guarantee: the result may be a
+    local optimum, and a :class:`LowRankWarning` says so. When the weight decay is so large
+    that ``W = H = 0`` is the minimiser (``||grad_{M'} L(0)||_2 <= lam``), that is returned at
+    once with ``zero = True`` and NaN geometry.
 
     Parameters
     ----------
@@ -1042,7 +1086,8 @@ def minimize_ufm(
         Loss, hyperparameters, ``lam`` (its optimiser fields are ignored).
     class_counts : array-like (k,)
     d : int
-        Embedding dimension (``d >= k`` for the nuclear-norm certificate to be exact).
+        Embedding dimension (``d >= k`` for the nuclear-norm certificate to be exact; smaller
+        ``d`` warns).
     lam : float, optional
         Overrides ``config.lam``; must be > 0.
     tol : float
@@ -1063,6 +1108,11 @@ def minimize_ufm(
     ------
     ValueError
         ``lam <= 0``, a loss that is not a ParametricCE, bad counts, ``d`` or ``tol``.
+
+    Warns
+    -----
+    LowRankWarning
+        ``d < k``: the minimiser found may be a local optimum.
 
     Examples
     --------
@@ -1089,17 +1139,70 @@ def minimize_ufm(
     # depend on d), so solve in d_eff = min(d, k) dimensions and pad W and H with zeros.
     d_eff = min(d, k)
     prob = _ClassLevel(loss_vectors(loss, k), counts, lam_v, d_eff)
-    if x0 is None:
-        g = np.random.default_rng(_seeds(config.seed)[0])
-        x = g.standard_normal(2 * k * d_eff) * init_std
-    else:
-        x = np.asarray(x0, dtype=np.float64).copy()
-        if x.shape != (2 * k * d_eff,):
+    if x0 is not None:
+        x0 = np.asarray(x0, dtype=np.float64).copy()
+        if x0.shape != (2 * k * d_eff,):
             raise fail(
-                "x0", f"a vector of length {2 * k * d_eff} (UFMMinimum.x of the same problem)", x.shape
+                "x0", f"a vector of length {2 * k * d_eff} (UFMMinimum.x of the same problem)", x0.shape
             )
+    if d < k:
+        warnings.warn(_low_rank_message(k, d), LowRankWarning, stacklevel=2)
+    origin = np.zeros(2 * k * d_eff)
     with _one_blas_thread():
+        cert0 = prob.certificate(origin)
+        if cert0 <= 1.0:
+            # The convex problem's optimality condition holds at M' = 0: W = H = 0 is the global
+            # minimiser (any d), and what a descent would return is noise around it.
+            return _zero_minimum(prob, config, lam_v, k, d, counts, cert0)
+        if x0 is None:
+            g = np.random.default_rng(_seeds(config.seed)[0])
+            x = g.standard_normal(2 * k * d_eff) * init_std
+        else:
+            x = x0
         return _minimize(prob, x, tol, max_iter, config, lam_v, k, d, d_eff, counts, grp, theory)
+
+
+def _low_rank_message(k: int, d: int) -> str:
+    return (
+        f"d = {d} < k = {k}: the regularised UFM minimiser found may be a local optimum (the "
+        "global certificate needs d >= k), and the lam -> 0 theory of THEORY.md §4 assumes d >= k"
+    )
+
+
+def _zero_minimum(
+    prob: _ClassLevel, config: UFMConfig, lam: float, k: int, d: int, counts: np.ndarray, cert0: float
+) -> UFMMinimum:
+    """``W = H = 0``: the certified minimiser when the weight decay beats every fit."""
+    L = float(prob.loss_and_dM(np.zeros((k, k)))[0])
+    correct = (np.zeros((k, k)).argmax(0) == np.arange(k)).astype(np.float64)
+    nan = float("nan")
+    metrics = {key: nan for key in METRIC_COLUMNS[METRIC_COLUMNS.index("W_norm_maj") :]}
+    metrics.update(
+        train_acc=float(correct @ counts / counts.sum()),
+        train_bal_acc=float(correct.mean()),
+        W_norm=0.0,
+        H_norm=0.0,
+        W_norm_maj=0.0,
+        W_norm_min=0.0,
+        H_norm_maj=0.0,
+        H_norm_min=0.0,
+        nc1=0.0,
+    )
+    return UFMMinimum(
+        config=config,
+        lam=lam,
+        W=np.zeros((k, d)),
+        H=np.zeros((d, k)),
+        objective=L,
+        loss=L,
+        grad_rel=0.0,
+        certificate=cert0,
+        iterations=0,
+        converged=True,
+        metrics=metrics,
+        x=np.zeros(2 * k * min(d, k)),
+        zero=True,
+    )
 
 
 @contextlib.contextmanager
@@ -1322,7 +1425,8 @@ class PathResult:
     rows : list of dict
         Configuration columns (``loss`` is the loss's name), ``lam``, ``log10_lam``, solver
         diagnostics (``objective``, ``train_loss``, ``grad_rel``, ``certificate``,
-        ``iterations``, ``escapes``, ``converged``), the measurement columns and
+        ``iterations``, ``escapes``, ``converged``, ``is_global``, ``zero``: the minimiser is
+        ``W = H = 0``, NaN geometry), the measurement columns and
         ``gap_<panel>`` = value - theory for the eight panels.
     """
 
@@ -1389,6 +1493,11 @@ def regularization_path(
         ``lams`` empty, not strictly decreasing or outside (0, 1); the errors of
         :func:`minimize_ufm`.
 
+    Warns
+    -----
+    LowRankWarning
+        Once, when ``d < k`` (points may be local optima; check the ``is_global`` column).
+
     Examples
     --------
     >>> p = regularization_path(UFMConfig("ce"), [10, 10, 1, 1], [1e-2, 1e-4, 1e-8], d=4)
@@ -1405,6 +1514,7 @@ def regularization_path(
     if any(b >= a for a, b in itertools.pairwise(lam_list)):
         raise fail("lams", "a strictly decreasing sequence", lam_list)
     counts = check_class_counts(class_counts)
+    d = check_int("d", d, minimum=1)
     grp = groups if groups is not None else make_groups(counts)
     theory = predict(config.build_loss(counts), counts, grp)
     th = theory.summary
@@ -1412,14 +1522,19 @@ def regularization_path(
     rows: list[dict[str, Any]] = []
     x0 = None
     prev_lam = None
+    if d < counts.size:
+        warnings.warn(_low_rank_message(int(counts.size), d), LowRankWarning, stacklevel=2)
     for lam in lam_list:
         if x0 is not None and prev_lam is not None:
             x0 = x0 * math.sqrt(math.log(1.0 / lam) / math.log(1.0 / prev_lam))
-        m = minimize_ufm(
-            config, counts, d, lam=lam, tol=tol, max_iter=max_iter, x0=x0, init_std=init_std, groups=grp
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LowRankWarning)  # said once above
+            m = minimize_ufm(
+                config, counts, d, lam=lam, tol=tol, max_iter=max_iter, x0=x0, init_std=init_std, groups=grp
+            )
         minima.append(m)
-        x0, prev_lam = m.x, lam
+        # The origin is stationary: after a zero minimiser, start the next lam afresh.
+        x0, prev_lam = (None, None) if m.zero else (m.x, lam)
         row: dict[str, Any] = {**config.columns(), "d": d}
         row.update(
             lam=lam,
@@ -1431,6 +1546,8 @@ def regularization_path(
             iterations=m.iterations,
             escapes=m.escapes,
             converged=m.converged,
+            is_global=m.is_global,
+            zero=m.zero,
         )
         row.update(m.metrics)
         for key in PANEL_KEYS:
@@ -1587,27 +1704,44 @@ class UFMExperiment:
         return out
 
     def lams(self) -> list[float]:
-        """The regularisation path grid (decreasing)."""
+        """The regularisation path grid (decreasing).
+
+        ``path_lams`` if given, else ``weight_decay * 10^(0, -2, ..., -16)``, which needs a
+        weight decay in (0, 1).
+        """
         if self.path_lams:
             return [float(v) for v in self.path_lams]
         lam = check_finite("weight_decay", self.weight_decay)
-        if lam <= 0:
-            raise fail("weight_decay", "a number > 0 for the regularisation path", lam)
+        if not 0 < lam < 1:
+            raise fail(
+                "weight_decay",
+                "a number in (0, 1) for the default regularisation path (or give path_lams)",
+                lam,
+            )
         return [lam * 10.0 ** (-2 * j) for j in range(9)]
 
     def validate(self) -> UFMExperiment:
-        """Check every field (one-line errors naming the key); return self."""
+        """Check every field (one-line errors naming the key); return self.
+
+        ``weight_decay = 0`` is allowed (plain GD on the loss; there is no regularised
+        minimiser and no default path grid then).
+        """
+        # Keys that configs() spreads over the UFMConfigs are checked under their own names.
+        if check_finite("weight_decay", self.weight_decay) < 0:
+            raise fail("weight_decay", "a number >= 0", self.weight_decay)
+        for seed in self.seeds:
+            check_int("seeds", seed, minimum=0)
         self.configs()
         check_int("d", self.d, minimum=1)
         check_int("epochs", self.epochs, minimum=1)
         check_int("batch_size", self.batch_size, minimum=0)
         check_int("log_every", self.log_every, minimum=1)
-        check_int("threads", self.threads, minimum=1)
+        check_threads("threads", self.threads)
         if check_finite("init_std", self.init_std) <= 0:
             raise fail("init_std", "a number > 0", self.init_std)
         _check_dtype(self.dtype)
         _check_device(self.device)
-        lams = self.lams()
+        lams = [float(v) for v in self.path_lams]  # the default grid is checked where it is used
         if any(v <= 0 or v >= 1 for v in lams) or any(b >= a for a, b in itertools.pairwise(lams)):
             raise fail("path_lams", "a strictly decreasing list of numbers in (0, 1)", lams)
         if check_finite("path_tol", self.path_tol) <= 0:

@@ -10,7 +10,17 @@ Examples::
 Every configuration (loss x grid value x seed) trains in one batched tensor program
 (:func:`cegeo.ufm.simulate`); the exact regularised minimiser at the same weight decay
 (:func:`cegeo.ufm.minimize_ufm`) splits the gap to the theory into an optimisation part
-(GD vs minimiser) and a regularisation part (minimiser vs the lam -> 0 limit).
+(GD vs minimiser) and a regularisation part (minimiser vs the lam -> 0 limit), both taken at the
+grid value where the total gap is largest.
+
+Output folder (``--out``): ``ufm.csv``, ``summary.json``, ``config.toml``, ``ufm_<loss>.png`` and,
+with ``--path``, ``path.csv`` and ``path_<loss>.png``. After a successful write, files of those
+names that this run did not write (left by an earlier run into the same folder) are removed, so
+the folder always describes one run; no other file is touched.
+
+Exit status: 0 when the run finished (notes name diverged configurations, ``d < k``, zero or
+uncertified minimisers), 1 when every configuration diverged (the outputs are still written) or
+a write failed, 2 for bad input (one ``error:`` line, nothing run).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,17 +44,20 @@ from ..config import from_dict, to_dict, to_toml_text
 from ..theory import predict
 from ..ufm import (
     PANEL_KEYS,
+    LowRankWarning,
     PathResult,
     UFMConfig,
     UFMExperiment,
     UFMMinimum,
     UFMResult,
+    check_threads,
     minimize_ufm,
     regularization_path,
     write_rows_csv,
 )
 from . import app
-from ._common import console, err_console, parse_counts, parse_grid, parse_hyper, parse_longtail, parse_step
+from ._common import err_console, parse_counts, parse_grid, parse_hyper, parse_longtail, parse_step
+from .cmd_sweep import wide_console
 
 GAP_FROM = -0.5  # the paper's comparison range: gamma >= -0.5
 THEORY_POINTS = 121  # points of the theory curve in the figure
@@ -124,9 +138,13 @@ def _overrides(opts: dict[str, Any]) -> dict[str, Any]:
     for key, minimum in ints.items():
         if opts[key] is not None:
             out[key] = _int(opts[key], "--" + key.replace("_", "-"), minimum)
+    if "threads" in out:
+        check_threads("--threads", out["threads"])
     for key in ("lr", "momentum", "weight_decay", "lr_decay", "init_std", "path_tol"):
         if opts[key] is not None:
             out[key] = _float(opts[key], "--" + key.replace("_", "-"))
+    if out.get("weight_decay", 0.0) < 0:
+        raise fail("--weight-decay", "a number >= 0", opts["weight_decay"])
     if opts["loss"]:
         out["losses"] = [name.strip() for item in opts["loss"] for name in item.split(",") if name.strip()]
         if not out["losses"]:
@@ -162,9 +180,13 @@ def build_experiment(config: Path | None, opts: dict[str, Any]) -> UFMExperiment
         for key in ("step", "longtail", "counts"):
             data.pop(key, None)
     data.update(over)
+    grid = data.get("gamma_grid")
+    if grid is not None and not isinstance(grid, (str, list, tuple)):
+        raise fail("gamma_grid", "a list of numbers or a 'START:STOP:NUM' string, e.g. \"-1.5:1.5:13\"", grid)
+    exp = from_dict(UFMExperiment, data)  # unknown keys and wrong types first, e.g. a [ufm] table
     if not any(key in data for key in ("step", "longtail", "counts")):
         raise InputError("give a class profile: --step, --longtail or --counts (or --config FILE); got none.")
-    return from_dict(UFMExperiment, data).validate()
+    return exp.validate()
 
 
 # --------------------------------------------------------------------------------- comparisons
@@ -186,9 +208,22 @@ def _mean_std(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[st
 
 
 def compare(exp: UFMExperiment, result: UFMResult, tol: float) -> dict[str, Any]:
-    """Per loss: theory, UFM (mean over seeds) and minimiser summaries per grid value, and gaps."""
+    """Per loss: theory, UFM (mean over seeds) and minimiser summaries per grid value, and gaps.
+
+    Per panel, ``gaps`` holds the largest UFM-theory gap over the compared grid values
+    (``ufm_vs_theory``, ``at``) and its two parts *at that same value*: ``optimisation`` (UFM vs
+    the exact minimiser at the run's weight decay) and ``regularisation`` (that minimiser vs the
+    ``lam -> 0`` limit). The largest of each part over the grid, wherever it is, is kept
+    separately (``largest_optimisation``, ``largest_regularisation``: ``{"value", "at"}``).
+
+    Without weight decay there is no minimiser (``minimiser`` is None, the parts are None).
+    Where the minimiser is ``W = H = 0`` (too much weight decay) the geometry is undefined:
+    the minimiser's and the UFM's panels are NaN there and listed in ``zero_minimiser_at``;
+    minimisers that are not certified global are listed in ``not_global_at``.
+    """
     counts, groups = result.class_counts, result.groups
     finals = result.final_rows()
+    lam = float(exp.weight_decay)
     out: dict[str, Any] = {}
     for loss in dict.fromkeys(c.loss for c in result.configs):
         param = exp.family_param(loss)
@@ -200,37 +235,76 @@ def compare(exp: UFMExperiment, result: UFMResult, tol: float) -> dict[str, Any]
         for value, idx in members.items():
             cfg = result.configs[idx[0]]
             ufm_mean, ufm_std = _mean_std([finals[b] for b in idx])
-            minimum = minimize_ufm(cfg, counts, result.d, tol=tol, groups=groups)
+            minimum = None
+            if lam > 0:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", LowRankWarning)  # the command prints a note
+                    minimum = minimize_ufm(cfg, counts, result.d, tol=tol, groups=groups)
+                if minimum.zero:
+                    # GD heads to 0 as well: what it shows is the shape of vanishing noise.
+                    for key in _GEOMETRY_KEYS:
+                        ufm_mean[key] = ufm_std[key] = float("nan")
             points.append(
                 {
                     "value": value,
                     "configs": idx,
+                    "diverged": sum(not finals[b]["finite"] for b in idx),
                     "theory": result.theory[idx[0]].summary,
                     "ufm": ufm_mean,
                     "ufm_std": ufm_std,
-                    "minimiser": _minimum_dict(minimum),
+                    "minimiser": None if minimum is None else _minimum_dict(minimum),
                 }
             )
         selected = [p for p in points if p["value"] is None or p["value"] >= GAP_FROM]
         panels = {}
         for key in PANEL_KEYS:
+            nan = float("nan")
             total = [gap(key, p["ufm"][key], p["theory"][key]) for p in selected]
-            opt = [gap(key, p["ufm"][key], p["minimiser"]["metrics"][key]) for p in selected]
-            reg = [gap(key, p["minimiser"]["metrics"][key], p["theory"][key]) for p in selected]
-            i = int(np.nanargmax(total)) if selected and not np.all(np.isnan(total)) else None
+            opt = [
+                nan if p["minimiser"] is None else gap(key, p["ufm"][key], p["minimiser"]["metrics"][key])
+                for p in selected
+            ]
+            reg = [
+                nan if p["minimiser"] is None else gap(key, p["minimiser"]["metrics"][key], p["theory"][key])
+                for p in selected
+            ]
+            i = _nanargmax(total)
             panels[key] = {
                 "ufm_vs_theory": None if i is None else total[i],
                 "at": None if i is None else selected[i]["value"],
-                "optimisation": _nanmax(opt),
-                "regularisation": _nanmax(reg),
+                "optimisation": None if i is None else _finite_or_none(opt[i]),
+                "regularisation": None if i is None else _finite_or_none(reg[i]),
+                "largest_optimisation": _largest(opt, selected),
+                "largest_regularisation": _largest(reg, selected),
             }
+        minimised = [p for p in points if p["minimiser"] is not None]
         out[loss] = {
             "param": param,
             "points": points,
             "gap_filter": f"{param} >= {GAP_FROM:g}" if param else "all",
             "gaps": panels,
+            "zero_minimiser_at": [p["value"] for p in minimised if p["minimiser"]["zero"]],
+            "not_global_at": [p["value"] for p in minimised if not p["minimiser"]["is_global"]],
         }
     return out
+
+
+# Scale-free geometry: undefined at W = H = 0.
+_GEOMETRY_KEYS = (*PANEL_KEYS, "cos_WH", "dist_W", "dist_H", "dist_M", "nc1")
+
+
+def _nanargmax(values: Sequence[float]) -> int | None:
+    arr = np.asarray(values, dtype=float)
+    return None if arr.size == 0 or np.all(np.isnan(arr)) else int(np.nanargmax(arr))
+
+
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def _largest(values: Sequence[float], points: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    i = _nanargmax(values)
+    return None if i is None else {"value": float(values[i]), "at": points[i]["value"]}
 
 
 def _nanmax(values: Sequence[float]) -> float | None:
@@ -245,6 +319,8 @@ def _minimum_dict(m: UFMMinimum) -> dict[str, Any]:
         "grad_rel": m.grad_rel,
         "certificate": m.certificate,
         "converged": m.converged,
+        "is_global": m.is_global,
+        "zero": m.zero,
         "iterations": m.iterations,
         "metrics": m.metrics,
     }
@@ -268,22 +344,34 @@ def _short(key: str) -> str:
 
 
 def gap_table(loss: str, entry: dict[str, Any], lam: float) -> Table:
-    """Per panel: largest UFM-theory gap and its split (optimisation, regularisation)."""
+    """Per panel: largest UFM-theory gap, where it is, and its split there."""
     param = entry["param"] or ""
     table = Table(title=f"{loss}: largest gap to theory over {entry['gap_filter']}")
     table.add_column("panel", no_wrap=True)
-    table.add_column("UFM - theory", justify="right")
-    table.add_column(f"at {param}".strip(), justify="right")
-    table.add_column("optimisation", justify="right")
-    table.add_column("regularisation", justify="right")
+    table.add_column("UFM - theory", justify="right", no_wrap=True)
+    table.add_column(f"at {param}".strip(), justify="right", no_wrap=True)
+    table.add_column("optimisation", justify="right", no_wrap=True)
+    table.add_column("regularisation", justify="right", no_wrap=True)
     for key, g in entry["gaps"].items():
         at = "" if g["at"] is None else f"{g['at']:g}"
         table.add_row(
             panel_label(key), _fmt(g["ufm_vs_theory"]), at, _fmt(g["optimisation"]), _fmt(g["regularisation"])
         )
-    table.caption = (
-        f"optimisation = GD vs the exact minimiser at lam = {lam:g} (L-BFGS); regularisation = that "
-        "minimiser vs the lam -> 0 limit. Ratios: |a/b - 1|; cosines: |a - b|."
+    where = f"at the same {param}" if param else "for the same configuration"
+    if lam > 0:
+        split = (
+            f"split {where}: optimisation = GD vs the exact minimiser at lam = {lam:g} (L-BFGS); "
+            "regularisation = that minimiser vs the lam -> 0 limit"
+        )
+    else:
+        split = "no split: without weight decay there is no regularised minimiser"
+    blank = any(
+        g[col] is None
+        for g in entry["gaps"].values()
+        for col in ("ufm_vs_theory", "optimisation", "regularisation")
+    )
+    table.caption = f"{split}. Ratios: |a/b - 1|; cosines: |a - b|." + (
+        " – = undefined (see the notes)." if blank else ""
     )
     return table
 
@@ -304,9 +392,9 @@ def path_table(loss: str, entry: dict[str, Any], shown: int = 5) -> Table:
     )
     table.add_column("panel", no_wrap=True)
     for j in cols:
-        table.add_column(f"{lams[j]:.0e}", justify="right")
+        table.add_column(f"{lams[j]:.0e}", justify="right", no_wrap=True)
     for col in ("fit a", "fit b", "0.01 at"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     for key, row in entry["panels"].items():
         t = row["trend"]
         v = None if t is None else t["log10_lam_for_0.01"]
@@ -360,17 +448,17 @@ def write_figures(out: Path, exp: UFMExperiment, result: UFMResult, comparison: 
         ufm_label = f"UFM, GD {exp.epochs} epochs, lam={lam:g}" + (
             f" (mean ± std of {seeds} seeds)" if seeds > 1 else ""
         )
+        markers = {ufm_label: (xs, [p["ufm"] for p in entry["points"]])}
+        if all(p["minimiser"] is not None for p in entry["points"]):
+            markers[f"exact minimiser at lam={lam:g} (L-BFGS)"] = (
+                xs,
+                [p["minimiser"]["metrics"] for p in entry["points"]],
+            )
         fig = geometry_vs_gamma_figure(
             dense,
             theory,
             k,
-            markers={
-                ufm_label: (xs, [p["ufm"] for p in entry["points"]]),
-                f"exact minimiser at lam={lam:g} (L-BFGS)": (
-                    xs,
-                    [p["minimiser"]["metrics"] for p in entry["points"]],
-                ),
-            },
+            markers=markers,
             marker_err={ufm_label: [p["ufm_std"] for p in entry["points"]]} if seeds > 1 else None,
             title=f"UFM vs theory: {loss}, {exp.describe()}, d={exp.d}",
             xlabel=param,
@@ -390,7 +478,9 @@ def run_paths(exp: UFMExperiment, configs: Sequence[UFMConfig], progress: Any = 
     counts, groups = exp.class_counts(), exp.groups()
     paths = []
     for i, cfg in enumerate(seen.values()):
-        paths.append(regularization_path(cfg, counts, exp.lams(), exp.d, tol=exp.path_tol, groups=groups))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LowRankWarning)  # the command prints a note
+            paths.append(regularization_path(cfg, counts, exp.lams(), exp.d, tol=exp.path_tol, groups=groups))
         if progress is not None:
             progress(i + 1, len(seen))
     return paths
@@ -406,11 +496,8 @@ def path_summary(exp: UFMExperiment, paths: Sequence[PathResult]) -> dict[str, A
     out: dict[str, Any] = {}
     for loss in dict.fromkeys(p.config.loss for p in paths):
         param = exp.family_param(loss)
-        chosen = [
-            p
-            for p in paths
-            if p.config.loss == loss and (param is None or p.config.full_hyper()[param] >= GAP_FROM)
-        ]
+        mine = [p for p in paths if p.config.loss == loss]
+        chosen = [p for p in mine if param is None or p.config.full_hyper()[param] >= GAP_FROM]
         rows = {}
         for key in (*PANEL_KEYS, "dist_W", "dist_H", "dist_M"):
             per_lam = []
@@ -451,8 +538,15 @@ def path_summary(exp: UFMExperiment, paths: Sequence[PathResult]) -> dict[str, A
             "panels": rows,
             "all_converged": all(r["converged"] for p in chosen for r in p.rows),
             "max_certificate": max(r["certificate"] for p in chosen for r in p.rows) if chosen else None,
+            # Over every path of the loss (not only the compared range): {param value, lam}.
+            "not_global": [_path_point(p, param, r) for p in mine for r in p.rows if not r["is_global"]],
+            "zero": [_path_point(p, param, r) for p in mine for r in p.rows if r["zero"]],
         }
     return out
+
+
+def _path_point(p: PathResult, param: str | None, row: dict[str, Any]) -> dict[str, Any]:
+    return {"value": None if param is None else p.config.full_hyper()[param], "lam": row["lam"]}
 
 
 def write_path_figures(out: Path, exp: UFMExperiment, paths: Sequence[PathResult]) -> list[Path]:
@@ -537,7 +631,10 @@ def ufm_command(
     lr: str | None = typer.Option(None, "--lr", help="Learning rate (default: 0.1)."),
     momentum: str | None = typer.Option(None, "--momentum", help="Momentum (default: 0.9); 0 = plain GD."),
     weight_decay: str | None = typer.Option(
-        None, "--weight-decay", help="lam on W and H (default: 5e-4): F = mean loss + lam/2 (|W|² + |H|²)."
+        None,
+        "--weight-decay",
+        help="lam >= 0 on W and H (default: 5e-4): F = mean loss + lam/2 (|W|² + |H|²). 0 = plain GD on "
+        "the loss (no regularised minimiser, no split; --path then needs --path-lams).",
     ),
     milestones: str | None = typer.Option(
         None,
@@ -561,7 +658,8 @@ def ufm_command(
     threads: str | None = typer.Option(
         None,
         "--threads",
-        help="CPU intra-op threads (default: 1: bitwise-reproducible batches, no OpenMP stalls).",
+        help="CPU intra-op threads, at most 1024 (default: 1: bitwise-reproducible batches, no "
+        "OpenMP stalls).",
     ),
     log_every: str | None = typer.Option(
         None, "--log-every", help="Epochs between table rows (default: 100)."
@@ -583,13 +681,14 @@ def ufm_command(
         None,
         "--out",
         help="Folder for ufm.csv (one row per config per logged epoch), ufm_<loss>.png (the paper's "
-        "figure), summary.json, config.toml (+ path.csv, path_<loss>.png with --path).",
+        "figure), summary.json, config.toml (+ path.csv, path_<loss>.png with --path). Files of these "
+        "names left by an earlier run and not rewritten are removed; other files are kept.",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Simulate the regularised UFM for many losses/settings at once and compare with the theory.
 
-    All configurations (loss x grid value x seed) train in one batched tensor program. Prints, per panel of the paper's figure, the largest gap between the UFM and the theory for gamma >= -0.5, split into optimisation (GD vs the exact minimiser at the same weight decay) and regularisation (that minimiser vs the lam -> 0 limit). R = n_max/n_min >= 1.
+    All configurations (loss x grid value x seed) train in one batched tensor program. Prints, per panel of the paper's figure, the largest gap between the UFM and the theory for gamma >= -0.5 and, at that gamma, its split into optimisation (GD vs the exact minimiser at the same weight decay) and regularisation (that minimiser vs the lam -> 0 limit). R = n_max/n_min >= 1. The theory assumes d >= k. Exit status: 0 done, 1 every configuration diverged (lower --lr), 2 bad input.
     """
     opts = dict(
         step=step,
@@ -617,24 +716,38 @@ def ufm_command(
         path_tol=path_tol,
     )
     exp = build_experiment(config, opts)
+    if path and not exp.path_lams and not 0 < exp.weight_decay < 1:
+        raise fail(
+            "--weight-decay" if weight_decay is not None else "weight_decay",
+            "a number in (0, 1) with --path (the default path is weight decay x 10^(0,-2,..,-16)), "
+            "or give --path-lams",
+            exp.weight_decay,
+        )
     if out is not None:
         writable_folder("--out", out)
+    con = wide_console()  # tables keep their numbers when piped (80 columns)
     configs = exp.configs()
-    console.print(
+    k = int(exp.class_counts().size)
+    con.print(
         f"cegeo ufm: {len(configs)} configuration(s) on {exp.describe()} (n = {int(exp.class_counts().sum())}), "
         f"d = {exp.d}, {exp.epochs} epochs, lr {exp.lr:g}, momentum {exp.momentum:g}, weight decay "
         f"{exp.weight_decay:g}, {'full batch' if not exp.batch_size else f'batch {exp.batch_size}'}, "
-        f"{exp.dtype} on {exp.device}"
+        f"{exp.dtype} on {exp.device}",
+        soft_wrap=True,
     )
     t0 = time.perf_counter()
     with _progress(quiet) as bar:
         task = bar.add_task("UFM epochs", total=exp.epochs)
         result = exp.run(progress=lambda done, total: bar.update(task, completed=done))
     sim_s = time.perf_counter() - t0
-    console.print(f"trained in {result.train_time_s:.2f} s ({sim_s:.2f} s with logging)")
+    con.print(f"trained in {result.train_time_s:.2f} s ({sim_s:.2f} s with logging)")
     comparison = compare(exp, result, exp.path_tol)
     for name, entry in comparison.items():
-        console.print(gap_table(name, entry, exp.weight_decay))
+        con.print(gap_table(name, entry, exp.weight_decay))
+    finals = result.final_rows()
+    diverged = [b for b, row in enumerate(finals) if not row["finite"]]
+    all_diverged = len(diverged) == len(configs)
+    notes = _run_notes(exp, configs, comparison, diverged, k)
     paths: list[PathResult] = []
     summary_path: dict[str, Any] | None = None
     if path:
@@ -643,9 +756,10 @@ def ufm_command(
             paths = run_paths(exp, configs, lambda i, total: bar.update(task, completed=i, total=total))
         summary_path = path_summary(exp, paths)
         for name, entry in summary_path.items():
-            console.print(path_table(name, entry))
-            if not entry["all_converged"]:
-                console.print(f"note: some {name} path points stopped above the tolerance {exp.path_tol:g}.")
+            con.print(path_table(name, entry))
+            notes += _path_notes(name, entry, exp.path_tol)
+    for line in notes:
+        con.print(f"note: {line}", soft_wrap=True)
     if out is not None:
         result.to_csv(out / "ufm.csv")
         figures = write_figures(out, exp, result, comparison)
@@ -659,11 +773,11 @@ def ufm_command(
             "gap_definition": "norm ratios |a/b - 1|, cosines |a - b|",
             "train_time_s": result.train_time_s,
             "wall_time_s": sim_s,
-            "configs": [
-                {**row, "theory": result.theory[b].summary} for b, row in enumerate(result.final_rows())
-            ],
+            "configs": [{**row, "theory": result.theory[b].summary} for b, row in enumerate(finals)],
+            "diverged": diverged,
             "comparison": comparison,
             "path": summary_path,
+            "notes": notes,
             "environment": environment_info(),
         }
         write_json(out / "summary.json", summary)
@@ -671,4 +785,139 @@ def ufm_command(
         if paths:
             write_rows_csv(out / "path.csv", [row for p in paths for row in p.rows])
             written += [out / "path.csv", *write_path_figures(out, exp, paths)]
-        console.print("wrote " + ", ".join(str(p) for p in written))
+        con.print("wrote " + ", ".join(str(p) for p in written), soft_wrap=True)
+        removed = remove_stale_outputs(out, written)
+        if removed:
+            con.print("removed from an earlier run: " + ", ".join(p.name for p in removed), soft_wrap=True)
+    if all_diverged:
+        err_console.print(
+            f"error: {_diverged_line(exp, configs, diverged)}; nothing to compare (exit status 1).",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------ notes
+
+
+def _config_list(exp: UFMExperiment, configs: Sequence[UFMConfig], idx: Sequence[int]) -> str:
+    """The named configurations, compactly: ``cdt gamma=-3,-2 (seed 1); ldt gamma=1.5``."""
+    by_loss: dict[str, dict[str, list[int]]] = {}
+    for b in idx:
+        c = configs[b]
+        param = exp.family_param(c.loss)
+        value = "" if param is None else f"{c.full_hyper()[param]:g}"
+        by_loss.setdefault(c.loss, {}).setdefault(value, []).append(c.seed)
+    parts = []
+    for loss, values in by_loss.items():
+        items = [
+            value
+            + (f" (seed{'s' * (len(ss) > 1)} {','.join(map(str, ss))})" if len(ss) < len(exp.seeds) else "")
+            for value, ss in values.items()
+        ]
+        param = exp.family_param(loss)
+        parts.append(f"{loss} {param}=" + ",".join(items) if param else loss + items[0])
+    return "; ".join(parts)
+
+
+def _diverged_line(exp: UFMExperiment, configs: Sequence[UFMConfig], diverged: Sequence[int]) -> str:
+    return (
+        f"{len(diverged)}/{len(configs)} configurations diverged ({_config_list(exp, configs, diverged)}); "
+        f"lower --lr (now {exp.lr:g})"
+    )
+
+
+def _values(values: Sequence[Any], param: str | None) -> str:
+    if param is None:
+        return ""
+    return f" at {param} = " + ", ".join(f"{v:g}" for v in values)
+
+
+def _run_notes(
+    exp: UFMExperiment,
+    configs: Sequence[UFMConfig],
+    comparison: dict[str, Any],
+    diverged: Sequence[int],
+    k: int,
+) -> list[str]:
+    """What the tables cannot show: divergence, d < k, zero and uncertified minimisers."""
+    notes = []
+    if diverged and len(diverged) < len(configs):
+        notes.append(_diverged_line(exp, configs, diverged) + "; they are left out of the means (–)")
+    if exp.d < k:
+        notes.append(
+            f"d = {exp.d} < k = {k}: THEORY.md §4 assumes d >= k, so the theory is not this model's "
+            "lam -> 0 limit, and the exact minimiser may be a local optimum (no global certificate)"
+        )
+    if exp.weight_decay == 0:
+        notes.append("weight decay 0: no regularised minimiser, so the gap is not split (–)")
+    for loss, entry in comparison.items():
+        param = entry["param"]
+        if entry["zero_minimiser_at"]:
+            notes.append(
+                f"{loss}{_values(entry['zero_minimiser_at'], param)}: the exact minimiser at weight decay "
+                f"{exp.weight_decay:g} is W = H = 0 (certified: ||grad L(0)||_2 <= lam), so its geometry "
+                "and that of the runs, which shrink to 0 too, is undefined (–); lower --weight-decay"
+            )
+        uncertified = [v for v in entry["not_global_at"] if v not in entry["zero_minimiser_at"]]
+        if uncertified:
+            why = "d < k" if exp.d < k else f"not converged to --path-tol {exp.path_tol:g}"
+            notes.append(
+                f"{loss}{_values(uncertified, param)}: the exact minimiser is not certified global "
+                f"({why}); the optimisation/regularisation split there may be against a local optimum"
+            )
+    return notes
+
+
+def _path_notes(loss: str, entry: dict[str, Any], tol: float) -> list[str]:
+    notes = []
+    if not entry["all_converged"]:
+        notes.append(f"some {loss} path points stopped above the tolerance {tol:g}")
+    zero = entry["zero"]
+    if zero:
+        notes.append(
+            f"{loss} path: at {_points(zero, entry['param'])} the minimiser is W = H = 0 (lam too large); "
+            "no geometry there (–)"
+        )
+    uncertified = [p for p in entry["not_global"] if p not in zero]
+    if uncertified:
+        notes.append(
+            f"{loss} path: {len(uncertified)} point(s) not certified global ({_points(uncertified, entry['param'])})"
+        )
+    return notes
+
+
+def _points(points: Sequence[dict[str, Any]], param: str | None) -> str:
+    shown = [
+        ("" if param is None else f"{param}={p['value']:g} ") + f"lam={p['lam']:.0e}" for p in points[:6]
+    ]
+    return ", ".join(shown) + (f", ... ({len(points)} in all)" if len(points) > 6 else "")
+
+
+# ------------------------------------------------------------------------------ output folder
+
+
+def output_names() -> set[str]:
+    """Every file name ``cegeo ufm --out`` can write (figures for every registered loss)."""
+    from ..losses import list_losses
+
+    names = {"ufm.csv", "path.csv", "summary.json", "config.toml"}
+    for loss in list_losses():
+        names |= {f"ufm_{loss}.png", f"path_{loss}.png"}
+    return names
+
+
+def remove_stale_outputs(out: Path, written: Sequence[Path]) -> list[Path]:
+    """Remove this command's output files that this run did not write (from an earlier run).
+
+    Only the exact names of :func:`output_names` are candidates, so a folder shared with other
+    files keeps them; summary.json never describes a file that is not this run's.
+    """
+    keep = {Path(p).name for p in written}
+    removed = []
+    for name in sorted(output_names() - keep):
+        target = out / name
+        if target.is_file() and not target.is_symlink():
+            target.unlink()
+            removed.append(target)
+    return removed
