@@ -8,6 +8,7 @@ are known.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from sklearn import metrics as skm
 from cegeo._io import write_json, write_npz
 from cegeo.data.imbalance import step_groups
 from cegeo.metrics import classification_summary
-from cegeo.rebalance import RunFolder, create_rebalancer, list_rebalancers, run_posthoc
+from cegeo.rebalance import RunFolder, RunSplit, create_rebalancer, list_rebalancers, run_posthoc
 
 K, D = 4, 6
 COUNTS = [400, 400, 40, 40]  # (R=10, rho=0.5)-STEP, classes 0, 1 majority
@@ -113,23 +114,100 @@ def test_fit_refuses_the_test_split(run):
 @pytest.mark.parametrize(
     "take",
     [
-        lambda t: t.logits,
-        lambda t: t.logits.astype(np.float64) + 0.0,
-        lambda t: t.logits[:25].copy(),
-        lambda t: np.concatenate([t.logits[:100], np.zeros((100, K), np.float32)]),
+        lambda rf: rf.test.logits,
+        lambda rf: rf.test.logits.astype(np.float64) + 0.0,
+        lambda rf: rf.test.logits.astype(np.float16),
+        lambda rf: rf.test.logits + 1e-6,
+        lambda rf: rf.test.logits[:, [1, 0, 3, 2]],
+        lambda rf: rf.test.logits[:25].copy(),
+        lambda rf: rf.test.logits[[3, 1, 4]],
+        lambda rf: np.concatenate([rf.val.logits, rf.test.logits[:10]]),
+        lambda rf: np.round(rf.test.features @ rf.test.classifier.T, 3),
+        lambda rf: list(rf.test.logits[:30]),
+        lambda rf: replace(rf.test, name="val"),
     ],
-    ids=["array", "float64-copy", "slice", "half-mixed"],
-)
+    ids=[
+        "array", "float64-copy", "float16", "plus-eps", "permuted-columns", "slice", "fancy-rows",
+        "mixed-with-val", "from-test-features", "list-of-rows", "renamed-split",
+    ],
+)  # fmt: skip
 def test_fit_refuses_arrays_taken_from_the_test_split(run, take):
-    test = RunFolder(run).test
-    z = take(test)
-    y = np.resize(test.labels, z.shape[0])
-    with pytest.raises(ValueError, match=r"`X` must be validation data; got logits of which \d+ of \d+ rows"):
-        create_rebalancer("posthoc_la").fit(z, y, COUNTS)
-    # ... while the validation split (and evaluating on test) is fine.
     rf = RunFolder(run)
+    z = take(rf)
+    n = len(z.logits) if hasattr(z, "logits") else len(z)
+    y = None if hasattr(z, "logits") else np.resize(rf.test.labels, n)
+    counts = None if y is None else COUNTS
+    with pytest.raises(
+        ValueError, match=r"`X` must be validation data; got logits taken from the test split"
+    ):
+        create_rebalancer("posthoc_la").fit(z, y, counts)
+    # ... while the validation split (and evaluating on test) is fine.
     la = create_rebalancer("posthoc_la").fit(rf.val)
     assert la.predict(rf.test).shape == (rf.test.labels.size,)
+    assert type(la.transform(rf.test)) is np.ndarray  # outputs are plain arrays
+    assert type(rf.test.logits.max()) is np.float32  # reductions are plain numbers
+
+
+def _same_rows(p: Path, logits) -> None:
+    """Make the val and test splits share their rows' values (as discrete inputs or a dead net do)."""
+    for name in ("val", "test"):
+        data = dict(np.load(p / f"logits_{name}.npz"))
+        data["logits"] = logits(data["logits"])
+        data.pop("features")
+        write_npz(p / f"logits_{name}.npz", **data)
+
+
+@pytest.mark.parametrize(
+    "logits",
+    [lambda z: np.zeros_like(z), lambda z: 3 * np.eye(K, dtype=z.dtype)[np.arange(len(z)) % K]],
+    ids=["dead-network", "discrete"],
+)
+def test_validation_rows_equal_to_test_rows_are_accepted(run, logits):
+    # The guard tracks where an array came from, not its values: genuine validation rows that
+    # happen to equal test rows are validation data.
+    _same_rows(run, logits)
+    rf = RunFolder(run)
+    assert np.array_equal(rf.val.logits[:K], rf.test.logits[:K])
+    _ = rf.test  # loaded first, as run_posthoc does
+    for X, y in ((rf.val, None), (np.array(rf.val.logits), rf.val.labels)):
+        create_rebalancer("lws").fit(X, y)
+        create_rebalancer("posthoc_la").fit(X, y, None if y is None else COUNTS)
+    out = run_posthoc(run, "posthoc_la,lws", write=False)
+    assert out["methods"] == ["posthoc_la", "lws"]
+
+
+def test_the_guard_keeps_nothing_about_test_rows(run):
+    import gc
+    import weakref
+
+    import cegeo.rebalance as rb
+
+    rf = RunFolder(run)
+    ref = weakref.ref(rf.test.logits.base if rf.test.logits.base is not None else rf.test.logits)
+    del rf
+    gc.collect()
+    assert ref() is None  # the test split is not held anywhere once the caller drops it
+    assert not [
+        name
+        for name, v in vars(rb).items()
+        if isinstance(v, (dict, set, list)) and name.upper() == name and "TEST" in name
+    ]
+
+
+def test_run_posthoc_fits_on_validation_only(run, monkeypatch):
+    from cegeo.rebalance import Rebalancer
+
+    seen = []
+    original = Rebalancer.fit
+
+    def spy(self, X, *args, **kwargs):
+        seen.append(X)
+        return original(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(Rebalancer, "fit", spy)
+    out = run_posthoc(run, "all", normal_class=0, max_false_alarm=0.1, write=False)
+    assert len(seen) == len(out["methods"]) == len(list_rebalancers())
+    assert all(isinstance(X, RunSplit) and X.name == "val" for X in seen)
 
 
 def test_y_with_a_run_split_is_an_error(run):
@@ -157,6 +235,28 @@ def _bad_groups(p: Path):
     (p / "final.json").write_text(json.dumps(final))
 
 
+def _final_loss(loss):
+    def go(p: Path):
+        final = json.loads((p / "final.json").read_text())
+        final["loss"] = loss
+        (p / "final.json").write_text(json.dumps(final))
+
+    return go
+
+
+def _config(text: str):
+    def go(p: Path):
+        (p / "config.toml").write_text(text)
+
+    return go
+
+
+def _string_logits(p: Path):
+    data = dict(np.load(p / "logits_val.npz"))
+    data["logits"] = data["logits"].astype("U8")
+    write_npz(p / "logits_val.npz", **data)
+
+
 def _drop_key(p: Path):
     data = dict(np.load(p / "logits_val.npz"))
     del data["labels"]
@@ -171,9 +271,24 @@ def _drop_key(p: Path):
         (_drop_key, r"must hold the arrays logits, labels; missing labels"),
         (_corrupt_final, r"num_classes` must be 3 \(the length of class_counts\)"),
         (_bad_groups, r"groups` must be each class 0..3 in exactly one group"),
+        (
+            _final_loss({"name": "ldt", "hyper": [1]}),
+            r"final.json: loss.hyper` must be a mapping of hyperparameter name -> value, .*; got \[1\]",
+        ),
+        (_final_loss({"name": 5}), r"final.json: loss` must be a loss name or"),
+        (_final_loss(["ce"]), r"final.json: loss` must be a loss name or"),
+        (
+            _config('[train]\nsampler = "uniform"\n'),
+            r"config.toml: train.sampler` must be one of 'none', 'class_balanced', 'sqrt'; got 'uniform'",
+        ),
+        (_config("[train\n"), r"config.toml` must be valid TOML"),
+        (_string_logits, r"logits_val.npz: logits` must be an array of real numbers; got 'str256'"),
     ],
-    ids=["no-final", "no-val", "no-labels", "bad-counts", "bad-groups"],
-)
+    ids=[
+        "no-final", "no-val", "no-labels", "bad-counts", "bad-groups", "hyper-list", "loss-int",
+        "loss-list", "bad-sampler", "bad-toml", "string-logits",
+    ],
+)  # fmt: skip
 def test_broken_run_folders_are_one_clear_error(run, breakage, match, cli):
     breakage(run)
     with pytest.raises(ValueError, match=match):
@@ -197,6 +312,75 @@ def test_tau_norm_checks_the_linear_head(run):
         create_rebalancer("tau_norm").fit(RunFolder(run).val)
     out = run_posthoc(run, "all", write=False)  # 'all' skips it with the reason instead
     assert "tau_norm" not in out["methods"] and "differ from features @ W.T" in out["skipped"]["tau_norm"]
+
+
+def test_nan_features_fail_the_linear_head_check(run):
+    # NaN makes the relative error NaN, and `NaN > tol` is False: the check must say "not <= tol".
+    data = dict(np.load(run / "logits_val.npz"))
+    data["features"][0, 0] = np.nan
+    write_npz(run / "logits_val.npz", **data)
+    with pytest.raises(ValueError, match=r"tau_norm cannot use run .*features hold non-finite values"):
+        create_rebalancer("tau_norm").fit(RunFolder(run).val)
+    out = run_posthoc(run, "all", write=False)
+    assert "tau_norm" not in out["methods"] and "non-finite" in out["skipped"]["tau_norm"]
+
+
+# ------------------------------------------------------------------------------ geometry + sampler
+
+
+@pytest.mark.parametrize(
+    "sampler, effective",
+    [
+        ("none", COUNTS),
+        ("class_balanced", [220.0] * 4),
+        ("sqrt", 880 * np.sqrt(COUNTS) / np.sqrt(COUNTS).sum()),
+        (None, COUNTS),  # no config.toml: no sampler assumed
+    ],
+)
+@pytest.mark.parametrize("loss, hyper", [("ce", {}), ("ldt", {"gamma": 0.5})])
+def test_geometry_uses_the_counts_the_loss_saw(tmp_path, sampler, effective, loss, hyper):
+    from cegeo.losses import create_loss
+    from cegeo.theory import predict
+
+    run = write_run(tmp_path / "run", loss=loss, hyper=hyper)
+    if sampler is not None:  # the trainer's config.toml records it (DRW too, which drops out)
+        (run / "config.toml").write_text(f'[train]\nsampler = "{sampler}"\ndrw_epoch = 2\n')
+    g = create_rebalancer("geometry").fit(RunFolder(run).val)
+    np.testing.assert_allclose(g.effective_counts_, effective, rtol=1e-12)
+    assert g.sampler_ == (sampler or "none")
+    assert g.sampler_from_ == ("config.toml" if sampler else "default")
+    # The loss is built from the true counts (its temperatures), the geometry from the effective ones.
+    norms = predict(create_loss(loss, COUNTS, **hyper), effective).w_norms
+    np.testing.assert_allclose(g.predicted_w_norms_, norms / norms.max(), rtol=1e-9)
+    if loss == "ce" and sampler == "class_balanced":
+        np.testing.assert_allclose(g.predicted_w_norms_, 1.0)  # every class drawn equally: the ETF
+    if loss == "ce" and sampler in ("none", None):
+        assert g.predicted_w_norms_[2] < 0.9  # SELI: the minority classifiers are shorter
+    entry = run_posthoc(run, "geometry", write=False)["results"]["geometry"]
+    assert entry["sampler"] == g.sampler_ and entry["effective_counts"] == pytest.approx(effective)
+    # An explicit sampler wins over the run's.
+    g2 = create_rebalancer("geometry", sampler="class_balanced").fit(RunFolder(run).val)
+    assert g2.sampler_from_ == "argument" and np.allclose(g2.effective_counts_, 220.0)
+
+
+def test_geometry_names_the_run_whose_loss_it_cannot_rebuild(tmp_path, cli):
+    run = write_run(tmp_path / "run", loss="ldt", hyper={"gamma": "x"})
+    r = cli("posthoc", run, "-m", "geometry")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1
+    assert (
+        f"run {str(run)!r} records a loss geometry cannot rebuild: `gamma` must be a finite number" in r.err
+    )
+
+
+@pytest.mark.parametrize("sampler", ["none", "class_balanced", "sqrt"])
+def test_effective_counts_follow_the_trainer_samplers(sampler):
+    from cegeo.rebalance import _effective_counts
+    from cegeo.train import sampling_probabilities
+
+    counts = np.array([500, 300, 40, 7])
+    np.testing.assert_allclose(
+        _effective_counts(counts, sampler), counts.sum() * sampling_probabilities(counts, sampler)
+    )
 
 
 # ------------------------------------------------------------------------------------- evaluate
@@ -246,6 +430,29 @@ def test_evaluate_errors(run, cli, args, match):
 
     r = cli("evaluate", run, *args)
     assert r.code == 2 and re.search(match, r.err), r.err
+
+
+def _drop_class(p: Path, split: str, c: int) -> None:
+    data = dict(np.load(p / f"logits_{split}.npz"))
+    keep = data["labels"] != c
+    write_npz(p / f"logits_{split}.npz", **{key: v[keep] for key, v in data.items()})
+
+
+def test_evaluate_split_without_the_normal_class_reports_null(run, cli):
+    _drop_class(run, "test", 0)
+    r = cli("evaluate", run, "--normal-class", "0", "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    assert out["false_alarm"] is None  # as the trainer's summaries report it
+    assert out["notes"] == [
+        "the test split has no sample of normal_class 0: its false-alarm rate is undefined (null)"
+    ]
+    r = cli("evaluate", run, "--normal-class", "0")
+    assert r.code == 0, r.err
+    assert "note: the test split has no sample of normal_class 0" in " ".join(r.out.split())
+    # The validation split still has it: no note there.
+    out = json.loads(cli("evaluate", run, "--split", "val", "--normal-class", "0", "--json").out)
+    assert out["false_alarm"] is not None and "notes" not in out
 
 
 def test_evaluate_missing_test_file(run, cli):
@@ -366,6 +573,93 @@ def test_posthoc_errors(run, cli, args, match):
     assert r.code == 2 and re.search(match, r.err), r.err
     assert len(r.err.strip().splitlines()) == 1
     assert not (run / "posthoc.json").exists()
+
+
+def test_posthoc_test_split_without_the_normal_class(run, cli):
+    _drop_class(run, "test", 0)
+    r = cli(
+        "posthoc", run, "-m", "operating_point,posthoc_la", "--normal-class", "0", "--max-false-alarm", "0.1"
+    )
+    assert r.code == 0, r.err
+    text = " ".join(r.out.split())
+    assert "warning: the test split has no sample of normal_class 0: its false-alarm rates are null" in text
+    assert "test: false alarm -," in text
+    out = json.loads((run / "posthoc.json").read_text())
+    assert out["raw"]["test"]["false_alarm"] is None
+    assert out["results"]["operating_point"]["test_false_alarm"] is None
+    assert out["results"]["operating_point"]["val_false_alarm"] is not None
+
+
+def test_posthoc_validation_split_without_the_normal_class(run, cli):
+    _drop_class(run, "val", 0)
+    out = run_posthoc(run, "all", normal_class=0, write=False)
+    assert "operating_point" not in out["methods"]
+    assert out["skipped"]["operating_point"] == (
+        "the validation split has no sample of normal_class 0 to set a threshold on"
+    )
+    r = cli("posthoc", run, "-m", "operating_point", "--normal-class", "0")
+    assert r.code == 2 and "validation split has no sample of normal_class 0" in r.err
+
+
+def test_posthoc_warns_when_a_tuned_value_is_on_the_grid_edge(run, cli):
+    # A prior bias 4x the log-prior on top of the head's own: the best tau lies beyond the grid's maximum 3.
+    log_prior = np.log(np.array(COUNTS) / sum(COUNTS))
+    for name in ("val", "test"):
+        data = dict(np.load(run / f"logits_{name}.npz"))
+        data["logits"] = (data["logits"] + 4 * log_prior).astype(np.float32)
+        data.pop("features")
+        write_npz(run / f"logits_{name}.npz", **data)
+    r = cli("posthoc", run, "-m", "posthoc_la", "--no-write", "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    entry = out["results"]["posthoc_la"]
+    assert entry["chosen"] == {"tau": 3.0} and entry["search"]["at_edge"] == "upper"
+    assert any(w.startswith("posthoc_la: the chosen tau = 3 is the upper end of its search grid [-1, 3]")
+               for w in out["warnings"])  # fmt: skip
+    assert entry["warnings"] and entry["warnings"][0] in out["warnings"][-1]
+    r = cli("posthoc", run, "-m", "posthoc_la", "--no-write")
+    assert "warning: posthoc_la: the chosen tau = 3 is the upper end" in " ".join(r.out.split())
+
+
+def test_posthoc_json_not_writable_fails_before_fitting(run, cli, monkeypatch):
+    from cegeo.rebalance import Rebalancer
+
+    (run / "posthoc.json").mkdir()
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before checking the output path")
+
+    monkeypatch.setattr(Rebalancer, "fit", no_fit)
+    with pytest.raises(ValueError, match=r"`posthoc.json` must be a file path \(not a folder\).*--no-write"):
+        run_posthoc(run, "all")
+    r = cli("posthoc", run, "-m", "posthoc_la")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1
+    assert (
+        r.err.startswith("error: `posthoc.json` must be a file path (not a folder)") and "--no-write" in r.err
+    )
+    monkeypatch.undo()
+    r = cli("posthoc", run, "-m", "posthoc_la", "--no-write")
+    assert r.code == 0, r.err
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (
+            ["--method", "posthoc_la", "lws"],
+            r"`--method` takes one value per option: give several methods as --method posthoc_la,lws or "
+            r"-m posthoc_la -m lws; got extra argument\(s\) 'lws'.",
+        ),
+        (["other_run"], r"`RUN_DIR` must be one run folder \(several methods: --method posthoc_la,lws"),
+    ],
+    ids=["method-nargs", "two-runs"],
+)
+def test_posthoc_extra_arguments_say_how_to_give_several_methods(run, cli, args, match):
+    import re
+
+    r = cli("posthoc", run, *args)
+    assert r.code == 2 and re.search(match, r.err), r.err
+    assert len(r.err.strip().splitlines()) == 1 and not (run / "posthoc.json").exists()
 
 
 @pytest.mark.slow

@@ -240,6 +240,66 @@ def test_estimator_contract(name):
             call()
 
 
+@pytest.mark.parametrize(
+    "est, bad",
+    [
+        (OperatingPoint(normal_class=5, max_false_alarm=0.1), {}),  # fails in _fit
+        (PosthocLA(grid=[]), {}),  # fails in the search
+        (PosthocLA(), {"metric": "accuracy"}),  # fails before any state
+    ],
+    ids=["operating-point", "empty-grid", "metric"],
+)
+def test_a_failed_first_fit_leaves_the_estimator_unfitted(est, bad):
+    z = np.random.default_rng(0).normal(size=(20, 2))
+    y = np.r_[np.zeros(15, int), np.ones(5, int)]
+    with pytest.raises(ValueError):
+        est.fit(z, y, [100, 10], **bad)
+    for call in (lambda: est.predict(z), lambda: est.transform(z), est.to_dict):
+        with pytest.raises(NotFittedError, match=r"is not fitted yet"):
+            call()
+    assert not [a for a in vars(est) if a.endswith("_") and not a.startswith("_")]
+
+
+def test_a_failed_refit_drops_the_previous_fit():
+    rng = np.random.default_rng(0)
+    z2, y2 = rng.normal(size=(55, 2)), np.r_[np.zeros(50, int), np.ones(5, int)]
+    op = OperatingPoint(normal_class=0, max_false_alarm=0.1).fit(z2, y2)
+    z3, y3 = rng.normal(size=(30, 3)), rng.integers(1, 3, 30)  # k = 3, normal class absent
+    with pytest.raises(ValueError, match=r"`normal_class` 0 has no samples in the validation labels"):
+        op.fit(z3, y3)
+    with pytest.raises(NotFittedError):  # not the old k = 2 threshold applied to k = 3 logits
+        op.predict(z3)
+    assert op.fit(z2, y2).predict(z2).shape == (55,)  # and it can be fitted again
+
+
+def test_grid_edge_warning():
+    rng = np.random.default_rng(2)
+    z, y = gaussian_logits(rng, COUNTS6, 20_000)
+    log_prior = np.log(np.array(COUNTS6) / sum(COUNTS6))
+    # The logits carry 3.5x the prior (tau ~ 3.5 would be right): the search stops at the grid's end.
+    la = PosthocLA().fit(z + 2.5 * log_prior, y, COUNTS6)
+    assert la.tau_ == 3.0 and la.search_["at_edge"] == "upper"
+    assert la.warnings_ == [
+        "the chosen tau = 3 is the upper end of its search grid [-1, 3] and still improves "
+        "balanced_accuracy there: the best value may lie beyond it (widen `grid`)"
+    ]
+    assert la.to_dict()["warnings"] == la.warnings_
+    # Calibrated logits: tau ~ 1 inside the grid, no warning.
+    la = PosthocLA().fit(z, y, COUNTS6)
+    assert la.search_["at_edge"] is None and la.warnings_ == []
+    # Ties at the no-correction end (0) are no warning either, nor a fixed value.
+    y3 = np.repeat(np.arange(3), 10)
+    z3 = 100.0 * np.eye(3)[y3]
+    tn = TauNorm(classifier=np.diag([3.0, 2.0, 1.0])).fit(z3, y3)
+    assert tn.tau_ == 0.0 and tn.warnings_ == [] and tn.search_["at_edge"] is None
+    assert PosthocLA(tau=3.0).fit(z, y, COUNTS6).warnings_ == []
+    # The lower end counts too (a grid that stops short of the answer from below).
+    la = PosthocLA(grid=[-0.5, -0.25]).fit(z, y, COUNTS6)
+    assert la.tau_ == -0.25 and la.search_["at_edge"] == "upper"
+    la = PosthocLA(grid=[2.0, 2.5, 3.0]).fit(z, y, COUNTS6)
+    assert la.tau_ == 2.0 and la.search_["at_edge"] == "lower"
+
+
 @pytest.mark.parametrize("name", ["posthoc_la", "tau_norm", "geometry_tuned"])
 def test_tuned_methods_never_lose_on_validation(name):
     est = _fit_any(name)[1]
@@ -301,6 +361,10 @@ C3 = [100, 10, 10]
             lambda: TauNorm(classifier=np.zeros((3, 4))).fit(Z, Y),
             r"`classifier` must be rows with non-zero norm",
         ),
+        (
+            lambda: TauNorm(classifier="abc").fit(Z, Y),
+            r"`classifier` must be a finite \(3, d\) array of numbers; got 'abc'",
+        ),
         (lambda: GeometryRebalancer().fit(Z, Y, C3), r"`loss` must be the training loss name"),
         (
             lambda: GeometryRebalancer(loss="ldam").fit(Z, Y, C3),
@@ -309,6 +373,18 @@ C3 = [100, 10, 10]
         (
             lambda: GeometryRebalancer(loss="ldt", loss_hyper={"tau": 1}).fit(Z, Y, C3),
             r"loss 'ldt' takes gamma, normalize",
+        ),
+        (
+            lambda: GeometryRebalancer(loss="ldt", loss_hyper=[1]).fit(Z, Y, C3),
+            r"`loss_hyper` must be a mapping of hyperparameter name -> value, .*; got \[1\]",
+        ),
+        (
+            lambda: GeometryRebalancer(loss="ldt", loss_hyper={"gamma": "x"}).fit(Z, Y, C3),
+            r"`gamma` must be a finite number; got 'x'",
+        ),
+        (
+            lambda: GeometryRebalancer(loss="ce", sampler="uniform").fit(Z, Y, C3),
+            r"`sampler` must be one of 'none', 'class_balanced', 'sqrt' or None; got 'uniform'",
         ),
         (lambda: LWS(alpha=-1).fit(Z, Y), r"`alpha` must be a number >= 0"),
         (lambda: LWS(max_iter=0).fit(Z, Y), r"`max_iter` must be an integer >= 1"),

@@ -10,8 +10,8 @@ Methods (registry: :func:`create_rebalancer`, :func:`list_rebalancers`):
 ``posthoc_la``     ``z_c - tau log pi_c`` (Menon et al. 2021); tau chosen on validation.
 ``tau_norm``       ``w_c <- w_c / ||w_c||^tau`` (Kang et al. 2020); tau chosen on validation.
 ``geometry``       ``w_c <- w_c / ||w_c*||^beta`` with ``||w_c*||`` the classifier norm
-                   :func:`cegeo.theory.predict` gives for the training loss and class counts;
-                   beta = 1, no tuning.
+                   :func:`cegeo.theory.predict` gives for the training loss and the class
+                   counts the loss saw (the sampler's effective counts); beta = 1, no tuning.
 ``geometry_tuned`` the same with beta chosen on validation.
 ``lws``            learnable weight scaling ``z_c <- s_c z_c``: s minimises the class-balanced
                    CE on validation (a smooth convex problem, L-BFGS-B).
@@ -34,10 +34,14 @@ logit array or a :class:`RunSplit` from :class:`RunFolder` (labels, counts, clas
 training loss then come from the run). ``metric`` (one of :data:`SELECTION_METRICS`) selects the
 hyperparameter; ties resolve to the smallest correction (smallest ``|tau|`` / ``|beta|``).
 
-The test-data guard: a :class:`RunSplit` named ``"test"`` is refused by every ``fit``, and so is
-any logit array of which 20% or more of the rows are rows of a test split loaded through
-:class:`RunFolder` in this process (slices, copies and float64 casts included). It guards
-against mistakes, not against someone reading the ``.npz`` file by hand.
+The test-data guard tracks provenance, not contents: :class:`RunFolder` hands out the test
+split's ``logits`` and ``features`` as a marked array type, and every ``fit`` refuses a
+:class:`RunSplit` named ``"test"`` and any marked array. Views, slices, fancy indexing, copies,
+``astype`` casts (float16 included), arithmetic and numpy functions such as ``np.concatenate``
+(validation rows with a few test rows appended) keep the mark; validation rows that merely equal
+test rows (discrete inputs, a dead network's all-zero logits) are not refused, and nothing about
+the test rows is kept in memory. ``np.asarray`` and ``np.array`` return plain arrays: the guard
+stops mistakes, not someone stripping the mark or reading the ``.npz`` file by hand.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from . import metrics as _metrics
-from ._io import read_json
+from ._io import read_json, read_toml
 from ._registry import Registry
 from ._validation import InputError, check_class_counts, check_finite, check_fraction, check_int, fail
 from .data.imbalance import Groups
@@ -101,8 +105,8 @@ def _grid(start: float, stop: float, num: int) -> tuple[float, ...]:
 
 # Two grid scores closer than this are a tie (resolved to the smallest correction).
 _TIE = 1e-12
-# A fit input is refused when at least this share of its rows are rows of a loaded test split.
-_TEST_ROW_SHARE = 0.2
+# The trainer's samplers (cegeo.config, train.sampling_probabilities).
+_SAMPLERS = ("none", "class_balanced", "sqrt")
 
 
 def _check_metric(metric: Any) -> str:
@@ -128,19 +132,61 @@ def selection_score(metric: str, y_true: Any, y_pred: Any, num_classes: int) -> 
 
 # ------------------------------------------------------------------------------------ run folders
 
-# Rows (float32 bytes) of every test split loaded through RunFolder, keyed by run path.
-_TEST_ROWS: dict[str, frozenset[bytes]] = {}
+
+class _TestSplitArray(np.ndarray):
+    """An array read from a run's test split, or computed from one: the guard's provenance mark.
+
+    The mark is the type, so it travels with the array and nothing is kept anywhere else. numpy
+    keeps a subclass through views, slices, fancy indexing, ``copy``, ``astype`` and ufuncs
+    (arithmetic, rounding, ``@``); ``__array_function__`` below extends that to numpy functions
+    (``np.concatenate`` of validation and test rows is marked). Only ``np.asarray``/``np.array``
+    (and ``.view(np.ndarray)``) drop it. ``source`` is the run folder it was read from.
+    """
+
+    source: str | None = None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.source = getattr(obj, "source", None)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        out = super().__array_function__(func, types, args, kwargs)
+        if isinstance(out, np.ndarray) and not isinstance(out, _TestSplitArray) and out.ndim > 0:
+            out = _mark_test(out, self.source)
+        return out
+
+    def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
+        # A reduction to one number (numpy >= 2 asks with return_scalar) gives a plain scalar,
+        # not a marked 0-d array: ``run.test.logits.max()`` prints as a number.
+        if return_scalar:
+            return np.asarray(arr)[()]
+        return super().__array_wrap__(arr, context)
 
 
-def _row_keys(logits: np.ndarray) -> list[bytes]:
-    a = np.ascontiguousarray(logits, dtype=np.float32)
-    return a.view(np.dtype((np.void, a.shape[1] * 4))).ravel().tolist()
+def _mark_test(a: np.ndarray | None, source: str | None) -> np.ndarray | None:
+    if a is None:
+        return None
+    out = a.view(_TestSplitArray)
+    out.source = source
+    return out
+
+
+def _is_real(a: np.ndarray) -> bool:
+    return bool(np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer))
 
 
 def _readonly(a: np.ndarray | None) -> np.ndarray | None:
     if a is not None:
         a.setflags(write=False)
     return a
+
+
+def _check_loss_hyper(param: str, value: Any) -> dict[str, Any]:
+    """The loss's hyperparameters as a dict (values are checked by :func:`cegeo.losses.create_loss`)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise fail(param, "a mapping of hyperparameter name -> value, e.g. {'gamma': 0.5}", value)
+    return dict(value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -167,6 +213,9 @@ class RunSplit:
     loss : str or None
         Training loss name (registry of :mod:`cegeo.losses`).
     loss_hyper : Mapping[str, float]
+    sampler : str or None
+        The training sampler from the run's ``config.toml`` (``train.sampler``: ``"none"``,
+        ``"class_balanced"`` or ``"sqrt"``); None when the run folder has no ``config.toml``.
     source : str or None
         The run folder it was read from.
     """
@@ -180,6 +229,7 @@ class RunSplit:
     classifier: np.ndarray | None = None
     loss: str | None = None
     loss_hyper: Mapping[str, float] = field(default_factory=dict)
+    sampler: str | None = None
     source: str | None = None
 
     @property
@@ -220,13 +270,15 @@ class RunFolder:
     ----------
     path : str or Path
         A folder with ``final.json`` and ``logits_{val,test}.npz`` (``classifier.npz`` for the
-        classifier-side methods).
+        classifier-side methods; ``config.toml``, when present, for the training sampler).
 
     Raises
     ------
     ValueError
         The folder does not exist, has no ``final.json`` (unfinished run), or its files break the
-        contract (missing key, wrong shape, counts that do not match the logits).
+        contract (missing key, wrong shape or dtype, counts that do not match the logits, a
+        ``loss`` entry that is not a name with a mapping of hyperparameters, an unknown
+        ``train.sampler``).
 
     Examples
     --------
@@ -262,15 +314,26 @@ class RunFolder:
         self.num_classes = k
         self.groups = _groups_from_json(final.get("groups"), k, self.class_counts, where)
         loss = final.get("loss")
-        if isinstance(loss, Mapping):
-            self.loss: str | None = loss.get("name")
-            self.loss_hyper: dict[str, float] = dict(loss.get("hyper") or {})
-        else:
-            self.loss = loss if isinstance(loss, str) else None
-            self.loss_hyper = {}
+        name, hyper = (loss.get("name"), loss.get("hyper")) if isinstance(loss, Mapping) else (loss, None)
+        if name is not None and not isinstance(name, str):
+            raise fail(f"{where}: loss", 'a loss name or {"name": NAME, "hyper": {...}}', loss)
+        self.loss: str | None = name
+        self.loss_hyper: dict[str, float] = _check_loss_hyper(f"{where}: loss.hyper", hyper)
+        self.sampler: str | None = self._sampler()
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r}, k={self.num_classes}, loss={self.loss!r})"
+
+    def _sampler(self) -> str | None:
+        """``train.sampler`` of the run's config.toml (None without one; absent key: "none")."""
+        f = self.path / "config.toml"
+        if not f.is_file():
+            return None
+        train = read_toml(f).get("train", {})
+        sampler = train.get("sampler", "none") if isinstance(train, Mapping) else train
+        if sampler not in _SAMPLERS:
+            raise fail(f"{f}: train.sampler", "one of " + ", ".join(map(repr, _SAMPLERS)), sampler)
+        return str(sampler)
 
     def _npz(self, filename: str, keys: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
         f = self.path / filename
@@ -292,7 +355,7 @@ class RunFolder:
     def classifier(self) -> np.ndarray:
         """The classifier weight ``W`` (k, d) from ``classifier.npz``."""
         W = self._npz("classifier.npz", ["W"])["W"]
-        if W.ndim != 2 or W.shape[0] != self.num_classes or not np.all(np.isfinite(W)):
+        if not _is_real(W) or W.ndim != 2 or W.shape[0] != self.num_classes or not np.all(np.isfinite(W)):
             raise fail(
                 f"{self.path / 'classifier.npz'}: W", f"a finite ({self.num_classes}, d) array", W.shape
             )
@@ -306,6 +369,8 @@ class RunFolder:
         where = str(self.path / f"logits_{name}.npz")
         z, y = data["logits"], data["labels"]
         k = self.num_classes
+        if not _is_real(z):
+            raise fail(f"{where}: logits", "an array of real numbers", z.dtype.name)
         if z.ndim != 2 or z.shape[1] != k or z.shape[0] == 0:
             raise fail(f"{where}: logits", f"a non-empty (n, {k}) array", z.shape)
         if not np.all(np.isfinite(z)):
@@ -315,11 +380,13 @@ class RunFolder:
         if y.min() < 0 or y.max() >= k:
             raise fail(f"{where}: labels", f"labels in 0..{k - 1}", int(y.min() if y.min() < 0 else y.max()))
         feats = data.get("features")
+        if feats is not None and not _is_real(feats):
+            raise fail(f"{where}: features", "an array of real numbers", feats.dtype.name)
         if feats is not None and (feats.ndim != 2 or feats.shape[0] != z.shape[0]):
             raise fail(f"{where}: features", f"a ({z.shape[0]}, d) array", feats.shape)
         W = self.classifier() if (self.path / "classifier.npz").is_file() else None
-        if name == "test":
-            _TEST_ROWS[str(self.path.resolve())] = frozenset(_row_keys(z))
+        if name == "test":  # the guard's mark: fit refuses these arrays and what is computed from them
+            z, feats = _mark_test(z, str(self.path)), _mark_test(feats, str(self.path))
         return RunSplit(
             name=name,
             logits=_readonly(z),
@@ -330,6 +397,7 @@ class RunFolder:
             classifier=_readonly(W),
             loss=self.loss,
             loss_hyper=dict(self.loss_hyper),
+            sampler=self.sampler,
             source=str(self.path),
         )
 
@@ -355,49 +423,57 @@ def evaluate_split(
     predictions : array-like (n,), optional
         Predicted classes (default: argmax of the split's raw logits).
     normal_class : int, optional
-        Adds ``false_alarm`` (share of this class's samples predicted as another class).
+        Adds ``false_alarm`` (share of this class's samples predicted as another class); null
+        (None) with a note when the split has no sample of that class, as in the trainer's
+        summaries.
 
     Returns
     -------
     dict
-        :func:`cegeo.metrics.classification_summary` (with ``group_recall`` from the run's
-        groups) plus ``minority_recall`` (recall of the last group) and ``confusion_matrix``
-        (rows: true class, columns: predicted).
+        :func:`cegeo.metrics.summary_from_confusion` (with ``group_recall`` from the run's
+        groups) plus ``minority_recall`` (recall of the last group), ``confusion_matrix``
+        (rows: true class, columns: predicted) and, only when a metric is undefined on this
+        split, ``notes`` (one line each).
 
     Raises
     ------
     ValueError
-        ``normal_class`` out of range or absent from the split's labels.
+        ``normal_class`` out of range.
     """
     k = split.num_classes
-    pred = np.argmax(split.logits, axis=1) if predictions is None else np.asarray(predictions)
+    pred = np.argmax(np.asarray(split.logits), axis=1) if predictions is None else np.asarray(predictions)
+    c = None
     if normal_class is not None:
         c = check_int("normal_class", normal_class)
         if not 0 <= c < k:
             raise fail("normal_class", f"a class in 0..{k - 1}", normal_class)
-    out = _metrics.classification_summary(split.labels, pred, k, split.groups, normal_class)
+    cm = _metrics.confusion_matrix(split.labels, pred, k)  # (k, k)
+    out = _metrics.summary_from_confusion(cm, split.groups, c)
     out["minority_recall"] = out["group_recall"][split.groups.names[-1]]
-    out["confusion_matrix"] = _metrics.confusion_matrix(split.labels, pred, k).tolist()
+    out["confusion_matrix"] = cm.tolist()
+    if c is not None and out["false_alarm"] is None:
+        out["notes"] = [
+            f"the {split.name} split has no sample of normal_class {c}: its false-alarm rate is "
+            "undefined (null)"
+        ]
     return out
 
 
-def _refuse_test_data(X: Any, logits: np.ndarray) -> None:
-    """The guard: no test split and no rows of a loaded test split reach ``fit``."""
+def _refuse_test_data(X: Any) -> None:
+    """The guard: neither a test split nor an array marked as computed from one reaches ``fit``."""
     if isinstance(X, RunSplit) and X.name == "test":
         raise InputError(
             f"`X` must be validation data; got the test split of run {X.source!r} "
             "(rebalancers are tuned on validation only; use the test split with transform/predict)."
         )
-    if not _TEST_ROWS:
-        return
-    rows = _row_keys(logits)
-    for run, test_rows in _TEST_ROWS.items():
-        hits = sum(r in test_rows for r in rows)
-        if hits and hits >= _TEST_ROW_SHARE * len(rows):
-            raise InputError(
-                f"`X` must be validation data; got logits of which {hits} of {len(rows)} rows are rows of "
-                f"the test split of run {run!r} (rebalancers are tuned on validation only)."
-            )
+    z = X.logits if isinstance(X, RunSplit) else X
+    parts = list(z) if isinstance(z, (list, tuple)) else [z]  # rows passed as a list of arrays
+    marked = next((a for a in parts if isinstance(a, _TestSplitArray)), None)
+    if marked is not None:
+        raise InputError(
+            f"`X` must be validation data; got logits taken from the test split of run {marked.source!r} "
+            "(rebalancers are tuned on validation only; use the test split with transform/predict)."
+        )
 
 
 # ------------------------------------------------------------------------------------ estimators
@@ -431,8 +507,8 @@ def _as_logits(X: Any, k: int | None = None, param: str = "X") -> np.ndarray:
 
 
 def _fit_data(X: Any, y: Any, class_counts: Any, *, counts_required: bool) -> _FitData:
+    _refuse_test_data(X)
     z = _as_logits(X)
-    _refuse_test_data(X, z)
     k = z.shape[1]
     split = X if isinstance(X, RunSplit) else None
     if split is not None:
@@ -502,7 +578,14 @@ class Rebalancer(BaseEstimator):
     val_score_raw_, val_score_ : float
         ``metric_`` on validation before and after the correction.
     search_ : dict or None
-        ``{"param": name, "grid": [...], "scores": [...]}`` for tuned methods.
+        ``{"param": name, "grid": [...], "scores": [...], "at_edge": None | "lower" | "upper"}``
+        for tuned methods.
+    warnings_ : list of str
+        Caveats about the fit, e.g. a tuned value on the edge of its search grid (the best value
+        may lie beyond it).
+
+    A ``fit`` that raises leaves the estimator unfitted (no state from an earlier fit either):
+    ``transform``/``predict`` then raise :class:`~sklearn.exceptions.NotFittedError`.
     """
 
     name: ClassVar[str] = ""
@@ -535,19 +618,31 @@ class Rebalancer(BaseEstimator):
             Test data, unknown metric, shapes or labels that do not match, missing counts, and
             the method's own errors.
         """
-        metric = _check_metric(metric)
-        data = _fit_data(X, y, class_counts, counts_required=self._counts_required)
-        self.n_classes_ = data.k
-        self.metric_ = metric
-        raw_pred = np.argmax(data.logits, axis=1)
-        self.val_score_raw_ = selection_score(metric, data.labels, raw_pred, data.k)
-        self.search_: dict[str, Any] | None = None
-        self._fit(data, metric)
-        self.val_score_ = selection_score(metric, data.labels, self._predict(data.logits), data.k)
+        # Fitted state is dropped first and again on failure: a failed (re)fit never leaves a
+        # half-fitted estimator, nor the previous fit's state under the new data's n_classes_.
+        self._clear_fitted()
+        try:
+            metric = _check_metric(metric)
+            data = _fit_data(X, y, class_counts, counts_required=self._counts_required)
+            self.n_classes_ = data.k
+            self.metric_ = metric
+            raw_pred = np.argmax(data.logits, axis=1)
+            self.val_score_raw_ = selection_score(metric, data.labels, raw_pred, data.k)
+            self.search_: dict[str, Any] | None = None
+            self.warnings_: list[str] = []
+            self._fit(data, metric)
+            self.val_score_ = selection_score(metric, data.labels, self._predict(data.logits), data.k)
+        except BaseException:
+            self._clear_fitted()
+            raise
         return self
 
     def _fit(self, data: _FitData, metric: str) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _clear_fitted(self) -> None:
+        for key in [key for key in vars(self) if key.endswith("_") and not key.startswith("_")]:
+            delattr(self, key)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_classes_"):
@@ -588,6 +683,7 @@ class Rebalancer(BaseEstimator):
             "val_score_raw": self.val_score_raw_,
             "val_score": self.val_score_,
             "search": self.search_,
+            "warnings": list(self.warnings_),
         }
         out.update(self._extra_dict())
         return out
@@ -624,8 +720,24 @@ class _LogitAffine(Rebalancer):
         )
         best = scores.max()
         tied = np.flatnonzero(scores >= best - _TIE)
-        choice = float(grid[tied[np.argmin(np.abs(grid[tied]))]])
-        self.search_ = {"param": param, "grid": grid.tolist(), "scores": scores.tolist()}
+        i = int(tied[np.argmin(np.abs(grid[tied]))])
+        choice = float(grid[i])
+        # On the edge, and still improving there: the best value may lie outside the grid. The
+        # no-correction value 0 is a natural end (beyond it the correction turns around).
+        order = np.argsort(grid, kind="stable")
+        edge = None
+        if grid.size > 1 and choice != 0.0:
+            if i == order[-1] and scores[i] > scores[order[-2]] + _TIE:
+                edge = "upper"
+            elif i == order[0] and scores[i] > scores[order[1]] + _TIE:
+                edge = "lower"
+        self.search_ = {"param": param, "grid": grid.tolist(), "scores": scores.tolist(), "at_edge": edge}
+        if edge is not None:
+            self.warnings_.append(
+                f"the chosen {param} = {choice:g} is the {edge} end of its search grid "
+                f"[{grid.min():g}, {grid.max():g}] and still improves {metric} there: the best value may "
+                "lie beyond it (widen `grid`)"
+            )
         return choice
 
     def _fit_family(
@@ -702,9 +814,13 @@ def _linear_head_problem(split: RunSplit, W: np.ndarray) -> str | None:
         return None
     if split.features.shape[1] != W.shape[1]:
         return f"features have dimension {split.features.shape[1]} but W is {W.shape}"
-    recon = split.features.astype(np.float64) @ W.astype(np.float64).T  # (n, k)
-    err = np.linalg.norm(recon - split.logits) / max(float(np.linalg.norm(split.logits)), 1e-12)
-    if err > _HEAD_RTOL:
+    h = np.asarray(split.features, dtype=np.float64)  # (n, d)
+    if not np.all(np.isfinite(h)):
+        return "its features hold non-finite values (NaN or inf)"
+    recon = h @ np.asarray(W, dtype=np.float64).T  # (n, k)
+    z = np.asarray(split.logits, dtype=np.float64)  # (n, k)
+    err = np.linalg.norm(recon - z) / max(float(np.linalg.norm(z)), 1e-12)
+    if not err <= _HEAD_RTOL:  # written so that a NaN error fails too
         return (
             f"its logits differ from features @ W.T (relative error {err:.2g}): not the bias-free "
             "linear head of docs/run-folder.md (a bias or a cosine classifier?)"
@@ -763,7 +879,10 @@ class TauNorm(_LogitAffine):
                 )
         if W is None:
             raise fail("classifier", "the (k, d) classifier weight W (or fit on a RunSplit)", None)
-        W = np.asarray(W, dtype=np.float64)
+        try:
+            W = np.asarray(W, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise fail("classifier", f"a finite ({data.k}, d) array of numbers", W) from None
         if W.ndim != 2 or W.shape[0] != data.k or not np.all(np.isfinite(W)):
             raise fail("classifier", f"a finite ({data.k}, d) array", W.shape)
         norms = np.linalg.norm(W, axis=1)  # (k,)
@@ -785,14 +904,33 @@ class TauNorm(_LogitAffine):
         return {**super()._extra_dict(), "w_norms": self.w_norms_.tolist()}
 
 
+def _effective_counts(counts: np.ndarray, sampler: str) -> np.ndarray:
+    """Expected draws per class in one epoch of ``n`` draws, shape (k,) float64.
+
+    The trainer's samplers (``cegeo.train.sampling_probabilities``, not imported here: it pulls
+    in the models): ``none`` -> ``n_c``; ``class_balanced`` -> ``n / k`` each; ``sqrt`` ->
+    ``n sqrt(n_c) / sum_j sqrt(n_j)``.
+    """
+    n = counts.astype(np.float64)
+    q = {"none": n, "class_balanced": np.ones_like(n), "sqrt": np.sqrt(n)}[sampler]
+    return n.sum() * q / q.sum()
+
+
 class GeometryRebalancer(_LogitAffine):
     """Geometry-guided rescaling ``w_c <- w_c / ||w_c*||^beta`` (THEORY.md §7).
 
     ``||w_c*||`` is the classifier norm :func:`cegeo.theory.predict` gives for the training
-    loss and class counts (the max-margin limit, §4.1). Dividing by it (beta = 1) moves a model
-    trained with that loss toward the symmetric geometry (LDT gamma = 1/2, equal norms) with no
-    tuning; for a loss whose predicted norms are already equal it is the identity. Applied to
-    logits (bias-free head); the scale is divided by its geometric mean.
+    loss and the class counts the loss saw (the max-margin limit, §4.1). Dividing by it
+    (beta = 1) moves a model trained with that loss toward the symmetric geometry (LDT
+    gamma = 1/2, equal norms) with no tuning; for a loss whose predicted norms are already equal
+    it is the identity. Applied to logits (bias-free head); the scale is divided by its
+    geometric mean.
+
+    The loss is built as the trainer built it, from the true training counts (its temperatures
+    depend on them); the geometry uses the counts it saw: a class-balanced sampler draws every
+    class equally often (equal effective counts), a square-root sampler in proportion to
+    ``sqrt(n_c)``, no sampler ``n_c``. Per-class loss weights (wCE, deferred re-weighting) drop
+    out of the max-margin limit (THEORY.md §4) and are ignored.
 
     Parameters
     ----------
@@ -805,10 +943,18 @@ class GeometryRebalancer(_LogitAffine):
         covers); default: the run's loss when fitted on a :class:`RunSplit`.
     loss_hyper : mapping, optional
         The loss's hyperparameters (default: the run's, or the registry defaults).
+    sampler : {"none", "class_balanced", "sqrt"}, optional
+        The training sampler; default: the run's (``config.toml``'s ``train.sampler``) when
+        fitted on a :class:`RunSplit` of a run that records it, else ``"none"``.
 
     Attributes
     ----------
     beta_ : float
+    sampler_ : str
+    sampler_from_ : str
+        Where ``sampler_`` came from: ``"argument"``, ``"config.toml"`` or ``"default"``.
+    effective_counts_ : ndarray (k,)
+        The counts the geometry is predicted for (expected draws per class and epoch).
     predicted_w_norms_ : ndarray (k,)
         ``||w_c*||`` from the theory (scale-free: only ratios matter).
     scale_, offset_ : ndarray (k,)
@@ -816,7 +962,8 @@ class GeometryRebalancer(_LogitAffine):
     Raises
     ------
     ValueError
-        A loss the theory does not cover (e.g. ``ldam``), or no loss known.
+        A loss the theory does not cover (e.g. ``ldam``), or no loss known; ``loss_hyper`` not a
+        mapping; an unknown sampler.
 
     Examples
     --------
@@ -826,6 +973,10 @@ class GeometryRebalancer(_LogitAffine):
     [1.0, 1.0, 0.8345]
     >>> g.predict(z).tolist()
     [0, 0, 2, 1]
+    >>> GeometryRebalancer(loss="ce", sampler="class_balanced").fit(
+    ...     z, [0, 2, 2, 1], class_counts=[100, 100, 10]
+    ... ).predicted_w_norms_.round(4).tolist()  # every class drawn equally often: the ETF
+    [1.0, 1.0, 1.0]
     >>> GeometryRebalancer(loss="ldam").fit(z, [0, 2, 2, 1], class_counts=[100, 100, 10])
     Traceback (most recent call last):
     ...
@@ -841,30 +992,45 @@ class GeometryRebalancer(_LogitAffine):
         grid: Sequence[float] = _grid(0, 2, 41),
         loss: str | None = None,
         loss_hyper: Mapping[str, float] | None = None,
+        sampler: str | None = None,
     ):
         self.beta = beta
         self.grid = grid
         self.loss = loss
         self.loss_hyper = loss_hyper
+        self.sampler = sampler
 
     def _fit(self, data: _FitData, metric: str) -> None:
         from .losses import create_loss, get_loss_info, list_losses
         from .theory import predict
 
         loss = self.loss
-        hyper = dict(self.loss_hyper or {})
+        hyper = _check_loss_hyper("loss_hyper", self.loss_hyper)
+        hyper_from = None  # the run folder the hyperparameters were read from, if any
         if loss is None and data.split is not None:
             loss = data.split.loss
             if self.loss_hyper is None:
-                hyper = dict(data.split.loss_hyper)
+                hyper, hyper_from = dict(data.split.loss_hyper), data.split.source
         if loss is None:
             raise fail("loss", "the training loss name (or fit on a RunSplit of a run that records it)", None)
         covered = [n for n in list_losses() if get_loss_info(n).theory]
         if loss not in covered:
             raise fail("loss", "a loss the theory covers (" + ", ".join(map(repr, covered)) + ")", loss)
+        sampler, origin = self.sampler, "argument"
+        if sampler is None:
+            recorded = data.split.sampler if data.split is not None else None
+            sampler, origin = (recorded, "config.toml") if recorded is not None else ("none", "default")
+        if sampler not in _SAMPLERS:
+            raise fail("sampler", "one of " + ", ".join(map(repr, _SAMPLERS)) + " or None", sampler)
         assert data.class_counts is not None
-        loss_fn = create_loss(loss, data.class_counts, **hyper)
-        norms = predict(loss_fn, data.class_counts).w_norms  # (k,)
+        effective = _effective_counts(data.class_counts, sampler)  # (k,)
+        try:
+            loss_fn = create_loss(loss, data.class_counts, **hyper)  # as the trainer built it
+        except InputError as exc:
+            if hyper_from is None:
+                raise
+            raise InputError(f"run {hyper_from!r} records a loss geometry cannot rebuild: {exc}") from None
+        norms = predict(loss_fn, effective, make_groups(data.class_counts)).w_norms  # (k,)
         norms = norms / norms.max()
         zeros = np.zeros(data.k)
 
@@ -873,12 +1039,18 @@ class GeometryRebalancer(_LogitAffine):
 
         self.beta_ = self._fit_family(data, metric, "beta", make)
         self.loss_ = loss
+        self.sampler_ = sampler
+        self.sampler_from_ = origin
+        self.effective_counts_ = effective
         self.predicted_w_norms_ = norms
 
     def _extra_dict(self) -> dict[str, Any]:
         return {
             **super()._extra_dict(),
             "loss": self.loss_,
+            "sampler": self.sampler_,
+            "sampler_from": self.sampler_from_,
+            "effective_counts": self.effective_counts_.tolist(),
             "predicted_w_norms": self.predicted_w_norms_.tolist(),
         }
 
@@ -900,8 +1072,9 @@ class GeometryTuned(GeometryRebalancer):
         grid: Sequence[float] = _grid(0, 2, 41),
         loss: str | None = None,
         loss_hyper: Mapping[str, float] | None = None,
+        sampler: str | None = None,
     ):
-        super().__init__(beta=beta, grid=grid, loss=loss, loss_hyper=loss_hyper)
+        super().__init__(beta=beta, grid=grid, loss=loss, loss_hyper=loss_hyper, sampler=sampler)
 
 
 class LWS(_LogitAffine):
@@ -1127,7 +1300,7 @@ class OperatingPoint(Rebalancer):
         out[:, c] = zn
         return out
 
-    def _operating(self, z: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    def _operating(self, z: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
         c = self.normal_class_
         pred = self._predict(z)
         normal = y == c
@@ -1135,13 +1308,17 @@ class OperatingPoint(Rebalancer):
         rest = np.delete(recall, c)
         rest = rest[~np.isnan(rest)]
         return {
-            "false_alarm": float(np.mean(pred[normal] != c)) if normal.any() else float("nan"),
-            "recall": float(np.mean(rest)) if rest.size else float("nan"),
-            "detection": float(np.mean(pred[~normal] != c)) if (~normal).any() else float("nan"),
+            # None (JSON null) where the split lacks the samples, as in evaluate_split
+            "false_alarm": float(np.mean(pred[normal] != c)) if normal.any() else None,
+            "recall": float(np.mean(rest)) if rest.size else None,
+            "detection": float(np.mean(pred[~normal] != c)) if (~normal).any() else None,
         }
 
-    def operating_metrics(self, X: Any, y: Any = None) -> dict[str, float]:
+    def operating_metrics(self, X: Any, y: Any = None) -> dict[str, float | None]:
         """False-alarm rate, non-normal mean recall and detection rate on any split.
+
+        Each is None when the split has no sample it is defined on (e.g. no normal sample for
+        the false-alarm rate).
 
         Parameters
         ----------
@@ -1354,8 +1531,11 @@ def _unmet_need(info: RebalancerInfo, run: RunFolder, val: RunSplit, normal_clas
         covered = [n for n in list_losses() if get_loss_info(n).theory]
         if run.loss not in covered:
             return f"the theory does not cover the run's loss {run.loss!r} (covered: {', '.join(covered)})"
-    if "normal_class" in info.needs and normal_class is None:
-        return "needs a normal class (--normal-class)"
+    if "normal_class" in info.needs:
+        if normal_class is None:
+            return "needs a normal class (--normal-class)"
+        if not np.any(val.labels == normal_class):
+            return f"the validation split has no sample of normal_class {normal_class} to set a threshold on"
     return None
 
 
@@ -1391,7 +1571,8 @@ def run_posthoc(
     max_false_alarm : float
         The operating point's validation false-alarm budget.
     write : bool
-        Write the result to ``<run>/posthoc.json`` (atomically).
+        Write the result to ``<run>/posthoc.json`` (atomically); the path is checked before any
+        fitting.
 
     Returns
     -------
@@ -1399,18 +1580,19 @@ def run_posthoc(
         ``run``, ``metric``, ``normal_class``, ``max_false_alarm``, ``methods`` (the fitted
         methods in order), ``raw`` and ``results[name]`` each with ``val``/``test`` summaries
         (:func:`evaluate_split`), the fitted description (:meth:`Rebalancer.to_dict`), ``skipped``
-        (name -> reason), ``warnings`` (e.g. classes with very few validation samples),
-        ``created`` and ``environment``.
+        (name -> reason), ``warnings`` (classes with very few validation samples, a split without
+        the normal class, a tuned value on the edge of its grid), ``created`` and ``environment``.
 
     Raises
     ------
     ValueError
         Unknown method or metric, a method asked for by name whose needs are unmet, a normal
-        class out of range, an impossible false-alarm budget, missing or malformed run files.
+        class out of range, an impossible false-alarm budget, missing or malformed run files,
+        ``posthoc.json`` not writable (with ``write=True``).
     """
     from datetime import datetime, timezone
 
-    from ._io import environment_info, write_json
+    from ._io import environment_info, writable_file, write_json
 
     folder = run if isinstance(run, RunFolder) else RunFolder(run)
     metric = _check_metric(metric)
@@ -1420,7 +1602,13 @@ def run_posthoc(
         c = check_int("normal_class", normal_class)
         if not 0 <= c < folder.num_classes:
             raise fail("normal_class", f"a class in 0..{folder.num_classes - 1}", normal_class)
+        normal_class = c
     check_fraction("max_false_alarm", max_false_alarm, low_open=False, high_open=True)
+    if write:  # before any work: a run folder we cannot write in is known now, not after fitting
+        try:
+            writable_file("posthoc.json", folder.path / "posthoc.json")
+        except InputError as exc:
+            raise InputError(f"{exc} Pass --no-write (write=False) to fit and report without it.") from None
     val, test = folder.val, folder.test
     out: dict[str, Any] = {
         "run": str(folder.path),
@@ -1444,6 +1632,12 @@ def run_posthoc(
             f"validation has fewer than {_FEW_VAL} samples in class(es) {few.tolist()} (min "
             f"{int(support.min())}): choices made on it are noisy; a larger validation split helps"
         )
+    for split in (val, test):
+        if normal_class is not None and not np.any(split.labels == normal_class):
+            out["warnings"].append(
+                f"the {split.name} split has no sample of normal_class {normal_class}: its false-alarm "
+                "rates are null"
+            )
     for name in names:
         info = _REBALANCERS.get(name)
         reason = _unmet_need(info, folder, val, normal_class)
@@ -1464,6 +1658,7 @@ def run_posthoc(
             entry.update({f"test_{key}": value for key, value in ops.items()})
         out["results"][name] = entry
         out["methods"].append(name)
+        out["warnings"].extend(f"{name}: {text}" for text in est.warnings_)
     out["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out["environment"] = environment_info()
     if write:

@@ -64,6 +64,8 @@ def print_evaluation(report: dict[str, Any], groups_labels: tuple[str, ...], tit
     for row in rows:
         head.add_row(*row)
     console.print(head)
+    for text in report.get("notes", []):  # a metric undefined on this split ("-" above)
+        console.print(f"note: {text}")
 
     cm = Table(title="confusion matrix (row: true, column: predicted)")
     cm.add_column("true \\ pred", justify="right")
@@ -93,7 +95,9 @@ def evaluate_command(
     Prints support, recall, precision, F1 and false-positive rate per class; the recall of each
     group (majority/minority or many/medium/few, from final.json); accuracy, balanced accuracy,
     macro F1, worst-class recall, G-mean; the false-alarm rate with --normal-class; and the
-    confusion matrix. Example: cegeo evaluate runs/ce_s0 --split test --normal-class 0
+    confusion matrix. A split without a sample of the normal class reports its false-alarm
+    rate as "-" (null in --json) with a note, as the trainer's summaries do. Example:
+    cegeo evaluate runs/ce_s0 --split test --normal-class 0
     """
     run = RunFolder(run_dir)
     data = run.split(split)

@@ -15,8 +15,8 @@ from . import app
 from ._common import console
 
 
-def _fmt(v: Any) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def _fmt(v: Any, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def _signed(after: Any, before: Any) -> str:
@@ -81,10 +81,10 @@ def print_posthoc(result: dict[str, Any]) -> None:
             f"operating point: normal class {op['normal_class']}, budget {op['max_false_alarm']:g}, "
             f"threshold p_normal >= {op['chosen']['threshold']:.6g} "
             f"(log-odds {op['chosen']['log_odds_threshold']:.4g})\n"
-            f"  val:  false alarm {op['val_false_alarm']:.4f} ({op['n_normal_val']} normal samples), "
-            f"non-normal recall {op['val_recall']:.4f}, detection {op['val_detection']:.4f}\n"
-            f"  test: false alarm {op['test_false_alarm']:.4f}, non-normal recall "
-            f"{op['test_recall']:.4f}, detection {op['test_detection']:.4f}"
+            f"  val:  false alarm {_fmt(op['val_false_alarm'], 4)} ({op['n_normal_val']} normal samples), "
+            f"non-normal recall {_fmt(op['val_recall'], 4)}, detection {_fmt(op['val_detection'], 4)}\n"
+            f"  test: false alarm {_fmt(op['test_false_alarm'], 4)}, non-normal recall "
+            f"{_fmt(op['test_recall'], 4)}, detection {_fmt(op['test_detection'], 4)}"
         )
     for name, reason in result["skipped"].items():
         console.print(f"skipped {name}: {reason}")
@@ -92,8 +92,12 @@ def print_posthoc(result: dict[str, Any]) -> None:
         console.print(f"[yellow]warning:[/yellow] {text}")
 
 
-@app.command("posthoc")
+# allow_extra_args: what click would reject as "unexpected extra argument" reaches ctx.args, so
+# the error can say how to give several methods (typer options take one value each:
+# `--method posthoc_la lws` leaves `lws` over).
+@app.command("posthoc", context_settings={"allow_extra_args": True})
 def posthoc_command(
+    ctx: typer.Context,
     run_dir: str = typer.Argument(..., help="A finished run folder (with final.json, logits_val/test.npz)."),
     method: list[str] = typer.Option(
         ["all"],
@@ -133,6 +137,19 @@ def posthoc_command(
     """
     from .._validation import InputError
 
+    extra = list(ctx.args)
+    if extra:
+        names = set(list_rebalancers()) | {"all"}
+        got = " ".join(extra)
+        if all(part.strip() in names for item in extra for part in item.split(",") if part.strip()):
+            raise InputError(
+                f"`--method` takes one value per option: give several methods as --method posthoc_la,lws "
+                f"or -m posthoc_la -m lws; got extra argument(s) {got!r}."
+            )
+        raise InputError(
+            f"`RUN_DIR` must be one run folder (several methods: --method posthoc_la,lws or -m posthoc_la "
+            f"-m lws); got extra argument(s) {got!r}."
+        )
     if max_false_alarm is not None and normal_class is None:
         raise InputError(
             f"`--max-false-alarm` needs --normal-class; got --max-false-alarm {max_false_alarm}."
