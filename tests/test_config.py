@@ -51,3 +51,16 @@ def test_coercions():
 def test_config_errors(data, match):
     with pytest.raises(ValueError, match=match):
         from_dict(Outer, data)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_loss_hyperparameters_are_refused(value, tmp_path):
+    with pytest.raises(
+        ValueError, match=r"^`loss\.hyper\.gamma` must be a finite number; got (nan|inf|-inf)\.$"
+    ):
+        from_dict(RunConfig, {"loss": {"name": "ldt", "hyper": {"gamma": value}}})
+    # TOML spells them nan and inf: a config file is refused when it is read, not when training starts.
+    path = tmp_path / "c.toml"
+    path.write_text(f'[loss]\nname = "ldt"\nhyper = {{gamma = {value}}}\n')
+    with pytest.raises(ValueError, match=r"`loss\.hyper\.gamma` must be a finite number"):
+        load_run_config(path)

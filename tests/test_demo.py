@@ -75,12 +75,36 @@ def test_demo_fast_end_to_end_then_resume(cli, tmp_path):
         "10 of 10 runs finished before: skipped" in again.out and "ufm: finished before, skipped" in again.out
     )
     assert {n: (out / "runs" / n / "final.json").stat().st_mtime_ns for n in runs} == stamps
-    # The full demo into the fast demo's folder is refused before any work.
+    # The full demo into the fast demo's folder is refused before any work (the UFM step included).
+    ufm_stamp = (out / "ufm" / "summary.json").stat().st_mtime_ns
     full = cli("demo", "--out", out)
     assert full.code == 2
     assert "must match the run already in" in full.err and len(full.err.strip().splitlines()) == 1
+    assert "1/5 plan" not in full.out
+    assert (out / "ufm" / "summary.json").stat().st_mtime_ns == ufm_stamp
+    assert read_json(out / "ufm" / "summary.json")["experiment"]["epochs"] == 300
 
 
 def test_demo_bad_jobs_is_one_line_error(cli, tmp_path):
     r = cli("demo", "--fast", "--out", tmp_path / "d", "--jobs", "0")
     assert r.code == 2 and "`--jobs` must be an integer >= 1; got 0." in r.err
+
+
+def test_demo_failed_runs_error_is_one_line_on_a_narrow_terminal(cli, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import cegeo.cli.cmd_demo as cmd_demo
+
+    def fake_run_demo(target, **kwargs):
+        sweep = SimpleNamespace(summary=[], failed={"ce__seed0": "boom", "ce__seed1": "boom"})
+        report = SimpleNamespace(
+            headline=[], html_path=target / "report.html", markdown_path=target / "summary.md"
+        )
+        return SimpleNamespace(sweep=sweep, report=report, wall_time_s=1.0)
+
+    monkeypatch.setattr(cmd_demo, "run_demo", fake_run_demo)
+    monkeypatch.setenv("COLUMNS", "40")
+    out = tmp_path / "a rather long folder name for the demo output"
+    r = cli("demo", "--out", out)
+    assert r.code == 1
+    assert r.err == f"error: 2 run(s) failed; see {out / 'runs'}/*/error.json.\n"

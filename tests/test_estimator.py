@@ -18,6 +18,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from cegeo._validation import InputError
 from cegeo.estimator import LOSS_HYPERPARAMETERS, ImbalancedMLPClassifier
 from cegeo.losses import get_loss_info, list_losses
 from cegeo.rebalance import list_rebalancers
@@ -281,7 +282,10 @@ def test_not_fitted():
             {"posthoc": "tau_norm", "posthoc_params": {"classifier": [[1.0]]}},
             r"`posthoc_params` must be parameters the estimator does not supply itself \(it sets classifier\)",
         ),
-        ({"posthoc": "posthoc_la", "posthoc_params": {"beta": 1.0}}, r"rebalancer 'posthoc_la' takes"),
+        (
+            {"posthoc": "posthoc_la", "posthoc_params": {"beta": 1.0}},
+            r"`posthoc_params` must hold parameters of rebalancer 'posthoc_la' \(grid, tau\); got unknown key\(s\) 'beta'",
+        ),
         ({"loss": "ldam", "posthoc": "tau_norm"}, r"`posthoc` must be a method that works with loss 'ldam'"),
         (
             {"loss": "ldam", "posthoc": "geometry"},
@@ -289,7 +293,7 @@ def test_not_fitted():
         ),
         (
             {"posthoc": "operating_point", "posthoc_params": {"normal_class": "nope"}},
-            r"`posthoc_params\['normal_class'\]` must be a label of y; got 'nope'",
+            r"`posthoc_params\['normal_class'\]` must be a label of y \(one of 0, 1, 2; .*\); got 'nope'",
         ),
         ({"device": "tpu"}, r"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'tpu'"),
         ({"random_state": "seven"}, r"`random_state` must be None, an integer or a numpy RandomState"),
@@ -324,14 +328,107 @@ def test_posthoc_needs_two_samples_per_class(data):
     ImbalancedMLPClassifier(**{**FAST, "epochs": 1}).fit(X, y)
 
 
-def test_failed_posthoc_fit_leaves_no_half_fitted_estimator(data):
+def test_failed_posthoc_fit_leaves_no_half_fitted_estimator(data, monkeypatch):
+    """What only the real validation logits can refuse (an impossible false-alarm budget) fails
+    after training: then no half-fitted estimator is left behind."""
     X, y = data
     clf = ImbalancedMLPClassifier(**FAST, random_state=0).fit(X, y)  # a previous, successful fit
-    clf.set_params(posthoc="posthoc_la", posthoc_params={"grid": []})
-    with pytest.raises(ValueError, match=r"`grid` must be a non-empty sequence of finite numbers"):
+    clf.set_params(posthoc="operating_point", posthoc_params={"normal_class": 0, "max_false_alarm": 0.0})
+
+    def impossible(self, logits, y_val, params):
+        raise InputError("`max_false_alarm` 0 is impossible on validation: no threshold ...")
+
+    monkeypatch.setattr(ImbalancedMLPClassifier, "_fit_posthoc", impossible)
+    with pytest.raises(ValueError, match=r"`max_false_alarm` 0 is impossible on validation"):
         clf.fit(X, y)
     with pytest.raises(NotFittedError):
         clf.predict(X)
+
+
+# Every check of posthoc_params comes before the network trains, names the parameter as the user
+# set it, and speaks of labels of y, not class indices.
+POSTHOC_ERRORS = [
+    (
+        "operating_point",
+        None,
+        r"^`posthoc_params\['normal_class'\]` must be a label of y \(one of 'defect_a', 'defect_b', 'ok'; "
+        r"posthoc='operating_point' needs the normal class\); got None\.$",
+    ),
+    (
+        "operating_point",
+        {"max_false_alarm": 0.1},
+        r"^`posthoc_params\['normal_class'\]` must be a label of y \(one of 'defect_a', 'defect_b', 'ok'",
+    ),
+    (
+        "operating_point",
+        {"normal_class": 0},  # an index, not a label of y
+        r"^`posthoc_params\['normal_class'\]` must be a label of y .*; got 0\.$",
+    ),
+    (
+        "operating_point",
+        {"normal_class": "ok", "max_false_alarm": -1},
+        r"^`posthoc_params\['max_false_alarm'\]` must be a number in \[0, 1\); got -1\.$",
+    ),
+    (
+        "operating_point",
+        {"normal_class": "ok", "max_false_alarm": 1.0},
+        r"^`posthoc_params\['max_false_alarm'\]` must be a number in \[0, 1\); got 1\.0\.$",
+    ),
+    (
+        "posthoc_la",
+        {"tau": "x"},
+        r"^`posthoc_params\['tau'\]` must be None \(tune on validation\) or a finite number",
+    ),
+    (
+        "posthoc_la",
+        {"grid": []},
+        r"^`posthoc_params\['grid'\]` must be a non-empty sequence of finite numbers",
+    ),
+    ("tau_norm", {"tau": float("nan")}, r"^`posthoc_params\['tau'\]` must be None \(tune on validation\)"),
+    ("geometry", {"beta": "one"}, r"^`posthoc_params\['beta'\]` must be None \(tune on validation\)"),
+    ("lws", {"alpha": -1.0}, r"^`posthoc_params\['alpha'\]` must be a number >= 0"),
+    ("lws", {"max_iter": 0}, r"^`posthoc_params\['max_iter'\]` must be an integer >= 1"),
+    (
+        "lws",
+        {"bogus": 1, "alpha": 1e-3},
+        r"^`posthoc_params` must hold parameters of rebalancer 'lws' \(alpha, max_iter\); got unknown key\(s\) 'bogus'\.$",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "params", "match"), POSTHOC_ERRORS)
+def test_posthoc_params_errors_come_before_training_and_name_labels(method, params, match, data, monkeypatch):
+    X, y = data
+    labels = np.array(["ok", "defect_a", "defect_b"])[y]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the network trained before posthoc_params were checked")
+
+    monkeypatch.setattr(ImbalancedMLPClassifier, "_train", no_training)
+    clf = ImbalancedMLPClassifier(**FAST, loss="ce", posthoc=method, posthoc_params=params)
+    with pytest.raises(InputError, match=match):
+        clf.fit(X, labels)
+
+
+def test_posthoc_params_checked_up_front_still_fit(data):
+    """The up-front check refuses nothing that fits: valid options train and correct as before."""
+    X, y = data
+    labels = np.array(["ok", "defect_a", "defect_b"])[y]
+    clf = ImbalancedMLPClassifier(
+        **FAST, loss="ce", posthoc="lws", posthoc_params={"alpha": 1e-3, "max_iter": 50}, random_state=0
+    ).fit(X, labels)
+    assert clf.posthoc_.get_params()["alpha"] == 1e-3 and clf.posthoc_.n_classes_ == 3
+
+
+def test_rebalancer_errors_after_training_name_posthoc_params():
+    from cegeo.estimator import _posthoc_error
+
+    err = _posthoc_error(
+        InputError("`max_false_alarm` 0 is impossible on validation: ..."), "operating_point"
+    )
+    assert str(err) == "`posthoc_params['max_false_alarm']` 0 is impossible on validation: ..."
+    other = InputError("the validation labels hold only the normal class; no minority recall to maximise.")
+    assert _posthoc_error(other, "operating_point") is other
 
 
 def test_mixed_label_types_are_an_error(data):

@@ -21,3 +21,83 @@ def test_atomic_writes_leave_no_temporary_file_and_use_normal_permissions(tmp_pa
         raise RuntimeError("interrupted")
     assert (tmp_path / "a.json").read_text().strip() == '{\n  "x": 1\n}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+# ------------------------------------------------------------------------------------- read_toml
+
+
+@pytest.mark.parametrize(
+    ("make", "param", "match"),
+    [
+        (lambda p: p.mkdir(), None, r"^`{p}` must be a TOML file; got the folder '{p}'\.$"),
+        (lambda p: p.mkdir(), "--config", r"^`--config` must be a TOML file; got the folder '{p}'\.$"),
+        (
+            lambda p: p.write_bytes(b'name = "\xff"\n'),
+            "--config",
+            r"^`--config` must be a UTF-8 TOML file; got '{p}' with a non-UTF-8 byte \(b'\\xff' at byte 8\)\.$",
+        ),
+        (
+            lambda p: p.write_bytes(b'name = "\xff"\n'),
+            None,
+            r"^`{p}` must be a UTF-8 TOML file; got a file with a non-UTF-8 byte",
+        ),
+        (lambda p: p.write_text("seeds = [0\n"), None, r"^`{p}` must be valid TOML; got: Unclosed array"),
+        (
+            lambda p: p.write_text("seeds = [0\n"),
+            "CONFIG_FILE",
+            r"^`CONFIG_FILE` must be valid TOML; got '{p}': ",
+        ),
+    ],
+)
+def test_read_toml_errors_are_one_line_input_errors(tmp_path, make, param, match):
+    import re
+
+    from cegeo._io import read_toml
+    from cegeo._validation import InputError
+
+    path = tmp_path / "c.toml"
+    make(path)
+    with pytest.raises(InputError) as info:
+        read_toml(path, param)
+    assert "\n" not in str(info.value)
+    assert re.search(match.format(p=re.escape(str(path))), str(info.value)), str(info.value)
+
+
+def test_read_toml_missing_file_and_unreadable_file(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from cegeo._io import read_toml
+    from cegeo._validation import InputError
+
+    with pytest.raises(FileNotFoundError):  # the CLI prints "file not found: PATH"
+        read_toml(tmp_path / "nope.toml", "--config")
+    path = tmp_path / "c.toml"
+    path.write_text("x = 1\n")
+    assert read_toml(path) == {"x": 1}
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", denied)  # root ignores file modes: simulate the refusal
+    with pytest.raises(
+        InputError, match=r"`--config` must be a readable TOML file; got '.*c\.toml' \(Permission"
+    ):
+        read_toml(path, "--config")
+
+
+@pytest.mark.parametrize("kind", ["folder", "latin-1"])
+def test_cli_train_config_that_is_a_folder_or_not_utf8_is_one_line_status_2(cli, tmp_path, kind):
+    path = tmp_path / "c.toml"
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes("[train]\nepochs = 2 # café\n".encode("latin-1"))
+    r = cli("train", "--config", path, "--out", tmp_path / "run")
+    assert r.code == 2, r.err
+    assert r.err.startswith("error: ") and len(r.err.strip().splitlines()) == 1
+    assert (
+        "`--config` must be a TOML file; got the folder"
+        if kind == "folder"
+        else "`--config` must be a UTF-8 TOML file"
+    ) in r.err
+    assert not (tmp_path / "run").exists()

@@ -254,3 +254,36 @@ def test_errors(cli, tmp_path, sweep_dir):
         r = cli("report", *args)
         assert r.code == 2, r.out
         assert r.err.startswith("error: ") and match in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_headline_epochs_to_95_are_whole_epochs(report):
+    """Seeds that reached 95% at epochs 3 and 4 are "epochs 3–4", not "epoch 4" (a rounded mean)."""
+    from types import SimpleNamespace
+
+    from cegeo.report._collect import Group, _epochs_to_95
+
+    def group(*epochs):
+        runs = [SimpleNamespace(status="finished", metric=lambda m, e=e: e) for e in epochs]
+        runs.append(SimpleNamespace(status="failed", metric=lambda m: 9.0))  # not counted
+        return Group(key="g", setup="", loss="ce", label="ce", runs=runs, row={})
+
+    assert _epochs_to_95(group(3.0, 4.0)) == "epochs 3–4"
+    assert _epochs_to_95(group(4.0, 4.0)) == "epoch 4"
+    assert _epochs_to_95(group(None)) is None
+    cost = next(line for line in report.headline if line.startswith("Cost:"))
+    assert re.search(r"95% of its final validation balanced accuracy at epochs? \d+(–\d+)? \(", cost), cost
+    assert not re.search(r"epochs? \d+\.\d", cost)
+
+
+def test_report_of_a_folder_holding_a_sweep_folder_includes_its_runs(sweep_dir, tmp_path):
+    folder = tmp_path / "runs"
+    shutil.copytree(sweep_dir, folder / "tiny", ignore=shutil.ignore_patterns("report.html", "summary.md"))
+    data = collect(folder)
+    assert data.kind == "folder"
+    assert len(data.finished) == 8 and len(data.failures) == 8  # 2 seeds x (ce + 3 ldt) each
+    assert {g.label for g in data.groups if g.finished} == {
+        "ce",
+        "ldt (gamma=0)",
+        "ldt (gamma=0.5)",
+        "ldt (gamma=1)",
+    }

@@ -187,7 +187,25 @@ def test_set_overrides_base_setups_and_sweep_keys(tmp_path):
         (SWEEP + "\n[posthoc]\nlosse = ['ce']\n", None, r"unknown key `posthoc\.losse`"),
         (SWEEP, {"nosuch:data.source": "x"}, r"`--set` must be a setup name"),
         (SWEEP, {"epochs": 3}, r"`--set` must be KEY=VALUE or SETUP:KEY=VALUE"),
-        ("seeds = [0]\n[base.train]\nepochs = 2\n", None, r"at least one \[\[losses\]\]"),
+        ("seeds = [0]\n[base.train]\nepochs = 2\n", None, r"at least one \[\[losses\]\].*; got none\.$"),
+        # A key written after a [table] header belongs to that table: say where it went.
+        (
+            "seeds = [0]\n[base.train]\nepochs = 2\nlosses = 'ce'\n",
+            None,
+            r"at least one \[\[losses\]\].*; got none, but a `losses` key inside \[base\.train\]",
+        ),
+        ("losses = 'ce'\n", None, r"`losses` must be a list; got 'ce'"),
+        # nan and inf are TOML: refused when the file is read, not by every run when it starts.
+        (
+            SWEEP.replace("grid = { gamma = [0.0, 0.5] }", "hyper = { gamma = nan }"),
+            None,
+            r"^`losses\[ldt\]\.hyper\.gamma` must be a finite number; got nan\.$",
+        ),
+        (
+            SWEEP.replace("grid = { gamma = [0.0, 0.5] }", "hyper = { normalize = -inf }"),
+            None,
+            r"^`losses\[ldt\]\.hyper\.normalize` must be a finite number; got -inf\.$",
+        ),
     ],
 )
 def test_sweep_file_errors(tmp_path, text, sets, match):
@@ -380,7 +398,78 @@ def test_list_prints_commands_that_really_run(cli, tmp_path, monkeypatch):
     assert cli("sweep", cfg, "--out", "sw", "--list").out == "\n".join(lines) + "\n"  # stable
 
 
-def test_cli_sweep_runs_prints_the_summary_and_fails_with_status_1_on_failed_runs(cli, tmp_path):
+UFM_BLOCK = """
+[ufm]
+step = "k=4,R=4,rho=0.5"
+n_min = 2
+d = 6
+losses = ["ldt"]
+gamma_grid = [0.0, 0.5]
+epochs = 20
+"""
+
+
+@pytest.mark.parametrize("order", ["train lines first", "ufm line first"])
+def test_list_ufm_line_carries_the_set_options_and_the_lines_run_in_any_order(
+    cli, tmp_path, monkeypatch, order
+):
+    """The UFM line of --list sees the same sweep as the train lines (the --set options, shell-quoted),
+    and `--only ufm` neither rewrites configs/ nor checks the run folders, whichever line runs first."""
+    monkeypatch.chdir(tmp_path)
+    text = (
+        SWEEP.replace("seeds = [0, 1]", "seeds = [0]").replace(
+            'source = "gaussian"', 'source = "npz:/placeholder.npz"'
+        )
+        + UFM_BLOCK
+    )
+    cfg = write(tmp_path, text)
+    sets = ["data.source=gaussian", 'name=it\'s a "sweep" $HOME; rm -rf x', "train.epochs=2"]
+    r = cli("sweep", cfg, "--out", "my sw", "--list", *[a for s in sets for a in ("--set", s)])
+    assert r.code == 0, r.err
+    assert "note: `data.source`" not in r.err  # the placeholder was overridden
+    lines = r.out.strip().splitlines()
+    assert len(lines) == 4  # ce, ldt x 2 gammas, the UFM block
+    ufm_line = shlex.split(lines[-1])
+    assert ufm_line == ["cegeo", "sweep", str(cfg), "--out", "my sw", "--only", "ufm"] + [
+        a for s in sets for a in ("--set", s)
+    ]
+    configs = {p.name: p.read_bytes() for p in (tmp_path / "my sw" / "configs").iterdir()}
+    index = (tmp_path / "my sw" / "sweep.json").read_bytes()
+    todo = lines if order == "train lines first" else lines[::-1]
+    for line in todo:
+        res = cli(*shlex.split(line)[1:])
+        assert res.code == 0, (line, res.err)
+    for name in ("ce__seed0", "ldt_gamma=0__seed0", "ldt_gamma=0.5__seed0"):
+        final = read_json(tmp_path / "my sw" / "runs" / name / "final.json")
+        assert (
+            final["data"] == "gaussian"
+            and len(read_jsonl(tmp_path / "my sw" / "runs" / name / "metrics.jsonl")) == 2
+        )
+    assert (tmp_path / "my sw" / "ufm" / "summary.json").is_file()
+    # The UFM line left the run configs and the sweep's index alone.
+    assert {p.name: p.read_bytes() for p in (tmp_path / "my sw" / "configs").iterdir()} == configs
+    assert (tmp_path / "my sw" / "sweep.json").read_bytes() == index
+    # Even the UFM line without the --set options (as --list printed it before) no longer clashes
+    # with the finished runs nor rewrites their configs with the placeholder.
+    res = cli("sweep", cfg, "--out", "my sw", "--only", "ufm")
+    assert res.code == 0, res.err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "my sw" / "configs").iterdir()} == configs
+    assert read_json(tmp_path / "my sw" / "sweep.json")["config"]["name"] == sets[1][len("name=") :]
+
+
+def test_only_ufm_into_a_new_folder_writes_the_sweep_index(tmp_path):
+    cfg = load_sweep(write(tmp_path, SWEEP + UFM_BLOCK))
+    outcome = run_sweep(cfg, tmp_path / "o", only="ufm")
+    assert outcome.ufm == "done" and (tmp_path / "o" / "sweep.json").is_file()
+    assert len(list((tmp_path / "o" / "configs").iterdir())) == 6
+    with pytest.raises(
+        ValueError, match=r"`--only` must be a part the sweep has \('runs', 'ufm'\); got 'posthoc"
+    ):
+        run_sweep(cfg, tmp_path / "o", only="posthoc")
+
+
+def test_cli_sweep_runs_prints_the_summary_and_fails_with_status_1_on_failed_runs(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal: the error line must not wrap
     cfg = write(
         tmp_path,
         SWEEP.replace("seeds = [0, 1]", "seeds = [0]")
@@ -388,7 +477,9 @@ def test_cli_sweep_runs_prints_the_summary_and_fails_with_status_1_on_failed_run
     )
     r = cli("sweep", cfg, "--out", tmp_path / "o", "--set", "train.epochs=2")
     assert r.code == 1
-    assert "error: 3 run(s) failed" in r.err
+    assert r.err.strip().splitlines()[-1] == (
+        "error: 3 run(s) failed (error.json in their folders); re-run the same command to retry them."
+    )
     assert "ldt (gamma=0.5)" in r.out and "3 trained, 0 skipped, 3 failed" in r.out
     assert load_run_config(tmp_path / "o" / "configs" / "ok__ce__seed0.toml").train.epochs == 2
 
@@ -401,7 +492,16 @@ def test_cli_sweep_runs_prints_the_summary_and_fails_with_status_1_on_failed_run
         (["{cfg}", "--only", "plots"], r"`--only` must be one of 'runs', 'ufm', 'posthoc'"),
         (["{cfg}", "--set", "epochs"], r"`--set` must be name=value"),
         (["{cfg}", "--set", "x:train.epochs=3"], r"`--set` must be a setup name of the sweep"),
-        (["{bad}"], r"must be valid TOML"),
+        (["{bad}"], r"`CONFIG_FILE` must be valid TOML; got '.*bad\.toml': "),
+        (["{folder}"], r"`CONFIG_FILE` must be a TOML file; got the folder '.*folder\.toml'"),
+        (["{latin}"], r"`CONFIG_FILE` must be a UTF-8 TOML file; got '.*latin\.toml' with a non-UTF-8 byte"),
+        (["{folder}", "--list"], r"`CONFIG_FILE` must be a TOML file"),
+        (["{nan}", "--list"], r"`losses\[ldt\]\.hyper\.gamma` must be a finite number; got nan"),
+        (
+            ["{cfg}", "--only", "ufm"],
+            r"`--only` must be a part the sweep has \('runs'\); got 'ufm \(the sweep has no \[ufm\] block\)'",
+        ),
+        (["{cfg}", "--only", "posthoc"], r"`--only` must be a part the sweep has .*no \[posthoc\] block"),
         (["{path}"], r"`data\.source` of run ce__seed0 must name an existing path.*--set data\.source=npz:"),
     ],
 )
@@ -411,11 +511,37 @@ def test_cli_errors_are_one_line_with_status_2(cli, tmp_path, args, match):
     path = write(
         tmp_path, SWEEP.replace('source = "gaussian"', 'source = "npz:/no/such/file.npz"'), "path.toml"
     )
-    args = [a.format(cfg=cfg, bad=bad, path=path) for a in args]
+    (tmp_path / "folder.toml").mkdir()
+    (tmp_path / "latin.toml").write_bytes(SWEEP.replace("tiny", "tiny café").encode("latin-1"))
+    nan = write(
+        tmp_path, SWEEP.replace("grid = { gamma = [0.0, 0.5] }", "hyper = { gamma = nan }"), "nan.toml"
+    )
+    args = [
+        a.format(
+            cfg=cfg,
+            bad=bad,
+            path=path,
+            folder=tmp_path / "folder.toml",
+            latin=tmp_path / "latin.toml",
+            nan=nan,
+        )
+        for a in args
+    ]
     r = cli("sweep", *args, "--out", tmp_path / "o")
     assert r.code == 2
     assert r.err.startswith("error: ") and len(r.err.strip().splitlines()) == 1
     assert re.search(match, r.err), r.err
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_list_refuses_an_out_that_is_a_file_before_writing_anything(cli, tmp_path):
+    cfg = write(tmp_path, SWEEP)
+    (tmp_path / "afile").write_text("x")
+    r = cli("sweep", cfg, "--out", tmp_path / "afile", "--list")
+    assert r.code == 2 and r.out == ""
+    assert r.err.startswith("error: `--out` must be a folder cegeo can create and write in")
+    assert len(r.err.strip().splitlines()) == 1
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 # ------------------------------------------------------------------------------------- UFM
@@ -468,3 +594,26 @@ def test_load_runs_groups_folders_outside_sweeps(finished_sweep, tmp_path):
     assert len(single) == 1 and single[0].status == "finished"
     with pytest.raises(ValueError, match=r"`DIR` must be an existing run folder"):
         load_runs(tmp_path / "nothing")
+
+
+def test_load_runs_includes_sweep_folders_nested_in_a_folder(finished_sweep, tmp_path):
+    """`cegeo report runs/` reads the run folders of sweeps inside runs/ (one or two levels deep)."""
+    import shutil
+
+    _, out, _, _ = finished_sweep
+    folder = tmp_path / "runs"
+    for name in ("ok__ce__seed0", "ok__ce__seed1", "bad__ce__seed0"):
+        shutil.copytree(out / "runs" / name, folder / "sweep-a" / "runs" / name)
+    shutil.copy(out / "sweep.json", folder / "sweep-a" / "sweep.json")
+    shutil.copytree(out / "runs" / "ok__ldt_gamma=0.5__seed0", folder / "group" / "sweep-b" / "runs" / "x")
+    shutil.copy(out / "sweep.json", folder / "group" / "sweep-b" / "sweep.json")
+    shutil.copytree(out / "runs" / "ok__ldt_gamma=0__seed1", folder / "single")
+    runs = load_runs(folder)
+    assert sorted(r.path.relative_to(folder).as_posix() for r in runs) == [
+        "group/sweep-b/runs/x",
+        "single",
+        "sweep-a/runs/bad__ce__seed0",
+        "sweep-a/runs/ok__ce__seed0",
+        "sweep-a/runs/ok__ce__seed1",
+    ]
+    assert sorted(r.status for r in runs) == ["failed", "finished", "finished", "finished", "finished"]

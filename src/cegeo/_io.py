@@ -276,14 +276,45 @@ def write_toml(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
     write_text(path, to_toml(data))
 
 
-def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a TOML file as data (never executed); syntax errors are one-line InputErrors."""
+def read_toml(path: str | os.PathLike[str], param: str | None = None) -> dict[str, Any]:
+    """Parse a TOML file as data (never executed); bad input is a one-line InputError.
+
+    Parameters
+    ----------
+    path : path
+        The TOML file (UTF-8).
+    param : str, optional
+        The option or argument that gave ``path`` (e.g. ``"--config"``), named in the error;
+        without it the error names the path itself.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist (the CLI prints ``file not found: PATH``).
+    InputError
+        ``path`` is a folder or cannot be read, is not UTF-8 text, or is not valid TOML.
+    """
     p = Path(path)
+    name = param if param is not None else str(p)
+    where = f" {str(p)!r}" if param is not None else ""  # the path, when the message names the param
+    if p.is_dir():
+        raise InputError(f"`{name}` must be a TOML file; got the folder {str(p)!r}.")
     try:
         with p.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"`{p}` must be valid TOML; got: {exc}.") from None
+        raise InputError(f"`{name}` must be valid TOML; got{where}: {exc}.") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"`{name}` must be a UTF-8 TOML file; got{where or ' a file'} with a non-UTF-8 byte "
+            f"({exc.object[exc.start : exc.start + 1]!r} at byte {exc.start})."
+        ) from None
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise InputError(
+            f"`{name}` must be a readable TOML file; got {str(p)!r} ({exc.strerror or exc})."
+        ) from None
 
 
 # ------------------------------------------------------------------------------------ provenance

@@ -152,9 +152,12 @@ def to_toml_text(obj: Any) -> str:
     return to_toml(to_dict(obj))
 
 
-def load_toml(cls: type[T], path: str | Path) -> T:
-    """Read a TOML file into dataclass ``cls`` (parsed as data, never executed)."""
-    return from_dict(cls, read_toml(path))
+def load_toml(cls: type[T], path: str | Path, param: str | None = None) -> T:
+    """Read a TOML file into dataclass ``cls`` (parsed as data, never executed).
+
+    ``param`` (the option that gave the path) is named in the error of an unreadable file.
+    """
+    return from_dict(cls, read_toml(path, param))
 
 
 # ------------------------------------------------------------------------------------ RunConfig
@@ -256,6 +259,9 @@ class LossConfig:
             raise InputError(
                 f"loss {self.name!r} takes {expected}; got unknown hyperparameter(s) {', '.join(unknown)}."
             )
+        for key, value in self.hyper.items():
+            if isinstance(value, float) and not math.isfinite(value):  # TOML has nan and inf
+                raise InputError(f"`loss.hyper.{key}` must be a finite number; got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -458,12 +464,13 @@ def config_differences(a: RunConfig, b: RunConfig) -> list[tuple[str, Any, Any]]
     return [(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)]
 
 
-def load_run_config(path: str | Path) -> RunConfig:
+def load_run_config(path: str | Path, param: str | None = None) -> RunConfig:
     """Read a run configuration (a run folder's ``config.toml`` or an experiment file).
 
     The ``[provenance]`` table that ``cegeo train`` writes is informational and ignored, so
-    ``cegeo train --config RUN/config.toml --out NEW`` reproduces a run.
+    ``cegeo train --config RUN/config.toml --out NEW`` reproduces a run. ``param`` (the option
+    that gave the path) is named in the error of an unreadable file.
     """
-    data = read_toml(path)
+    data = read_toml(path, param)
     data.pop("provenance", None)
     return from_dict(RunConfig, data)

@@ -34,7 +34,7 @@ from ._io import writable_folder
 from ._validation import fail
 from .config import from_dict
 from .report import Report, build_report
-from .sweep import SweepConfig, SweepOutcome, run_sweep
+from .sweep import SweepConfig, SweepOutcome, check_run_folders, expand, run_sweep
 
 __all__ = ["DEMO_SWEEP", "DemoResult", "demo_sweep", "run_demo", "theory_rows"]
 
@@ -202,6 +202,9 @@ def run_demo(
     say = log or (lambda line: None)
     config = demo_sweep(fast)
     writable_folder("--out", out)
+    # Refuse a folder of another demo (--fast vs full) before any step writes into it: the
+    # UFM step alone does not look at the run folders.
+    check_run_folders(expand(config), Path(out) / "runs")
     say("1/5 plan: the geometry each loss converges to (closed form, THEORY.md §4)")
     rows, tuned = theory_rows()
     if on_theory is not None:

@@ -144,18 +144,43 @@ def _stratified_split(
     return train, val
 
 
-def _posthoc_params(
-    method: str | None, given: Mapping[str, Any] | None, classes: np.ndarray
-) -> dict[str, Any]:
-    """The rebalancer's parameters with ``normal_class`` (a label of y) mapped to its index."""
-    params = dict(given or {})
-    if method == "operating_point" and params.get("normal_class") is not None:
-        label = params["normal_class"]
+def _posthoc_keys(method: str) -> list[str]:
+    """The parameters of rebalancer ``method`` a user may give in ``posthoc_params``."""
+    from .rebalance import create_rebalancer
+
+    supplied = _POSTHOC_SUPPLIED.get(method, ())
+    return [k for k in sorted(create_rebalancer(method).get_params()) if k not in supplied]
+
+
+def _labels_text(classes: np.ndarray, limit: int = 10) -> str:
+    """``'fraud', 'ok'``: the labels of y for messages (the first ``limit``)."""
+    shown = ", ".join(repr(_label(c)) for c in classes[:limit])
+    return shown + (f", ... ({classes.size} labels)" if classes.size > limit else "")
+
+
+def _posthoc_error(exc: InputError, method: str) -> InputError:
+    """A rebalancer's error about one of its parameters, named as the user sets it: the message
+    "`tau` must be ..." becomes "`posthoc_params['tau']` must be ..."."""
+    message = str(exc)
+    for key in _posthoc_keys(method):
+        tick = f"`{key}`"
+        if message.startswith(tick):
+            return InputError(f"`posthoc_params[{key!r}]`" + message[len(tick) :])
+    return exc
+
+
+def _label_index(param: str, label: Any, classes: np.ndarray, needed_for: str) -> int:
+    """The index in ``classes`` of ``label`` (a label of y, as the user gave it)."""
+    expected = f"a label of y (one of {_labels_text(classes)}; {needed_for})"
+    if label is None:
+        raise fail(param, expected, None)
+    try:
         where = [i for i, c in enumerate(classes.tolist()) if c == _label(label)]
-        if len(where) != 1:
-            raise fail("posthoc_params['normal_class']", "a label of y", label)
-        params["normal_class"] = where[0]
-    return params
+    except (TypeError, ValueError):  # e.g. an array compared with a label
+        where = []
+    if len(where) != 1:
+        raise fail(param, expected, label)
+    return where[0]
 
 
 def _label(value: Any) -> Any:
@@ -270,9 +295,14 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
         At ``fit``: an unknown ``loss``, ``optimizer``, ``posthoc`` or ``posthoc_metric``; a
         loss hyperparameter the loss does not take or that is not finite; bad sizes, rates or
         fractions; a post-hoc method that cannot work with the loss (``tau_norm`` or
-        ``geometry`` with ``ldam``); ``posthoc_params`` without ``posthoc`` or setting what the
-        estimator supplies; fewer than 2 classes in ``y``; a class with a single sample when
-        ``posthoc`` is set. Input arrays are checked by scikit-learn's own validation.
+        ``geometry`` with ``ldam``); ``posthoc_params`` without ``posthoc``, setting what the
+        estimator supplies, with a key the method does not take or a bad value (named as
+        ``posthoc_params['tau']``), or, for ``operating_point``, without a ``normal_class``
+        that is a label of ``y``; fewer than 2 classes in ``y``; a class with a single sample
+        when ``posthoc`` is set. All of these are raised before the network trains; only a
+        post-hoc fit that the validation data make impossible (e.g. no threshold meets
+        ``max_false_alarm``) fails after it. Input arrays are checked by scikit-learn's own
+        validation.
 
     Examples
     --------
@@ -409,6 +439,13 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
                     f"parameters the estimator does not supply itself (it sets {', '.join(supplied)})",
                     dict(params),
                 )
+            valid = _posthoc_keys(self.posthoc)
+            unknown = sorted(set(params) - set(valid))
+            if unknown:
+                raise InputError(
+                    f"`posthoc_params` must hold parameters of rebalancer {self.posthoc!r} "
+                    f"({', '.join(valid) or 'none'}); got unknown key(s) {', '.join(map(repr, unknown))}."
+                )
         p["device"] = _resolve_device(self.device)
         if self.n_threads is not None:
             check_int("n_threads", self.n_threads, minimum=1)
@@ -451,7 +488,7 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
             )
         k = int(classes.size)
         y_idx = y_idx.astype(np.int64).ravel()
-        _posthoc_params(self.posthoc, self.posthoc_params, classes)  # label errors before training
+        posthoc_params = self._posthoc_options(classes, np.bincount(y_idx, minlength=k), p["hyper"])
         rng = np.random.default_rng(p["seed"])
         if self.posthoc is not None:
             train_pos, val_pos = _stratified_split(y_idx, p["validation_fraction"], rng, classes)
@@ -484,9 +521,9 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
         self.device_ = device
         self.posthoc_ = None
         if self.posthoc is not None:
-            assert val_pos is not None
+            assert val_pos is not None and posthoc_params is not None
             try:
-                self.posthoc_ = self._fit_posthoc(self._logits(X[val_pos]), y_idx[val_pos], k)
+                self.posthoc_ = self._fit_posthoc(self._logits(X[val_pos]), y_idx[val_pos], posthoc_params)
             except Exception:
                 # A failed fit leaves no half-fitted estimator behind (e.g. an impossible
                 # operating-point budget is only known once the model's logits are).
@@ -555,19 +592,64 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
         model.eval()
         return model.cpu(), curve
 
-    def _fit_posthoc(self, logits: np.ndarray, y_val: np.ndarray, k: int) -> Any:
+    def _posthoc_options(
+        self, classes: np.ndarray, class_counts: np.ndarray, hyper: Mapping[str, float]
+    ) -> dict[str, Any] | None:
+        """The rebalancer's parameters, validated before any training (None without ``posthoc``).
+
+        ``normal_class`` (a label of y) becomes its class index. Every other value is checked by
+        the rebalancer itself: it is fitted once on made-up, perfectly separated validation
+        logits of the same classes, so a bad value (``tau='x'``, ``max_false_alarm=-1`` ...) is
+        refused now, in the rebalancer's own words, rather than after the network has trained.
+        Only what depends on the real validation data (e.g. an impossible false-alarm budget)
+        is left to the real fit.
+        """
+        from .rebalance import create_rebalancer, get_rebalancer_info
+
+        if self.posthoc is None:
+            return None
+        params = dict(self.posthoc_params or {})
+        if "normal_class" in get_rebalancer_info(self.posthoc).needs:
+            params["normal_class"] = _label_index(
+                "posthoc_params['normal_class']",
+                params.get("normal_class"),
+                classes,
+                f"posthoc={self.posthoc!r} needs the normal class",
+            )
+        k = int(classes.size)
+        y = np.repeat(np.arange(k), 2)  # (2k,) two made-up validation samples per class
+        logits = 4.0 * np.eye(k)[y]  # (2k, k)
+        supplied = self._posthoc_supplied(np.eye(k), dict(hyper))
+        try:
+            create_rebalancer(self.posthoc, **params, **supplied).fit(
+                logits, y, class_counts=class_counts, metric=self.posthoc_metric
+            )
+        except InputError as exc:
+            raise _posthoc_error(exc, self.posthoc) from None
+        return params
+
+    def _posthoc_supplied(self, classifier: np.ndarray, loss_hyper: dict[str, float]) -> dict[str, Any]:
+        """The rebalancer parameters the estimator fills in (``_POSTHOC_SUPPLIED``)."""
+        out: dict[str, Any] = {}
+        if self.posthoc == "tau_norm":
+            out["classifier"] = classifier
+        if self.posthoc in ("geometry", "geometry_tuned"):
+            out["loss"] = self.loss
+            out["loss_hyper"] = loss_hyper
+        return out
+
+    def _fit_posthoc(self, logits: np.ndarray, y_val: np.ndarray, params: Mapping[str, Any]) -> Any:
         from .rebalance import create_rebalancer
 
-        params = _posthoc_params(self.posthoc, self.posthoc_params, self.classes_)
-        if self.posthoc == "tau_norm":
-            params["classifier"] = self.model_.classifier.weight.detach().double().numpy()
-        if self.posthoc in ("geometry", "geometry_tuned"):
-            params["loss"] = self.loss
-            params["loss_hyper"] = dict(self.loss_hyper_)
-        rebalancer = create_rebalancer(self.posthoc, **params)
-        return rebalancer.fit(
-            logits, y_val, class_counts=self.train_class_counts_, metric=self.posthoc_metric
-        )
+        W = self.model_.classifier.weight.detach().double().numpy()  # (k, d)
+        supplied = self._posthoc_supplied(W, dict(self.loss_hyper_))
+        rebalancer = create_rebalancer(self.posthoc, **params, **supplied)
+        try:
+            return rebalancer.fit(
+                logits, y_val, class_counts=self.train_class_counts_, metric=self.posthoc_metric
+            )
+        except InputError as exc:
+            raise _posthoc_error(exc, self.posthoc) from None
 
     # ------------------------------------------------------------------------------ inference
 

@@ -114,6 +114,7 @@ __all__ = [
     "SweepOutcome",
     "SweepRun",
     "aggregate",
+    "check_run_folders",
     "check_sources",
     "convergence_point",
     "expand",
@@ -143,6 +144,12 @@ class LossSpec:
     hyper: dict[str, float] = field(default_factory=dict)  # fixed hyperparameters
     grid: dict[str, Any] = field(default_factory=dict)  # name -> [values] or "START:STOP:NUM"
     label: str | None = None  # replaces the loss name in run names and legends
+
+    def __post_init__(self) -> None:
+        for key, value in self.hyper.items():
+            # TOML has nan and inf: refused here, not by every run when it starts training.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise fail(f"losses[{self.display}].hyper.{key}", "a finite number", value)
 
     def grid_values(self) -> list[tuple[str, list[float]]]:
         """The hyperparameter axes as ``(name, values)`` in file order."""
@@ -227,7 +234,9 @@ class SweepConfig:
             raise fail("seeds", "distinct integers >= 0", list(self.seeds))
         if not self.losses and self.ufm is None:
             raise InputError(
-                "the sweep must list at least one [[losses]] entry (or a [ufm] block); got none."
+                "the sweep must list at least one [[losses]] entry (or a [ufm] block); got "
+                + _stray_key_hint(self, "losses")
+                + "."
             )
         for key in ("seed", "loss"):
             if key in self.base:
@@ -274,7 +283,37 @@ class SweepConfig:
                 )
 
 
-def load_sweep(path: str | os.PathLike[str], sets: Mapping[str, Any] | None = None) -> SweepConfig:
+def _stray_key_hint(config: SweepConfig, key: str) -> str:
+    """What the file holds instead of top-level ``key``: a key of that name that TOML put into a
+    table (a line written after a ``[table]`` header belongs to that table), else "none"."""
+
+    def find(node: Any, where: str) -> str | None:
+        if not isinstance(node, Mapping):
+            return None
+        if key in node:
+            return where
+        for name, child in node.items():
+            found = find(child, f"{where}.{name}")
+            if found is not None:
+                return found
+        return None
+
+    tables = [("base", config.base)] + [
+        (f"setups[{s.name}]", {t: getattr(s, t) for t in _RUN_TABLES}) for s in config.setups
+    ]
+    for where, table in tables:
+        found = find(table, where)
+        if found is not None:
+            return (
+                f"none, but a `{key}` key inside [{found}] (TOML puts a key written after a [table] "
+                f"header into that table: write [[{key}]] tables, or move the key above the first header)"
+            )
+    return "none"
+
+
+def load_sweep(
+    path: str | os.PathLike[str], sets: Mapping[str, Any] | None = None, *, param: str | None = None
+) -> SweepConfig:
     """Read a sweep file, apply ``sets`` overrides, validate every grid point.
 
     Parameters
@@ -286,13 +325,17 @@ def load_sweep(path: str | os.PathLike[str], sets: Mapping[str, Any] | None = No
         ``{"SETUP:KEY": value}`` sets it in the setup named ``SETUP`` only, e.g.
         ``{"mlp-mnist:data.source": "idx:/data/mnist"}``; ``seeds``, ``name``, ``ufm.KEY`` and
         ``posthoc.KEY`` set the sweep's own settings (``{"seeds": [0]}``).
+    param : str, optional
+        The argument that gave ``path`` (e.g. ``"CONFIG_FILE"``), named when the file cannot be
+        read as TOML.
 
     Raises
     ------
     ValueError
-        Unreadable TOML, unknown keys, bad values, duplicate run names, an unknown setup in ``sets``.
+        Unreadable TOML (a folder, not UTF-8, a syntax error), unknown keys, bad values
+        (non-finite hyperparameters included), duplicate run names, an unknown setup in ``sets``.
     """
-    data = read_toml(path)
+    data = read_toml(path, param)
     for key, value in (sets or {}).items():
         setup, sep, dotted = key.rpartition(":")
         head = dotted.split(".")[0]
@@ -479,7 +522,12 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _check_existing(runs: Sequence[SweepRun], runs_dir: Path) -> None:
+def check_run_folders(runs: Sequence[SweepRun], runs_dir: str | os.PathLike[str]) -> None:
+    """Raise when a run folder under ``runs_dir`` holds a run made with another configuration.
+
+    Called before any work (a sweep, the demo), so that nothing is half-written.
+    """
+    runs_dir = Path(runs_dir)
     for run in runs:
         cfg_file = runs_dir / run.name / "config.toml"
         if not cfg_file.is_file():
@@ -600,13 +648,17 @@ def list_commands(
     out: str | os.PathLike[str],
     source_text: str | None = None,
     sweep_file: str | None = None,
+    sets: Sequence[str] = (),
 ) -> list[str]:
     """Write the sweep folder's configs and return one shell command per run (and the UFM block).
 
     Each ``cegeo train --config OUT/configs/<name>.toml --out OUT/runs/<name> --resume`` line
     trains one run, resumes it if it was interrupted and does nothing if it finished, so a
-    scheduler may run (and re-run) the lines in any order. With a ``[ufm]`` block, a last line
-    runs it: ``cegeo sweep FILE --out OUT --only ufm``.
+    scheduler may run (and re-run) the lines in any order. With a ``[ufm]`` block and
+    ``sweep_file``, a last line runs it: ``cegeo sweep FILE --out OUT --only ufm`` followed by
+    ``--set S`` for each of ``sets`` (the ``--set`` options ``config`` was loaded with, as typed),
+    so that it sees the same sweep as the train lines; ``--only ufm`` neither rewrites the run
+    configs nor looks at the run folders, so it too may run before, after or between them.
 
     Examples
     --------
@@ -623,7 +675,10 @@ def list_commands(
     _write_folder(config, runs, path, source_text)
     lines = [shlex.join(_train_command(run, path)) for run in runs]
     if config.ufm is not None and sweep_file is not None:
-        lines.append(shlex.join(["cegeo", "sweep", sweep_file, "--out", str(path), "--only", "ufm"]))
+        args = ["cegeo", "sweep", sweep_file, "--out", str(path), "--only", "ufm"]
+        for item in sets:
+            args += ["--set", item]
+        lines.append(shlex.join(args))
     return lines
 
 
@@ -648,7 +703,11 @@ def run_sweep(
         Runs at a time: 1 runs them in this process, N > 1 in N worker processes with
         ``cores // N`` CPU threads each.
     only : {"runs", "ufm", "posthoc"}, optional
-        Do only this part (``summary.csv`` is always rewritten).
+        Do only this part (``summary.csv`` is always rewritten); the sweep must have it
+        (``[[losses]]``, ``[ufm]``, ``[posthoc]``). ``"ufm"`` neither checks the run folders
+        against the configuration nor rewrites ``configs/`` and ``sweep.json`` (it writes
+        them only into a new sweep folder), so the UFM line of :func:`list_commands` cannot
+        disturb the train lines, whichever runs first.
     source_text : str, optional
         The sweep file's text, kept as ``sweep.toml``.
     log : callable, optional
@@ -663,8 +722,8 @@ def run_sweep(
     Raises
     ------
     ValueError
-        ``jobs < 1``, an unknown ``only``, a run folder holding a run made with another
-        configuration, a data path that does not exist.
+        ``jobs < 1``, an unknown ``only`` or one naming a part the sweep does not have, a run
+        folder holding a run made with another configuration, a data path that does not exist.
 
     Examples
     --------
@@ -688,18 +747,32 @@ def run_sweep(
         raise fail("--jobs", "an integer >= 1", jobs)
     if only is not None and only not in ("runs", "ufm", "posthoc"):
         raise fail("--only", "one of 'runs', 'ufm', 'posthoc'", only)
+    if only is not None:
+        parts = {
+            "runs": bool(config.losses),
+            "ufm": config.ufm is not None,
+            "posthoc": config.posthoc is not None,
+        }
+        if not parts[only]:
+            has = ", ".join(repr(p) for p, present in parts.items() if present)
+            block = {"runs": "no [[losses]] entry", "ufm": "no [ufm] block", "posthoc": "no [posthoc] block"}
+            raise fail("--only", f"a part the sweep has ({has})", f"{only} (the sweep has {block[only]})")
     say = log or (lambda line: None)
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise fail("--out", "a folder for the sweep", str(path))
     runs = expand(config)
     runs_dir = path / "runs"
-    _check_existing(runs, runs_dir)
+    if only != "ufm":
+        check_run_folders(runs, runs_dir)
     do_runs = only in (None, "runs")
     if do_runs and check_paths:
         check_sources(runs)
     writable_folder("--out", path)
-    _write_folder(config, runs, path, source_text)
+    if only != "ufm" or not (path / "sweep.json").is_file():
+        # The UFM block alone leaves an existing sweep folder's run configs as they are: the
+        # scheduler's train lines (cegeo sweep --list) read them, maybe at this very moment.
+        _write_folder(config, runs, path, source_text)
     outcome = SweepOutcome(out=path, runs=runs)
 
     if config.ufm is not None and only in (None, "ufm"):
@@ -1071,7 +1144,8 @@ def load_runs(folder: str | os.PathLike[str]) -> list[RunResult]:
 
     A sweep folder (``sweep.json``) lists its runs in grid order, including those not started
     (status ``pending``). Elsewhere, runs are grouped over seeds by their configuration without
-    the seed.
+    the seed; a sweep folder found inside (one or two levels deep) contributes the run folders
+    under its ``runs/``.
 
     Raises
     ------
@@ -1091,9 +1165,21 @@ def load_runs(folder: str | os.PathLike[str]) -> list[RunResult]:
     for child in sorted(root.iterdir()):
         if _is_run_folder(child):
             found.append(child)
+        elif (child / "sweep.json").is_file():
+            found.extend(_sweep_run_folders(child))
         elif child.is_dir():
-            found.extend(g for g in sorted(child.iterdir()) if _is_run_folder(g))
+            for g in sorted(child.iterdir()):
+                if _is_run_folder(g):
+                    found.append(g)
+                elif (g / "sweep.json").is_file():
+                    found.extend(_sweep_run_folders(g))
     return _group_adhoc([_read_run(p, None) for p in found])
+
+
+def _sweep_run_folders(sweep: Path) -> list[Path]:
+    """The run folders a sweep folder holds (those started: ``runs/<name>``)."""
+    runs = sweep / "runs"
+    return [p for p in sorted(runs.iterdir()) if _is_run_folder(p)] if runs.is_dir() else []
 
 
 def _read_run(path: Path, meta: Mapping[str, Any] | None) -> RunResult:

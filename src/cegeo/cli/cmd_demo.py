@@ -11,7 +11,6 @@ from rich.table import Table
 
 from ..demo import run_demo
 from . import app
-from ._common import err_console
 from .cmd_sweep import print_summary, wide_console
 
 
@@ -87,7 +86,8 @@ def demo_command(
     con.print(f"report: {result.report.html_path}  (summary: {result.report.markdown_path})", soft_wrap=True)
     con.print(f"demo finished in {result.wall_time_s:.0f} s")
     if result.sweep.failed:
-        err_console.print(
-            f"error: {len(result.sweep.failed)} run(s) failed; see {target / 'runs'}/*/error.json."
+        # typer.echo, not a rich console: one line however narrow the terminal (rich wraps).
+        typer.echo(
+            f"error: {len(result.sweep.failed)} run(s) failed; see {target / 'runs'}/*/error.json.", err=True
         )
         raise typer.Exit(1)

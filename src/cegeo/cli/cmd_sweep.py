@@ -18,10 +18,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from .._io import writable_folder
 from .._validation import InputError
 from ..sweep import check_sources, expand, list_commands, load_sweep, run_sweep
 from . import app
-from ._common import console, err_console
+from ._common import console
 from .cmd_train import parse_options
 
 
@@ -94,7 +95,12 @@ def sweep_command(
         help="Override a setting: KEY=VALUE for every run (e.g. train.epochs=5) or SETUP:KEY=VALUE "
         "for one setup (e.g. mlp-mnist:data.source=idx:/data/mnist). Repeatable.",
     ),
-    only: str | None = typer.Option(None, "--only", help="Do only one part: runs | ufm | posthoc."),
+    only: str | None = typer.Option(
+        None,
+        "--only",
+        help="Do only one part the sweep has: runs | ufm | posthoc (ufm leaves the run configs and "
+        "run folders alone, so the --list lines may run in any order).",
+    ),
 ) -> None:
     """Run a grid of losses x hyperparameters x seeds (x setups) as independent run folders.
 
@@ -103,17 +109,19 @@ def sweep_command(
     R = n_max/n_min >= 1.
     """
     sets = parse_options(set_, "--set")
-    config = load_sweep(config_file, sets)
+    config = load_sweep(config_file, sets, param="CONFIG_FILE")
     target = out if out is not None else Path("runs") / config_file.stem
-    text = config_file.read_text()
+    text = config_file.read_text(encoding="utf-8")  # load_sweep read it: a UTF-8 file
     if list_:
-        for line in list_commands(config, target, text, str(config_file)):
+        writable_folder("--out", target)  # before writing configs: an unusable --out is one line
+        # The UFM line carries the --set options as typed, so it loads the very same sweep.
+        for line in list_commands(config, target, text, str(config_file), sets=list(set_ or [])):
             typer.echo(line)
         try:
             check_sources(expand(config))
         except InputError as exc:  # the scheduler's machines may see other paths: a note, not an error
-            err_console.print(f"note: {exc}")
-        err_console.print(f"configs written to {target / 'configs'}; then: cegeo report {target}")
+            typer.echo(f"note: {exc}", err=True)
+        typer.echo(f"configs written to {target / 'configs'}; then: cegeo report {target}", err=True)
         return
     out_console = wide_console()
     outcome = run_sweep(
@@ -131,8 +139,10 @@ def sweep_command(
         f"in {outcome.wall_time_s:.1f} s · {target / 'summary.csv'} · report: cegeo report {target}"
     )
     if outcome.failed:
-        err_console.print(
+        # typer.echo, not a rich console: one line however narrow the terminal (rich wraps).
+        typer.echo(
             f"error: {len(outcome.failed)} run(s) failed (error.json in their folders); "
-            "re-run the same command to retry them."
+            "re-run the same command to retry them.",
+            err=True,
         )
         raise typer.Exit(1)

@@ -252,7 +252,7 @@ def train_command(
         updates[f"model.options.{key}"] = value
     # The base: --config, else (resuming) the run folder's config, else the defaults.
     if config_file is not None:
-        base_data = read_toml(config_file)
+        base_data = read_toml(config_file, "--config")
         base_data.pop("provenance", None)
         base = from_dict(RunConfig, base_data)
     elif out is not None and resume and (out / "config.toml").exists():

@@ -194,11 +194,11 @@ class ReportData:
         cost = f"Cost: {_secs(t1)} of training per run against {_secs(t0)}"
         if t1 and t0:
             cost += f" ({t1 / t0:.2f}×)"
-        e1, e0 = winner.mean("epoch_to_95pct_val_bal_acc"), baseline.mean("epoch_to_95pct_val_bal_acc")
+        e1, e0 = _epochs_to_95(winner), _epochs_to_95(baseline)
         if e1 is not None and e0 is not None:
             cost += (
-                f"; it reached 95% of its final validation balanced accuracy at epoch {e1:.0f} "
-                f"({_secs(winner.mean('time_to_95pct_val_bal_acc_s'))}), {base_name} at epoch {e0:.0f}"
+                f"; it reached 95% of its final validation balanced accuracy at {e1} "
+                f"({_secs(winner.mean('time_to_95pct_val_bal_acc_s'))}), {base_name} at {e0}"
             )
         cost += "."
         lines = [text, cost]
@@ -489,6 +489,16 @@ def _chosen(entries: Sequence[Mapping[str, Any]]) -> str:
         values = sorted({round(float(c.get(key, math.nan)), 4) for c in chosen})
         parts.append(f"{key} = " + ", ".join(f"{v:g}" for v in values))
     return "; ".join(parts) or "–"
+
+
+def _epochs_to_95(g: Group) -> str | None:
+    """``epoch 4``, or ``epochs 3–4`` when the seeds reached 95% of their final validation
+    balanced accuracy at different epochs (a mean such as 3.5 is no epoch)."""
+    epochs = [e for e in (r.metric("epoch_to_95pct_val_bal_acc") for r in g.finished) if e is not None]
+    if not epochs:
+        return None
+    lo, hi = int(min(epochs)), int(max(epochs))
+    return f"epoch {lo}" if lo == hi else f"epochs {lo}–{hi}"
 
 
 def _f(v: float | None, digits: int = 3) -> str:
