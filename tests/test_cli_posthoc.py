@@ -372,15 +372,19 @@ def test_geometry_names_the_run_whose_loss_it_cannot_rebuild(tmp_path, cli):
     )
 
 
-@pytest.mark.parametrize("sampler", ["none", "class_balanced", "sqrt"])
-def test_effective_counts_follow_the_trainer_samplers(sampler):
-    from cegeo.rebalance import _effective_counts
-    from cegeo.train import sampling_probabilities
+def test_effective_counts_follow_the_trainer_samplers():
+    """The counts geometry (and the trainer's probes) use, written out by hand: expected draws
+    per class in one epoch of n draws."""
+    from cegeo.data.imbalance import effective_counts
 
     counts = np.array([500, 300, 40, 7])
-    np.testing.assert_allclose(
-        _effective_counts(counts, sampler), counts.sum() * sampling_probabilities(counts, sampler)
-    )
+    n = 847.0
+    np.testing.assert_allclose(effective_counts(counts, "none"), counts)
+    np.testing.assert_allclose(effective_counts(counts, "class_balanced"), [n / 4] * 4)
+    root = np.sqrt(counts)
+    np.testing.assert_allclose(effective_counts(counts, "sqrt"), n * root / root.sum())
+    with pytest.raises(ValueError, match=r"`sampler` must be one of 'none', 'class_balanced', 'sqrt'"):
+        effective_counts(counts, "balanced")
 
 
 # ------------------------------------------------------------------------------------- evaluate

@@ -235,3 +235,40 @@ def test_diverging_run_is_one_line_naming_the_learning_rate(cli, tmp_path):
     bad_epoch = int(m.group(3))
     if (out / "checkpoint.pt").exists():
         assert load_checkpoint(out / "checkpoint.pt")["epoch"] < bad_epoch
+
+
+def test_force_with_an_invalid_config_keeps_the_old_run(cli, tmp_path):
+    """--force replaces a run only once the new one's data, model and loss are built: a bad
+    profile leaves the finished run untouched (it used to be deleted first)."""
+    out = tmp_path / "keep"
+    assert cli("train", *GAUSS, "--epochs", "1", "--out", out).code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = cli("train", *GAUSS, "--imbalance", "counts:1,1,1000", "--epochs", "1", "--out", out, "--force")
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_batch_size_one_with_batchnorm_is_an_error_and_writes_nothing(cli, tmp_path):
+    out = tmp_path / "bs1"
+    r = cli("train", *GAUSS, "--batch-size", "1", "--epochs", "1", "--out", out)
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "`train.batch_size` must be at least 2 (2 per process: the model's BatchNorm" in r.err
+    assert not out.exists() or list(out.iterdir()) == []
+    assert cli("train", *GAUSS, "--batch-size", "2", "--epochs", "1", "--out", out).code == 0
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(cli, tmp_path, monkeypatch):
+    """A failure in epoch 1 (here: an injected error in the first step) leaves no config.toml
+    that would make the next attempt ask for --resume or --force."""
+    from cegeo import train as train_mod
+
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("injected failure in the first step")
+
+    monkeypatch.setattr(train_mod.Trainer, "_train_epoch", boom)
+    out = tmp_path / "x"
+    with pytest.raises(RuntimeError, match="injected"):
+        cli("train", *GAUSS, "--epochs", "2", "--out", out)
+    assert not out.exists() or list(out.iterdir()) == []
+    monkeypatch.undo()
+    assert cli("train", *GAUSS, "--epochs", "1", "--out", out).code == 0

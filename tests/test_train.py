@@ -301,11 +301,20 @@ def test_run_folder_rules(tmp_path, digits_run):
             _CrashAfterProbe(cfg(GAUSS, train__epochs=2), run, progress=False).run()
     finally:
         _CrashAfterProbe.crash_epoch = 2
+    # an exception before the first checkpoint leaves nothing behind ...
+    assert not run.exists() or list(run.iterdir()) == []
+    # ... but a SIGKILL does: config.toml and a metrics line, no checkpoint
+    from cegeo._io import to_toml
+    from cegeo.config import to_dict
+
+    run.mkdir(exist_ok=True)
+    (run / "config.toml").write_text(to_toml(to_dict(cfg(GAUSS, train__epochs=2))))
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
     with pytest.raises(ValueError, match="an unfinished run"):
         prepare_run_folder(run, cfg(GAUSS, train__epochs=2))
     # the run died before its first checkpoint: resume starts over
     assert prepare_run_folder(run, cfg(GAUSS, train__epochs=2), resume=True)[0] == "new"
-    assert not (run / "metrics.jsonl").exists()
+    assert (run / "metrics.jsonl").exists()  # removed by the trainer once its setup succeeded
     # runtime settings may change on resume; force overwrites
     action, resumed = prepare_run_folder(
         finished, override(load_run_config(finished / "config.toml"), {"runtime.threads": 2}), resume=True
@@ -487,3 +496,33 @@ def test_cuda_run_uses_amp_channels_last_and_compile(tmp_path):
     assert (final["amp"], final["compile"], final["channels_last"]) == (True, True, True)
     assert final["compile_mode"] == "default"
     assert np.isfinite(final["geometry"]["nc1"])
+
+
+@pytest.mark.parametrize("sampler", ["class_balanced", "sqrt"])
+def test_probe_theory_uses_the_counts_the_sampler_shows_the_loss(tmp_path, sampler):
+    """Under a sampler the loss sees each class in proportion to its sampling probability, so
+    the reference geometry is THEORY §4.1 with those counts. Checked against the formula
+    written out here: M* = (I - u u^T) Dc^-1 Dl^-1 (u = Dc^-1 1 normalised), G_W = (M N M^T)^1/2."""
+    import scipy.linalg
+
+    config = cfg(GAUSS, loss__name="ldt", loss__hyper={"gamma": 0.5}, train__epochs=1, train__sampler=sampler)
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    final = trainer.run()
+    n = np.asarray(final["class_counts"], dtype=np.float64)
+    q = np.ones_like(n) if sampler == "class_balanced" else np.sqrt(n)
+    seen = n.sum() * q / q.sum()
+    dl = trainer.loss_base.delta_label.double().numpy()  # built from the true counts
+    u = np.ones_like(n) / np.sqrt(n.size)  # Dc = 1
+    M = (np.eye(n.size) - np.outer(u, u)) / dl[None, :]
+    G_W = np.real(scipy.linalg.sqrtm((M * seen[None, :]) @ M.T))
+    G_W_true = np.real(scipy.linalg.sqrtm((M * n[None, :]) @ M.T))
+    theory = final["theory"]
+    np.testing.assert_allclose(theory["class_counts"], seen, rtol=1e-12)
+    w = np.asarray(theory["w_norms"])
+    got = w[:, None] * np.asarray(theory["cos_W"]) * w[None, :]
+
+    def unit(G):
+        return G / np.linalg.norm(G)
+
+    np.testing.assert_allclose(unit(got), unit(G_W), atol=1e-7)
+    assert np.abs(unit(got) - unit(G_W_true)).max() > 1e-3  # the true counts would differ

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import check_class_counts, check_int, fail
+from ._validation import as_float_vector, check_class_counts, check_int, fail
 from .data.imbalance import Groups
 from .data.imbalance import groups as make_groups
 from .theory import Geometry, distance, group_summary, predict
@@ -341,6 +341,13 @@ def _theory_for(loss: Any, counts: np.ndarray, grp: Groups) -> Geometry | None:
     return predict(loss, counts, grp)
 
 
+def _positive(values: Any, k: int) -> np.ndarray:
+    out = as_float_vector("theory_counts", values, k)
+    if np.any(out <= 0):
+        raise fail("theory_counts", "positive numbers", out)
+    return out
+
+
 def measure(
     stats: FeatureStats,
     W: Any,
@@ -348,6 +355,7 @@ def measure(
     loss: Any = None,
     class_counts: Any = None,
     groups: Groups | None = None,
+    theory_counts: Any = None,
 ) -> GeometryProbe:
     """Probe a trained model's geometry from feature statistics and its classifier.
 
@@ -364,6 +372,9 @@ def measure(
         Counts for the prediction and the groups; default: the counts in ``stats``.
     groups : Groups, optional
         Majority/minority grouping; default :func:`cegeo.data.imbalance.groups` of the counts.
+    theory_counts : array-like of shape (k,), optional
+        The counts the loss saw, for the prediction (positive, may be fractional): a run with a
+        sampler passes :func:`cegeo.data.imbalance.effective_counts`. Default: ``class_counts``.
 
     Returns
     -------
@@ -418,7 +429,7 @@ def measure(
         class_counts=counts,
         groups=grp,
         nc1=nc1,
-        theory=_theory_for(loss, counts, grp),
+        theory=_theory_for(loss, counts if theory_counts is None else _positive(theory_counts, k), grp),
         summary=group_summary(G_W, G_H, M, grp),
         summary_centred=group_summary(G_W, G_Hc, Mc, grp),
     )

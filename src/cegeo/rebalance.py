@@ -63,7 +63,7 @@ from . import metrics as _metrics
 from ._io import read_json, read_toml
 from ._registry import Registry
 from ._validation import InputError, check_class_counts, check_finite, check_fraction, check_int, fail
-from .data.imbalance import Groups
+from .data.imbalance import Groups, effective_counts
 from .data.imbalance import groups as make_groups
 
 __all__ = [
@@ -904,18 +904,6 @@ class TauNorm(_LogitAffine):
         return {**super()._extra_dict(), "w_norms": self.w_norms_.tolist()}
 
 
-def _effective_counts(counts: np.ndarray, sampler: str) -> np.ndarray:
-    """Expected draws per class in one epoch of ``n`` draws, shape (k,) float64.
-
-    The trainer's samplers (``cegeo.train.sampling_probabilities``, not imported here: it pulls
-    in the models): ``none`` -> ``n_c``; ``class_balanced`` -> ``n / k`` each; ``sqrt`` ->
-    ``n sqrt(n_c) / sum_j sqrt(n_j)``.
-    """
-    n = counts.astype(np.float64)
-    q = {"none": n, "class_balanced": np.ones_like(n), "sqrt": np.sqrt(n)}[sampler]
-    return n.sum() * q / q.sum()
-
-
 class GeometryRebalancer(_LogitAffine):
     """Geometry-guided rescaling ``w_c <- w_c / ||w_c*||^beta`` (THEORY.md §7).
 
@@ -1023,7 +1011,7 @@ class GeometryRebalancer(_LogitAffine):
         if sampler not in _SAMPLERS:
             raise fail("sampler", "one of " + ", ".join(map(repr, _SAMPLERS)) + " or None", sampler)
         assert data.class_counts is not None
-        effective = _effective_counts(data.class_counts, sampler)  # (k,)
+        effective = effective_counts(data.class_counts, sampler)  # (k,)
         try:
             loss_fn = create_loss(loss, data.class_counts, **hyper)  # as the trainer built it
         except InputError as exc:

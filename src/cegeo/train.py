@@ -74,6 +74,7 @@ from ._io import (
 from ._io import to_toml as _to_toml
 from ._validation import InputError, fail
 from .config import OptimConfig, RunConfig, config_differences, load_run_config, to_dict
+from .data.imbalance import effective_counts, sampling_probabilities
 from .geometry import FeatureStats, classifier_weight, measure
 from .losses import class_balanced_weights, create_loss, get_loss_info
 from .metrics import summary_from_confusion
@@ -143,29 +144,6 @@ def lr_at(step: int, steps_per_epoch: int, epochs: int, optim: OptimConfig) -> f
         t = (step - warmup) / max(total - 1, 1)
         return lr * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
     return lr
-
-
-def sampling_probabilities(class_counts: Any, sampler: str) -> np.ndarray:
-    """Probability of drawing each class under a sampler, shape (k,).
-
-    ``none``: ``n_c / n`` (every sample once per epoch); ``class_balanced``: ``1 / k``;
-    ``sqrt``: ``sqrt(n_c) / sum_j sqrt(n_j)``. Within a class, samples are equally likely.
-
-    Examples
-    --------
-    >>> sampling_probabilities([9, 1], "sqrt").tolist()
-    [0.75, 0.25]
-    """
-    n = np.asarray(class_counts, dtype=np.float64)
-    if sampler == "none":
-        q = n
-    elif sampler == "class_balanced":
-        q = np.ones_like(n)
-    elif sampler == "sqrt":
-        q = np.sqrt(n)
-    else:
-        raise fail("sampler", "one of 'none', 'class_balanced', 'sqrt'", sampler)
-    return q / q.sum()
 
 
 def augment_batch(x: Tensor, shifts: Tensor | None, flips: Tensor | None, pad: int) -> Tensor:
@@ -263,15 +241,12 @@ def prepare_run_folder(
                 )
         if config is None:
             raise InputError(f"`config` must be given: `{path}` holds no run to resume.")
-        if path.exists():
-            _clear(path)
         return "new", config
     finished = (path / "final.json").exists()
     state = "a finished run" if finished else "an unfinished run"
     if force:
         if config is None:
             raise InputError(f"`config` must be given with force (it replaces the run in `{path}`).")
-        _clear(path)
         return "new", config
     old = load_run_config(cfg_file)
     if not resume:
@@ -295,7 +270,6 @@ def prepare_run_folder(
     if finished:
         return "finished", old
     if not (path / "checkpoint.pt").exists():
-        _clear(path)
         return "new", old
     return "resume", old
 
@@ -622,6 +596,8 @@ class Trainer:
         self._ready = False
         self._final: dict[str, Any] | None = None  # the last probe's record and arrays (rank 0)
         self._final_probed = False
+        self._checkpointed = False  # by this process, in this run
+        self._started_folder = False  # this new run has cleared --out and begun writing it
 
     # ------------------------------------------------------------------------------- setup
 
@@ -758,6 +734,14 @@ class Trainer:
         n = int(self.y["train"].shape[0])
         B = cfg.batch_size
         self.n_train = n
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        if has_bn and B < 2 * self.dist.world:
+            raise fail(
+                "train.batch_size",
+                f"at least {2 * self.dist.world} (2 per process: the model's BatchNorm needs 2 samples "
+                "per batch)",
+                B,
+            )
         # A last batch smaller than 2 per rank is dropped: BatchNorm needs 2 samples per batch.
         rest = n % B
         self.steps_per_epoch = n // B + (1 if rest >= 2 * self.dist.world else 0)
@@ -990,7 +974,14 @@ class Trainer:
         }
         for name, cm in (("train", cm_train), ("val", cm_val), ("test", cm_test)):
             record[name] = summary_from_confusion(cm, self.splits.groups, cfg.data.normal_class)
-        probe = measure(stats, W, loss=self.loss_base, class_counts=self.counts, groups=self.splits.groups)
+        probe = measure(
+            stats,
+            W,
+            loss=self.loss_base,
+            class_counts=self.counts,
+            groups=self.splits.groups,
+            theory_counts=effective_counts(self.counts, self.config.train.sampler),
+        )
         record["geometry"] = probe.to_dict(matrices=final)
         if final:
             self._final = {
@@ -1031,6 +1022,7 @@ class Trainer:
         assert self.out is not None
         with atomic_open(self.out / "checkpoint.pt", "wb") as fh:
             torch.save(state, fh)
+        self._checkpointed = True
 
     def _restore(self, ck: dict[str, Any]) -> tuple[int, int, float, float]:
         self.model.load_state_dict(ck["model"])
@@ -1198,6 +1190,13 @@ class Trainer:
         try:
             self.setup()
             return self._run(wall0)
+        except BaseException:
+            # A new run that dies before its first checkpoint leaves the folder as it found it
+            # minus the run it replaced, never a config.toml that blocks the next attempt.
+            if self._started_folder and not self._checkpointed:
+                assert self.out is not None
+                _clear(self.out)
+            raise
         finally:
             if getattr(self, "dist", None) is not None and self.dist.owner:
                 import torch.distributed as dist
@@ -1243,6 +1242,11 @@ class Trainer:
                     _rewrite_jsonl(self.out / "metrics.jsonl", self.records)
         elif writer:
             assert self.out is not None
+            # The run this one replaces (--force, or one that died before its first checkpoint)
+            # is removed only now, once data, model and loss have been built without error.
+            if self.out.exists():
+                _clear(self.out)
+            self._started_folder = True
             self.out.mkdir(parents=True, exist_ok=True)
             env = environment_info()
             env.update({"device": str(self.device), "world_size": self.dist.world})

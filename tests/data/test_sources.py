@@ -297,6 +297,12 @@ def _corrupt(root: Path, name: str, data: bytes) -> None:
             lambda: idx_bytes(np.array([0, 1, 2, 0, 1, 7], np.uint8)),
             r"`y_test` must be labels in 0..2 \(num_classes = 3\); got 7",
         ),
+        (
+            # 2^31 x 2^31 x 4 bytes: the size check must not wrap around in int64
+            "train-images-idx3-ubyte",
+            lambda: struct.pack(">BBBBIII", 0, 0, 0x08, 3, 2**31, 2**31, 4),
+            r"must be an IDX header with plausible dimensions; got \(2147483648, 2147483648, 4\)",
+        ),
     ],
 )
 def test_idx_errors(tmp_path, name, make, match):
@@ -627,6 +633,28 @@ def test_npz_tabular_and_images(tmp_path):
             {"x_train": np.zeros((2, 2)), "y_train": np.array([0, 1]), "class_names": np.array(["a"])},
             r"\[class_names\]` must be 2 strings",
         ),
+        (
+            # one huge label: an error, not 2^40 classes (it used to exhaust the memory)
+            {"x_train": np.zeros((10, 3)), "y_train": np.array([0, 1, 2] * 3 + [2**40])},
+            r"must be at most as many classes as training samples \(10\); got largest training label \+ 1 = 1099511627777",
+        ),
+        (
+            {"x_train": np.zeros((0, 3)), "y_train": np.zeros(0, np.int64)},
+            r"\[x_train\]` must be at least one sample; got float64 \(0, 3\)",
+        ),
+        (
+            {
+                "x_train": np.zeros((2, 2)),
+                "y_train": np.array([0, 1]),
+                "x_test": np.zeros((0, 2)),
+                "y_test": np.zeros(0, np.int64),
+            },
+            r"\[x_test\]` must be at least one sample",
+        ),
+        (
+            {"x_train": np.zeros((2, 2), complex), "y_train": np.array([0, 1])},
+            r"\[x_train\]` must be real numbers; got 'complex128'",
+        ),
     ],
 )
 def test_npz_errors(tmp_path, arrays, match):
@@ -674,10 +702,13 @@ def test_csv_label_column_defaults(tmp_path):
         ds4 = load_dataset(f"csv:{p}", label="f1")  # labels 1, 3, 5
     assert ds4.class_names == ("1", "3", "5") and ds4.y_train.tolist() == [0, 1, 2]
     with pytest.raises(
-        ValueError,
-        match=r"a.csv: `y_train` must be at least one training sample of every class 0..5 .*got no sample of class 0",
+        ValueError, match=r"a.csv: `y_train` must be labels in 0..2 \(num_classes = 3\); got 5"
     ):
-        load_dataset(f"csv:{p}", label="f1", num_classes=6)  # indices on request
+        load_dataset(f"csv:{p}", label="f1", num_classes=3)  # indices on request
+    with pytest.raises(
+        ValueError, match=r"must be at most as many classes as training samples \(3\); got num_classes = 6"
+    ):
+        load_dataset(f"csv:{p}", label="f1", num_classes=6)
 
 
 def test_csv_one_based_integer_labels_with_a_test_file(tmp_path):
@@ -898,3 +929,21 @@ def test_npz_truncated_zip(tmp_path):
     p.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ValueError, match=r"is not a readable npz file"):
         load_dataset(f"npz:{p}")
+
+
+def test_folder_decompression_bomb_is_a_clear_error(tmp_path):
+    """A small PNG that decodes to 2e8 pixels: Pillow's DecompressionBombError is one line."""
+    from PIL import Image
+
+    _save(tmp_path / "a" / "0.png", np.zeros((4, 4), np.uint8))
+    _save(tmp_path / "b" / "0.png", np.zeros((4, 4), np.uint8))
+    Image.new("1", (20000, 10000)).save(tmp_path / "b" / "9.png")
+    with pytest.raises(ValueError, match=r"9.png` is not a readable image \(Image size \(200000000 pixels\)"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+def test_csv_labels_too_large_for_a_float_are_text(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("a,label\n1,1e20\n2,0\n3,0\n4,1e20\n")
+    ds = load_dataset(f"csv:{p}", test=None)
+    assert ds.class_names == ("0", "1e20") and ds.y_train.tolist() == [1, 0, 0, 1]

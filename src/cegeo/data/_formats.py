@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 import zlib
 from collections.abc import Callable
@@ -110,7 +111,7 @@ def read_idx(path: str | Path, *, ndim: int, type_code: int | None = 0x08) -> np
         )
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     item = _IDX_TYPES[found]
-    expected_bytes = int(np.prod(shape, dtype=np.int64)) * item.itemsize
+    expected_bytes = math.prod(shape) * item.itemsize  # Python ints: no int64 wrap-around
     if expected_bytes > _IDX_MAX_BYTES:
         raise fail(str(path), "an IDX header with plausible dimensions", shape)
     got = len(data) - header

@@ -224,13 +224,19 @@ _INT_OPTIONS = {"num_classes"}
 def _check_num_classes(param: str, y_all: list[np.ndarray], num_classes: int | None) -> int:
     """The class count: given, or the largest training label + 1 (``y_all[0]`` is the training
     labels); negative labels are errors here."""
+    n_train = int(y_all[0].size)
+    if n_train == 0:
+        raise fail(param, "at least one training sample", described("an empty y_train"))
     lo = min(int(y.min()) for y in y_all if y.size)
     if lo < 0:
         raise fail(param, "labels >= 0", lo)
-    if num_classes is None:
-        # Inferred from the training labels only: a test label beyond them is an error.
-        return int(y_all[0].max()) + 1
-    return num_classes
+    # Inferred from the training labels only: a test label beyond them is an error.
+    k = int(y_all[0].max()) + 1 if num_classes is None else num_classes
+    if k > n_train:
+        # Every class 0..k-1 needs a training sample: a huge label is an error, not k classes.
+        what = f"num_classes = {k}" if num_classes is not None else f"largest training label + 1 = {k}"
+        raise fail(param, f"at most as many classes as training samples ({n_train})", described(what))
+    return k
 
 
 def _checked(spec: str, make: Callable[[], Dataset]) -> Dataset:
@@ -438,9 +444,11 @@ def _as_image_or_tabular(param: str, x: np.ndarray) -> tuple[str, np.ndarray]:
         if x.shape[1] not in (1, 3, 4) and x.shape[3] in (1, 3, 4):
             x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
         return "image", np.ascontiguousarray(x)
+    if x.shape[0] == 0:
+        raise fail(param, "at least one sample", described(f"{x.dtype} {x.shape}"))
     if x.ndim == 2:
-        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-            raise fail(param, "numbers", str(x.dtype))
+        if x.dtype.kind not in "biuf":  # complex features would be cast to real silently
+            raise fail(param, "real numbers", str(x.dtype))
         return "tabular", x.astype(np.float32)
     raise fail(param, "a 2-D (n, d) numeric or 3/4-D uint8 image array", described(f"{x.dtype} {x.shape}"))
 
@@ -555,8 +563,8 @@ def _integer_labels(labels: list[str]) -> np.ndarray | None:
         values = [float(v) for v in labels]
     except ValueError:
         return None
-    if not all(math.isfinite(v) and v == round(v) for v in values):
-        return None
+    if not all(math.isfinite(v) and v == round(v) and abs(v) <= 2**53 for v in values):
+        return None  # not integers a float holds exactly: the labels are text
     return np.array([round(v) for v in values], dtype=np.int64)
 
 
@@ -580,7 +588,8 @@ def _load_csv(
     ints = _integer_labels(lab_tr + (lab_te or []))
     n_tr = len(lab_tr)
     if ints is not None and (
-        num_classes is not None or set(ints[:n_tr].tolist()) == set(range(int(ints[:n_tr].max()) + 1))
+        num_classes is not None
+        or (ints[:n_tr].min() == 0 and np.unique(ints[:n_tr]).size == int(ints[:n_tr].max()) + 1)
     ):
         # Integer labels 0..k-1 (or any labels with num_classes given) are class indices.
         y_tr, y_te = ints[:n_tr], (ints[n_tr:] if lab_te is not None else None)
@@ -658,7 +667,7 @@ def _open_image(path: Path) -> Any:
 
     try:
         return Image.open(path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise InputError(f"`{path}` is not a readable image ({detail}).") from None
 

@@ -24,11 +24,13 @@ from .._validation import check_class_counts, check_finite, check_int, fail
 __all__ = [
     "Groups",
     "Profile",
+    "effective_counts",
     "explicit_counts",
     "groups",
     "imbalance_ratio",
     "longtail_counts",
     "parse_profile",
+    "sampling_probabilities",
     "step_counts",
     "step_groups",
 ]
@@ -140,6 +142,44 @@ def imbalance_ratio(class_counts: Any) -> float:
     """
     c = check_class_counts(class_counts)
     return float(c.max() / c.min())
+
+
+def sampling_probabilities(class_counts: Any, sampler: str) -> np.ndarray:
+    """Probability of drawing each class under a sampler, shape (k,).
+
+    ``none``: ``n_c / n`` (every sample once per epoch); ``class_balanced``: ``1 / k``;
+    ``sqrt``: ``sqrt(n_c) / sum_j sqrt(n_j)``. Within a class, samples are equally likely.
+
+    Examples
+    --------
+    >>> sampling_probabilities([9, 1], "sqrt").tolist()
+    [0.75, 0.25]
+    """
+    n = check_class_counts(class_counts).astype(np.float64)
+    if sampler == "none":
+        q = n
+    elif sampler == "class_balanced":
+        q = np.ones_like(n)
+    elif sampler == "sqrt":
+        q = np.sqrt(n)
+    else:
+        raise fail("sampler", "one of 'none', 'class_balanced', 'sqrt'", sampler)
+    return q / q.sum()
+
+
+def effective_counts(class_counts: Any, sampler: str) -> np.ndarray:
+    """Expected draws of each class in one epoch of ``n`` draws under a sampler, shape (k,).
+
+    What the loss sees: the theory's prediction for a run with a sampler uses these counts
+    (the class-level program weighs each class's loss by them), not the dataset's.
+
+    Examples
+    --------
+    >>> effective_counts([9, 1], "class_balanced").tolist()
+    [5.0, 5.0]
+    """
+    n = check_class_counts(class_counts)
+    return float(n.sum()) * sampling_probabilities(n, sampler)
 
 
 @dataclass(frozen=True)
