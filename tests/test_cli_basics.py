@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cegeo._io import writable_file, writable_folder
-from cegeo.cli._common import parse_grid, parse_hyper, parse_kv, parse_step
+from cegeo.cli._common import parse_counts, parse_grid, parse_hyper, parse_kv, parse_step
 
 
 def test_help_and_losses(cli):
@@ -40,6 +40,23 @@ def test_python_dash_m_entry_point():
         (lambda: parse_kv("k10", "--step", {"k"}), r"`--step` must be comma-separated key=value pairs"),
         (lambda: parse_hyper(["tau"]), r"`--hyper` must be name=value"),
         (lambda: parse_hyper(["tau=nan"]), r"`tau` must be a finite number"),
+        (lambda: parse_grid("0:1:100000000"), r"`--gamma-grid` must be START:STOP:NUM with NUM <= 10001"),
+        (lambda: parse_grid("0:1:10002"), r"NUM <= 10001"),
+        (lambda: parse_grid("0,,1"), r"`--gamma-grid` must be .* with no empty entry"),
+        (lambda: parse_grid("0,1,"), r"`--gamma-grid` must be .* with no empty entry"),
+        (lambda: parse_grid(",".join(["0"] * 10_002)), r"`--gamma-grid` must be a list of at most 10001"),
+        (
+            lambda: parse_step("k=10,R=10,rho=0.5,R=5"),
+            r"`--step` must be key=value pairs with each key once \(R",
+        ),
+        (lambda: parse_kv("k=10,,R=5", "--longtail", {"k", "R"}), r"`--longtail` must be comma-separated"),
+        (
+            lambda: parse_counts("500,,50"),
+            r"`--counts` must be comma-separated positive integers with no empty",
+        ),
+        (lambda: parse_counts("500,50,"), r"`--counts` must be .* with no empty entry"),
+        (lambda: parse_counts(" "), r"`--counts` must be .* with no empty entry"),
+        (lambda: parse_hyper(["tau=1", "tau=2"]), r"`--hyper` must be each name once \(tau is given twice\)"),
     ],
 )
 def test_parser_errors(call, match):
@@ -134,53 +151,17 @@ def test_os_errors_after_the_checks_are_one_line(cli, tmp_path, monkeypatch):
     assert r.err.strip() == f"error: No space left on device: {tmp_path / 'summary.json'}"
 
 
-def _parse_counts(text):
-    from cegeo.cli._common import parse_counts
-
-    return parse_counts(text)
-
-
-@pytest.mark.parametrize(
-    "call, match",
-    [
-        (lambda: parse_grid("0:1:100000000"), r"`--gamma-grid` must be START:STOP:NUM with NUM <= 10001"),
-        (lambda: parse_grid("0:1:10002"), r"NUM <= 10001"),
-        (lambda: parse_grid("0,,1"), r"`--gamma-grid` must be .* with no empty entry"),
-        (lambda: parse_grid("0,1,"), r"`--gamma-grid` must be .* with no empty entry"),
-        (lambda: parse_grid(",".join(["0"] * 10_002)), r"`--gamma-grid` must be a list of at most 10001"),
-        (
-            lambda: parse_step("k=10,R=10,rho=0.5,R=5"),
-            r"`--step` must be key=value pairs with each key once \(R",
-        ),
-        (lambda: parse_kv("k=10,,R=5", "--longtail", {"k", "R"}), r"`--longtail` must be comma-separated"),
-        (
-            lambda: _parse_counts("500,,50"),
-            r"`--counts` must be comma-separated positive integers with no empty",
-        ),
-        (lambda: _parse_counts("500,50,"), r"`--counts` must be .* with no empty entry"),
-        (lambda: _parse_counts(" "), r"`--counts` must be .* with no empty entry"),
-        (lambda: parse_hyper(["tau=1", "tau=2"]), r"`--hyper` must be each name once \(tau is given twice\)"),
-    ],
-)
-def test_strict_parser_errors(call, match):
-    with pytest.raises(ValueError, match=match):
-        call()
-
-
 def test_strict_parsers_still_accept_good_input():
     assert parse_grid("0:1:10001").size == 10_001
     assert parse_grid(" 0, 0.5 ").tolist() == [0.0, 0.5]
     assert parse_step(" k=10, R=10 ,rho=0.5").R == 10.0
-    assert _parse_counts("500, 50,5").tolist() == [500, 50, 5]
+    assert parse_counts("500, 50,5").tolist() == [500, 50, 5]
     assert parse_hyper(["tau=1", "gamma=2"]) == {"tau": 1.0, "gamma": 2.0}
 
 
-def test_huge_grid_is_refused_at_once(cli):
-    import time
-
-    t0 = time.perf_counter()
+def test_huge_grid_is_refused(cli):
     r = cli("theory", "--step", "k=4,R=10,rho=0.5", "--loss", "ldt", "--gamma-grid", "0:1:100000000")
-    assert r.code == 2 and "NUM <= 10001" in r.err and time.perf_counter() - t0 < 5
+    assert r.code == 2 and "NUM <= 10001" in r.err
 
 
 def test_hyper_normalize_must_be_0_or_1(cli):

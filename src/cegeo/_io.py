@@ -80,14 +80,7 @@ def writable_folder(param: str, path: str | os.PathLike[str]) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise fail(param, f"a folder cegeo can create and write in ({existing} is a file)", str(folder))
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".cegeo-probe.", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise fail(
-            param, "a folder cegeo can create and write in", f"{folder} ({exc.strerror or exc})"
-        ) from None
+    _probe(param, existing, "a folder cegeo can create and write in", folder)
     return folder
 
 
@@ -99,15 +92,18 @@ def writable_file(param: str, path: str | os.PathLike[str]) -> Path:
         raise fail(param, "a file path (not a folder)", str(target))
     if not target.parent.is_dir():
         raise fail(param, "a path in an existing folder", str(target))
+    _probe(param, target.parent, "a path in a folder cegeo can write in", target)
+    return target
+
+
+def _probe(param: str, folder: Path, expected: str, shown: Path) -> None:
+    """Create and remove a temporary file in ``folder``; an OSError names ``param`` and ``shown``."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, probe = tempfile.mkstemp(prefix=".cegeo-probe.", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise fail(
-            param, "a path in a folder cegeo can write in", f"{target} ({exc.strerror or exc})"
-        ) from None
-    return target
+        raise fail(param, f"{expected} ({exc.strerror or exc})", str(shown)) from None
 
 
 def _umask() -> int:
