@@ -117,6 +117,22 @@ def test_default_n_max_is_the_largest_the_classes_can_supply(digits):
     assert np.all(want <= pool) and not np.all(longtail_counts(10, 10, lt.n_max + 1) <= pool)
 
 
+def test_largest_n_max_when_small_n_leave_the_rarest_class_empty(digits):
+    """R = 50 on digits: n_max < 50 gives the rarest class no sample, larger n_max fit. The
+    search used to give up (small n counted as "does not fit") and blame the whole profile."""
+    pool = digits.train_counts() - np.bincount(make_splits(digits, "none").y_test, minlength=10)
+    with pytest.warns(UserWarning, match="whole-number counts give R ="):
+        s = make_splits(digits, "longtail:R=50")
+    assert s.n_max == pool[0]  # class 0 is the head: its whole pool
+    assert np.all(longtail_counts(10, 50, s.n_max) <= pool)
+    # R = 100: the largest n_max leaves the rarest class 1 sample: the error says that
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(ValueError, match=r"class 9 has 1 sample\(s\), too few for a validation split"),
+    ):
+        make_splits(digits, "longtail:R=100")
+
+
 def test_groups_follow_the_profile(digits, gauss):
     s = make_splits(digits, "step:R=10,rho=0.2", n_max=100)
     assert s.groups.minority.tolist() == [8, 9] and s.groups.majority.tolist() == list(range(8))

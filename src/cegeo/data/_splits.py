@@ -160,9 +160,10 @@ def _largest_n_max(profile: Profile, available: np.ndarray) -> int:
             with warnings.catch_warnings():  # a trial n's rounded ratio is not the user's business
                 warnings.simplefilter("ignore", UserWarning)
                 return bool(np.all(profile.counts_for(k, n) <= available))
-        except InputError:  # n too small for the ratio (n_min < 1)
-            return False
+        except InputError:  # n too small for the ratio (n_min < 1): asks for nothing unavailable
+            return True
 
+    # fits() is True up to the largest n the data can supply and False beyond: binary search.
     lo, hi = 0, int(available.max())
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -170,7 +171,14 @@ def _largest_n_max(profile: Profile, available: np.ndarray) -> int:
             lo = mid
         else:
             hi = mid - 1
-    if lo == 0:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            profile.counts_for(k, lo)
+        usable = lo > 0
+    except InputError:  # even the largest n leaves the rarest class empty
+        usable = False
+    if not usable:
         raise fail(
             "imbalance",
             f"a profile the training data can supply (available per class: {available.tolist()})",
