@@ -8,6 +8,7 @@ are known.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -277,16 +278,11 @@ def _drop_key(p: Path):
         ),
         (_final_loss({"name": 5}), r"final.json: loss` must be a loss name or"),
         (_final_loss(["ce"]), r"final.json: loss` must be a loss name or"),
-        (
-            _config('[train]\nsampler = "uniform"\n'),
-            r"config.toml: train.sampler` must be one of 'none', 'class_balanced', 'sqrt'; got 'uniform'",
-        ),
-        (_config("[train\n"), r"config.toml` must be valid TOML"),
         (_string_logits, r"logits_val.npz: logits` must be an array of real numbers; got 'str256'"),
     ],
     ids=[
         "no-final", "no-val", "no-labels", "bad-counts", "bad-groups", "hyper-list", "loss-int",
-        "loss-list", "bad-sampler", "bad-toml", "string-logits",
+        "loss-list", "string-logits",
     ],
 )  # fmt: skip
 def test_broken_run_folders_are_one_clear_error(run, breakage, match, cli):
@@ -295,6 +291,30 @@ def test_broken_run_folders_are_one_clear_error(run, breakage, match, cli):
         _ = RunFolder(run).val
     r = cli("posthoc", run, "--method", "posthoc_la")
     assert r.code == 2 and r.err.startswith("error: ") and len(r.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "breakage, match",
+    [
+        (
+            _config('[train]\nsampler = "uniform"\n'),
+            r"config.toml: train.sampler` must be one of 'none', 'class_balanced', 'sqrt'; got 'uniform'",
+        ),
+        (_config("[train\n"), r"config.toml` must be valid TOML"),
+        (_config('train = "x"\n'), r"config.toml: train` must be a table; got 'x'"),
+    ],
+    ids=["bad-sampler", "bad-toml", "train-not-a-table"],
+)
+def test_a_broken_config_toml_stops_only_what_needs_the_sampler(run, breakage, match, cli):
+    """config.toml is read when geometry asks for the sampler: evaluate and the other methods
+    still work; geometry is one clear error."""
+    breakage(run)
+    with pytest.raises(ValueError, match=match):
+        _ = RunFolder(run).sampler
+    assert cli("evaluate", run, "--split", "test").code == 0
+    assert cli("posthoc", run, "--method", "posthoc_la", "--no-write").code == 0
+    r = cli("posthoc", run, "--method", "geometry", "--no-write")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and re.search(match, r.err), r.err
 
 
 def test_missing_run_dir_and_unknown_split(tmp_path, run):

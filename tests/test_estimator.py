@@ -283,6 +283,11 @@ def test_not_fitted():
             r"`posthoc_params` must be parameters the estimator does not supply itself \(it sets classifier\)",
         ),
         (
+            # the estimator trains without a sampler: geometry's sampler is its own to set
+            {"posthoc": "geometry", "posthoc_params": {"sampler": "class_balanced"}},
+            r"`posthoc_params` must be parameters the estimator does not supply itself \(it sets sampler\)",
+        ),
+        (
             {"posthoc": "posthoc_la", "posthoc_params": {"beta": 1.0}},
             r"`posthoc_params` must hold parameters of rebalancer 'posthoc_la' \(grid, tau\); got unknown key\(s\) 'beta'",
         ),

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._io import read_toml, to_toml
-from ._validation import InputError
+from ._validation import InputError, check_finite
+from .data.imbalance import SAMPLERS
 
 __all__ = [
     "DataConfig",
@@ -162,7 +163,6 @@ def load_toml(cls: type[T], path: str | Path, param: str | None = None) -> T:
 
 # ------------------------------------------------------------------------------------ RunConfig
 
-_SAMPLERS = ("none", "class_balanced", "sqrt")
 _SCHEDULES = ("multistep", "cosine", "constant")
 _SWITCHES = ("auto", "on", "off")
 # The CUDA-graph modes ("reduce-overhead", "max-autotune") are not offered: on an H100 (torch 2.11)
@@ -260,8 +260,7 @@ class LossConfig:
                 f"loss {self.name!r} takes {expected}; got unknown hyperparameter(s) {', '.join(unknown)}."
             )
         for key, value in self.hyper.items():
-            if isinstance(value, float) and not math.isfinite(value):  # TOML has nan and inf
-                raise InputError(f"`loss.hyper.{key}` must be a finite number; got {value!r}.")
+            check_finite(f"loss.hyper.{key}", value)  # TOML has nan, inf and booleans
 
 
 @dataclass(frozen=True)
@@ -315,7 +314,7 @@ class TrainConfig:
             raise InputError(f"`train.epochs` must be an integer >= 1; got {self.epochs!r}.")
         if self.batch_size < 1:
             raise InputError(f"`train.batch_size` must be an integer >= 1; got {self.batch_size!r}.")
-        _choice("train.sampler", self.sampler, _SAMPLERS)
+        _choice("train.sampler", self.sampler, SAMPLERS)
         if self.drw_epoch is not None and not 1 <= self.drw_epoch < self.epochs:
             raise InputError(
                 f"`train.drw_epoch` must be an integer in 1..{self.epochs - 1} (epochs before the "

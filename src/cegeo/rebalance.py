@@ -63,7 +63,7 @@ from . import metrics as _metrics
 from ._io import read_json, read_toml
 from ._registry import Registry
 from ._validation import InputError, check_class_counts, check_finite, check_fraction, check_int, fail
-from .data.imbalance import Groups, effective_counts
+from .data.imbalance import SAMPLERS, Groups, effective_counts
 from .data.imbalance import groups as make_groups
 
 __all__ = [
@@ -105,8 +105,6 @@ def _grid(start: float, stop: float, num: int) -> tuple[float, ...]:
 
 # Two grid scores closer than this are a tie (resolved to the smallest correction).
 _TIE = 1e-12
-# The trainer's samplers (cegeo.config, train.sampling_probabilities).
-_SAMPLERS = ("none", "class_balanced", "sqrt")
 
 
 def _check_metric(metric: Any) -> str:
@@ -139,8 +137,11 @@ class _TestSplitArray(np.ndarray):
     The mark is the type, so it travels with the array and nothing is kept anywhere else. numpy
     keeps a subclass through views, slices, fancy indexing, ``copy``, ``astype`` and ufuncs
     (arithmetic, rounding, ``@``); ``__array_function__`` below extends that to numpy functions
-    (``np.concatenate`` of validation and test rows is marked). Only ``np.asarray``/``np.array``
-    (and ``.view(np.ndarray)``) drop it. ``source`` is the run folder it was read from.
+    (``np.concatenate`` of validation and test rows is marked). ``np.asarray``/``np.array``,
+    ``.view(np.ndarray)``, ``.tolist()`` and conversions to other libraries (torch, pandas) drop
+    it: the guard stops mistakes, not intent. The mark belongs to the whole array, so what is
+    computed from a test array (``np.zeros_like`` included) is marked too. ``source`` is the
+    run folder it was read from (kept through pickling).
     """
 
     source: str | None = None
@@ -155,11 +156,21 @@ class _TestSplitArray(np.ndarray):
         return out
 
     def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
-        # A reduction to one number (numpy >= 2 asks with return_scalar) gives a plain scalar,
-        # not a marked 0-d array: ``run.test.logits.max()`` prints as a number.
-        if return_scalar:
+        # A reduction to one number gives a plain scalar, not a marked 0-d array:
+        # ``run.test.logits.max()`` prints as a number and serialises to JSON. numpy >= 2 asks
+        # with return_scalar; numpy 1.x does not, so a 0-d result is unwrapped as well.
+        if return_scalar or np.ndim(arr) == 0:
             return np.asarray(arr)[()]
         return super().__array_wrap__(arr, context)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ndarray's pickle state has no room for ``source``: carry it beside.
+        constructor, args, state = super().__reduce__()  # type: ignore[misc]
+        return constructor, args, (state, self.source)
+
+    def __setstate__(self, state: Any) -> None:
+        array_state, self.source = state
+        super().__setstate__(array_state)
 
 
 def _mark_test(a: np.ndarray | None, source: str | None) -> np.ndarray | None:
@@ -215,7 +226,8 @@ class RunSplit:
     loss_hyper : Mapping[str, float]
     sampler : str or None
         The training sampler from the run's ``config.toml`` (``train.sampler``: ``"none"``,
-        ``"class_balanced"`` or ``"sqrt"``); None when the run folder has no ``config.toml``.
+        ``"class_balanced"`` or ``"sqrt"``); None when there is no run folder or it has no
+        ``config.toml``. A property, read when asked.
     source : str or None
         The run folder it was read from.
     """
@@ -229,8 +241,13 @@ class RunSplit:
     classifier: np.ndarray | None = None
     loss: str | None = None
     loss_hyper: Mapping[str, float] = field(default_factory=dict)
-    sampler: str | None = None
     source: str | None = None
+
+    @property
+    def sampler(self) -> str | None:
+        """The training sampler recorded in the run folder (read when asked: only ``geometry``
+        needs it, so a broken ``config.toml`` does not stop ``cegeo evaluate``)."""
+        return None if self.source is None else _recorded_sampler(Path(self.source))
 
     @property
     def num_classes(self) -> int:
@@ -238,6 +255,20 @@ class RunSplit:
 
     def __repr__(self) -> str:
         return f"RunSplit(name={self.name!r}, n={self.logits.shape[0]}, k={self.num_classes}, source={self.source!r})"
+
+
+def _recorded_sampler(folder: Path) -> str | None:
+    """``train.sampler`` of ``folder/config.toml`` (None without the file; absent key: "none")."""
+    f = folder / "config.toml"
+    if not f.is_file():
+        return None
+    train = read_toml(f).get("train", {})
+    if not isinstance(train, Mapping):
+        raise fail(f"{f}: train", "a table", train)
+    sampler = train.get("sampler", "none")
+    if sampler not in SAMPLERS:
+        raise fail(f"{f}: train.sampler", "one of " + ", ".join(map(repr, SAMPLERS)), sampler)
+    return str(sampler)
 
 
 def _groups_from_json(value: Any, k: int, counts: np.ndarray, where: str) -> Groups:
@@ -319,21 +350,14 @@ class RunFolder:
             raise fail(f"{where}: loss", 'a loss name or {"name": NAME, "hyper": {...}}', loss)
         self.loss: str | None = name
         self.loss_hyper: dict[str, float] = _check_loss_hyper(f"{where}: loss.hyper", hyper)
-        self.sampler: str | None = self._sampler()
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r}, k={self.num_classes}, loss={self.loss!r})"
 
-    def _sampler(self) -> str | None:
+    @property
+    def sampler(self) -> str | None:
         """``train.sampler`` of the run's config.toml (None without one; absent key: "none")."""
-        f = self.path / "config.toml"
-        if not f.is_file():
-            return None
-        train = read_toml(f).get("train", {})
-        sampler = train.get("sampler", "none") if isinstance(train, Mapping) else train
-        if sampler not in _SAMPLERS:
-            raise fail(f"{f}: train.sampler", "one of " + ", ".join(map(repr, _SAMPLERS)), sampler)
-        return str(sampler)
+        return _recorded_sampler(self.path)
 
     def _npz(self, filename: str, keys: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
         f = self.path / filename
@@ -397,7 +421,6 @@ class RunFolder:
             classifier=_readonly(W),
             loss=self.loss,
             loss_hyper=dict(self.loss_hyper),
-            sampler=self.sampler,
             source=str(self.path),
         )
 
@@ -1008,8 +1031,8 @@ class GeometryRebalancer(_LogitAffine):
         if sampler is None:
             recorded = data.split.sampler if data.split is not None else None
             sampler, origin = (recorded, "config.toml") if recorded is not None else ("none", "default")
-        if sampler not in _SAMPLERS:
-            raise fail("sampler", "one of " + ", ".join(map(repr, _SAMPLERS)) + " or None", sampler)
+        if sampler not in SAMPLERS:
+            raise fail("sampler", "one of " + ", ".join(map(repr, SAMPLERS)) + " or None", sampler)
         assert data.class_counts is not None
         effective = effective_counts(data.class_counts, sampler)  # (k,)
         try:

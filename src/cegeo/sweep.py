@@ -100,7 +100,7 @@ from ._io import (
     write_json,
     write_text,
 )
-from ._validation import InputError, fail
+from ._validation import InputError, check_finite, fail
 from .config import RunConfig, RuntimeConfig, config_differences, from_dict, load_run_config, to_dict
 from .ufm import UFMExperiment
 
@@ -148,8 +148,7 @@ class LossSpec:
     def __post_init__(self) -> None:
         for key, value in self.hyper.items():
             # TOML has nan and inf: refused here, not by every run when it starts training.
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise fail(f"losses[{self.display}].hyper.{key}", "a finite number", value)
+            check_finite(f"losses[{self.display}].hyper.{key}", value)
 
     def grid_values(self) -> list[tuple[str, list[float]]]:
         """The hyperparameter axes as ``(name, values)`` in file order."""
@@ -759,8 +758,6 @@ def run_sweep(
             raise fail("--only", f"a part the sweep has ({has})", f"{only} (the sweep has {block[only]})")
     say = log or (lambda line: None)
     path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise fail("--out", "a folder for the sweep", str(path))
     runs = expand(config)
     runs_dir = path / "runs"
     if only != "ufm":

@@ -22,6 +22,7 @@ import numpy as np
 from .._validation import check_class_counts, check_finite, check_int, fail
 
 __all__ = [
+    "SAMPLERS",
     "Groups",
     "Profile",
     "effective_counts",
@@ -144,6 +145,11 @@ def imbalance_ratio(class_counts: Any) -> float:
     return float(c.max() / c.min())
 
 
+#: The training samplers (``train.sampler``): every sample once per epoch, classes drawn
+#: equally often, or in proportion to the square root of their counts.
+SAMPLERS = ("none", "class_balanced", "sqrt")
+
+
 def sampling_probabilities(class_counts: Any, sampler: str) -> np.ndarray:
     """Probability of drawing each class under a sampler, shape (k,).
 
@@ -156,14 +162,14 @@ def sampling_probabilities(class_counts: Any, sampler: str) -> np.ndarray:
     [0.75, 0.25]
     """
     n = check_class_counts(class_counts).astype(np.float64)
+    if sampler not in SAMPLERS:
+        raise fail("sampler", "one of " + ", ".join(map(repr, SAMPLERS)), sampler)
     if sampler == "none":
         q = n
     elif sampler == "class_balanced":
         q = np.ones_like(n)
-    elif sampler == "sqrt":
+    else:  # "sqrt"
         q = np.sqrt(n)
-    else:
-        raise fail("sampler", "one of 'none', 'class_balanced', 'sqrt'", sampler)
     return q / q.sum()
 
 
