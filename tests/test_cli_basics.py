@@ -56,7 +56,10 @@ def test_python_dash_m_entry_point():
         ),
         (lambda: parse_counts("500,50,"), r"`--counts` must be .* with no empty entry"),
         (lambda: parse_counts(" "), r"`--counts` must be .* with no empty entry"),
-        (lambda: parse_hyper(["tau=1", "tau=2"]), r"`--hyper` must be each name once \(tau is given twice\)"),
+        (
+            lambda: parse_hyper(["tau=1", "tau=2"]),
+            r"`--hyper` must be name=value pairs with distinct names \(tau is given twice\)",
+        ),
     ],
 )
 def test_parser_errors(call, match):
@@ -157,13 +160,3 @@ def test_strict_parsers_still_accept_good_input():
     assert parse_step(" k=10, R=10 ,rho=0.5").R == 10.0
     assert parse_counts("500, 50,5").tolist() == [500, 50, 5]
     assert parse_hyper(["tau=1", "gamma=2"]) == {"tau": 1.0, "gamma": 2.0}
-
-
-def test_huge_grid_is_refused(cli):
-    r = cli("theory", "--step", "k=4,R=10,rho=0.5", "--loss", "ldt", "--gamma-grid", "0:1:100000000")
-    assert r.code == 2 and "NUM <= 10001" in r.err
-
-
-def test_hyper_normalize_must_be_0_or_1(cli):
-    r = cli("theory", "--step", "k=4,R=10,rho=0.5", "--loss", "ldt", "--hyper", "normalize=0.5")
-    assert r.code == 2 and r.err.startswith("error: `normalize` must be 0 or 1"), r.err

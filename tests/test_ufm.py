@@ -364,8 +364,8 @@ def test_path_through_zero_minimisers_restarts_and_reports_them():
 
 
 def test_d_below_k_warns_and_the_minimiser_may_be_local():
-    """The audit's case: counts [6,6,2,2], d = 2, CE, lam = 1e-2. Seed 1 stops at a local optimum
-    (objective 0.324515) that GD beats (0.321793); nothing certifies it, and the user is warned."""
+    """Counts [6,6,2,2], d = 2, CE, lam = 1e-2: L-BFGS from seed 1 stops at a local optimum that
+    gradient descent beats; nothing certifies it, and the user is warned."""
     from cegeo.ufm import LowRankWarning
 
     cfg = UFMConfig("ce", lam=1e-2, lr=1.0, momentum=0.9, seed=1)
@@ -373,8 +373,7 @@ def test_d_below_k_warns_and_the_minimiser_may_be_local():
         local = minimize_ufm(cfg, COUNTS, d=2)
     gd = simulate(cfg, COUNTS, d=2, epochs=4000).final_rows()[0]
     assert local.converged and not local.is_global
-    assert local.objective == pytest.approx(0.324515, abs=1e-6)
-    assert gd["objective"] == pytest.approx(0.321793, abs=1e-6) and gd["objective"] < local.objective
+    assert gd["objective"] < local.objective - 1e-3  # GD found a lower point: the minimiser is local
     with pytest.warns(LowRankWarning) as record:
         regularization_path(cfg, COUNTS, [1e-2, 1e-3], d=2)
     assert len(record) == 1  # once per path, not once per lam
@@ -603,11 +602,9 @@ def test_balanced_counts_have_no_minority_group_and_no_warnings():
         res = simulate(UFMConfig("ce", lam=1e-2, lr=1.0), [5, 5, 5], d=3, epochs=2000)
         best = minimize_ufm(UFMConfig("ce", lam=1e-2), [5, 5, 5], d=3)
     row = res.final_rows()[0]
-    assert (
-        math.isnan(row["W_ratio"])
-        and math.isnan(row["W_norm_min"])
-        and math.isnan(best.metrics["H_norm_min"])
-    )
+    # No minority group: per-group norms are NaN, the summaries pool every class (ratio 1).
+    assert math.isnan(row["W_norm_min"]) and math.isnan(best.metrics["H_norm_min"])
+    assert row["W_ratio"] == pytest.approx(1.0, abs=1e-6) and best.metrics["W_ratio"] == pytest.approx(1.0)
     # Balanced CE: the minimiser is a simplex ETF at every lam (cos = -1/(k-1) = -0.5).
     assert row["W_cos_maj_maj"] == pytest.approx(-0.5, abs=1e-9)
     assert best.metrics["dist_W"] < 1e-8 and row["dist_W"] < 1e-8

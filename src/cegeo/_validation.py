@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "InputError",
+    "OutOfRangeError",
     "check_choice",
     "check_class_counts",
     "check_finite",
@@ -30,6 +31,19 @@ __all__ = [
 
 class InputError(ValueError):
     """Bad user input: one line naming the parameter, what was expected and what was got."""
+
+
+class OutOfRangeError(InputError):
+    """Values whose computation overflows or vanishes in float64 (e.g. ``gamma = 1e6`` at R = 5).
+
+    ``param`` names what to change (``"gamma"``, ``"gamma, tau"``, or ``"loss"`` for temperatures
+    whose limiting geometry float64 cannot hold), so callers can rename it for their own options
+    without reading the message.
+    """
+
+    def __init__(self, param: str, expected: str, got: Any) -> None:
+        super().__init__(str(fail(param, expected, got)))
+        self.param = param
 
 
 def _short(value: Any, limit: int = 80) -> str:

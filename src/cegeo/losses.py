@@ -34,7 +34,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._registry import Registry
-from ._validation import InputError, as_float_vector, check_class_counts, check_finite, check_int, fail
+from ._validation import (
+    InputError,
+    OutOfRangeError,
+    as_float_vector,
+    check_class_counts,
+    check_finite,
+    check_int,
+    fail,
+)
 
 __all__ = [
     "LDAMLoss",
@@ -402,7 +410,7 @@ class LossInfo:
                 if not named or err.args[0].startswith("`normalize`"):
                     raise
                 one = len(named) == 1
-                raise fail(
+                raise OutOfRangeError(
                     ", ".join(named),
                     f"{'a value that keeps' if one else 'values that keep'} the {self.name} loss's "
                     "per-class weights and temperatures finite and positive for counts with "

@@ -446,15 +446,17 @@ def test_balanced_counts_make_every_class_both_majority_and_minority(k, rng):
         assert g.summary[f"{tag}_ratio"] == 1.0
 
 
-def test_group_summary_pools_balanced_groups_only_when_asked():
-    """Measured geometries (UFM, trained models) keep an empty minority group NaN; the theory's
-    predictions pool it."""
+def test_group_summary_pools_balanced_groups():
+    """Equal counts: every class is a majority and a minority; the summary of an ETF (Grams
+    written here) has ratio 1 and every mean cosine -1/(k-1)."""
     from cegeo.data.imbalance import groups
     from cegeo.theory import group_summary
 
-    g = predict(None, [5, 5, 5])
-    plain = group_summary(g.G_W, g.G_H, g.M, groups([5, 5, 5]))
-    assert math.isnan(plain["W_ratio"]) and math.isnan(plain["H_cos_maj_min"])
-    assert plain["W_cos_maj_maj"] == pytest.approx(-0.5)
-    pooled = group_summary(g.G_W, g.G_H, g.M, groups([5, 5, 5]), pool_balanced=True)
-    assert pooled == g.summary and pooled["W_ratio"] == 1.0
+    k = 3
+    G = np.eye(k) - 1.0 / k  # the simplex ETF's Gram
+    pooled = group_summary(G, G, G, groups([5, 5, 5]))
+    assert pooled["W_ratio"] == pytest.approx(1.0) and pooled["H_ratio"] == pytest.approx(1.0)
+    for key in ("W_cos_maj_maj", "W_cos_min_min", "W_cos_maj_min", "H_cos_maj_min"):
+        assert pooled[key] == pytest.approx(-1.0 / (k - 1))
+    assert pooled["cos_WH"] == pytest.approx(1.0)
+    assert predict(None, [5, 5, 5]).summary == pytest.approx(pooled)

@@ -22,6 +22,11 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+def wide_console() -> Console:
+    """The shared console, or a 120-column one when output is narrower (pipes, CI logs)."""
+    return console if console.width >= 120 else Console(width=120, highlight=False)
+
+
 def parse_kv(text: str, option: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, str]:
     """``"k=10,R=10,rho=0.5"`` -> ``{"k": "10", ...}``; unknown, missing or repeated keys are errors.
 
@@ -166,7 +171,7 @@ def parse_hyper(pairs: list[str] | None, option: str = "--hyper") -> dict[str, f
         if not sep or not key:
             raise fail(option, "name=value (e.g. tau=1.5)", item)
         if key in out:
-            raise fail(option, f"each name once ({key} is given twice)", item)
+            raise fail(option, f"name=value pairs with distinct names ({key} is given twice)", item)
         out[key] = check_finite(key, value)
     return out
 

@@ -11,7 +11,8 @@ from rich.table import Table
 
 from ..demo import run_demo
 from . import app
-from .cmd_sweep import print_summary, wide_console
+from ._common import wide_console
+from .cmd_sweep import print_summary
 
 
 def _theory_table(rows: list[dict[str, Any]], tuned: dict[str, Any]) -> None:

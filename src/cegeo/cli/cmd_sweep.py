@@ -15,20 +15,14 @@ from typing import Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from .._io import writable_folder
 from .._validation import InputError
 from ..sweep import check_sources, expand, list_commands, load_sweep, run_sweep
 from . import app
-from ._common import console
+from ._common import wide_console
 from .cmd_train import parse_options
-
-
-def wide_console() -> Console:
-    """The shared console, or a 120-column one when output is narrower (pipes, CI logs)."""
-    return console if console.width >= 120 else Console(width=120, highlight=False)
 
 
 def _pm(row: dict[str, Any], metric: str, digits: int = 3) -> str:

@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from .._io import dumps_json, writable_file
-from .._validation import InputError, fail
+from .._validation import InputError, OutOfRangeError, fail
 from ..data.imbalance import Groups, step_groups
 from ..losses import get_loss_info
 from ..theory import (
@@ -87,12 +87,6 @@ def _profile(
     if n.size < 2:
         raise fail("--counts", "at least 2 comma-separated class counts", counts)
     return n.astype(np.float64), None, {"kind": "counts", "k": int(n.size), "R": float(n.max() / n.min())}
-
-
-def _balanced(groups: Groups) -> bool:
-    """Equal counts: one group holds every class (the maj/min summaries are then over all classes)."""
-    k = len(groups.labels)
-    return groups.members(groups.names[-1]).size == 0 and groups.members(groups.names[0]).size == k
 
 
 def _describe(desc: dict) -> str:
@@ -329,7 +323,7 @@ def theory_command(
     header = f"cegeo theory: {loss} on {_describe(desc)}; limiting geometry (THEORY.md §4)"
     if geo is not None:
         out["groups"] = geo.groups.as_dict()
-        out["balanced"] = _balanced(geo.groups)
+        out["balanced"] = geo.groups.balanced
         out["geometry"] = _geometry_dict(geo, base)
         if not as_json:
             hyper_text = ", ".join(f"{key}={v:g}" for key, v in out["hyper"].items()) or "no hyperparameters"
@@ -344,7 +338,7 @@ def theory_command(
     else:
         assert param is not None and grid is not None
         out["groups"] = geos[0].groups.as_dict()
-        out["balanced"] = _balanced(geos[0].groups)
+        out["balanced"] = geos[0].groups.balanced
         out["grid"] = {
             "param": param,
             "values": grid,
@@ -385,11 +379,10 @@ def _hyper_error(
     err: InputError, loss: str, counts: np.ndarray, gamma: float | None, hyper: list[str] | None
 ) -> InputError:
     """Name the option behind a hyperparameter error: --gamma when it was given that way."""
-    text = str(err)
     option = "--gamma" if gamma is not None else "--hyper"
-    if text.startswith("`gamma` ") and gamma is not None:
-        return InputError(text.replace("`gamma`", "`--gamma`", 1))
-    if text.startswith("`loss` must be temperatures"):  # the Grams, not the loss, overflow
+    if gamma is not None and str(err).startswith("`gamma` "):  # the hyperparameter --gamma sets
+        return InputError(str(err).replace("`gamma`", "`--gamma`", 1))
+    if isinstance(err, OutOfRangeError) and err.param == "loss":  # the Grams overflow, not the vectors
         what = "a value" if gamma is not None else "hyperparameters"
         R = counts.max() / counts.min()
         return fail(
@@ -413,7 +406,7 @@ def _grid_geometry(
     """The geometry at one grid value; a value whose temperatures or Grams overflow names the option."""
     try:
         return predict(theory_loss(loss, counts, **{**extra, param: value}), counts, groups)
-    except InputError:
+    except OutOfRangeError:
         R = counts.max() / counts.min()
         if option == "--gamma-grid":
             expected = (

@@ -56,8 +56,15 @@ from ..ufm import (
     write_rows_csv,
 )
 from . import app
-from ._common import err_console, parse_counts, parse_grid, parse_hyper, parse_longtail, parse_step
-from .cmd_sweep import wide_console
+from ._common import (
+    err_console,
+    parse_counts,
+    parse_grid,
+    parse_hyper,
+    parse_longtail,
+    parse_step,
+    wide_console,
+)
 
 GAP_FROM = -0.5  # the paper's comparison range: gamma >= -0.5
 THEORY_POINTS = 121  # points of the theory curve in the figure
@@ -859,7 +866,7 @@ def _run_notes(
                 f"{exp.weight_decay:g} is W = H = 0 (certified: ||grad L(0)||_2 <= lam), so its geometry "
                 "and that of the runs, which shrink to 0 too, is undefined (–); lower --weight-decay"
             )
-        uncertified = [v for v in entry["not_global_at"] if v not in entry["zero_minimiser_at"]]
+        uncertified = entry["not_global_at"]  # a zero minimiser is certified: never in this list
         if uncertified:
             why = "d < k" if exp.d < k else f"not converged to --path-tol {exp.path_tol:g}"
             notes.append(
@@ -879,7 +886,7 @@ def _path_notes(loss: str, entry: dict[str, Any], tol: float) -> list[str]:
             f"{loss} path: at {_points(zero, entry['param'])} the minimiser is W = H = 0 (lam too large); "
             "no geometry there (–)"
         )
-    uncertified = [p for p in entry["not_global"] if p not in zero]
+    uncertified = entry["not_global"]
     if uncertified:
         notes.append(
             f"{loss} path: {len(uncertified)} point(s) not certified global ({_points(uncertified, entry['param'])})"

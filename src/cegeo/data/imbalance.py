@@ -30,6 +30,7 @@ __all__ = [
     "groups",
     "imbalance_ratio",
     "longtail_counts",
+    "majority_groups",
     "parse_profile",
     "sampling_probabilities",
     "step_counts",
@@ -210,6 +211,12 @@ class Groups:
         return np.array([i for i, g in enumerate(self.labels) if g == name], dtype=np.int64)
 
     @property
+    def balanced(self) -> bool:
+        """Equal counts: the first group holds every class and the last none (see :func:`groups`);
+        group summaries then pool every class."""
+        return self.members(self.names[0]).size == len(self.labels) and self.members(self.names[-1]).size == 0
+
+    @property
     def minority(self) -> np.ndarray:
         """Classes of the rarest group (``minority`` or ``few``)."""
         return self.members(self.names[-1])
@@ -221,6 +228,22 @@ class Groups:
 
     def as_dict(self) -> dict[str, list[int]]:
         return {n: self.members(n).tolist() for n in self.names}
+
+
+def majority_groups(counts: np.ndarray) -> Groups:
+    """:func:`groups` without thresholds, for positive counts that may be real (effective counts,
+    the theory's float profiles up to R ~ 1e300): all equal -> every class ``majority`` (balanced);
+    two values -> the larger; else count >= the geometric mean of the extremes."""
+    lo, hi = float(counts.min()), float(counts.max())
+    if lo == hi:
+        return Groups(("majority", "minority"), ("majority",) * counts.size)
+    if np.unique(counts).size == 2:
+        major = counts > lo
+    else:
+        prod = hi * lo
+        cut = math.sqrt(prod) if math.isfinite(prod) else math.sqrt(hi) * math.sqrt(lo)
+        major = counts >= cut
+    return Groups(("majority", "minority"), tuple("majority" if m else "minority" for m in major))
 
 
 def groups(class_counts: Any, thresholds: float | Sequence[float] | None = None) -> Groups:
@@ -253,12 +276,7 @@ def groups(class_counts: Any, thresholds: float | Sequence[float] | None = None)
     """
     c = check_class_counts(class_counts)
     if thresholds is None:
-        if c.min() == c.max():
-            # Balanced: every class is a majority and a minority; label all majority.
-            return Groups(("majority", "minority"), tuple("majority" for _ in c))
-        values = np.unique(c)
-        cut = values[0] + 0.5 if values.size == 2 else math.sqrt(float(c.max()) * float(c.min()))
-        return Groups(("majority", "minority"), tuple("majority" if n >= cut else "minority" for n in c))
+        return majority_groups(c.astype(np.float64))
     if isinstance(thresholds, (str, bytes)):
         raise fail("thresholds", "one or two numbers", thresholds)
     if np.ndim(thresholds) == 0:

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from .._validation import InputError, as_float_vector, fail
-from ..data.imbalance import Groups
+from .._validation import InputError, OutOfRangeError, as_float_vector, fail
+from ..data.imbalance import Groups, majority_groups
 
 __all__ = [
     "Geometry",
@@ -139,10 +139,10 @@ def _class_logits(dc: np.ndarray, dl: np.ndarray) -> np.ndarray:
     return M
 
 
-def _too_extreme(dc: np.ndarray, dl: np.ndarray, n: np.ndarray | None, got: str) -> InputError:
+def _too_extreme(dc: np.ndarray, dl: np.ndarray, n: np.ndarray | None, got: str) -> OutOfRangeError:
     """The error for temperatures (and counts) whose limiting geometry float64 cannot hold."""
     counts = "" if n is None else f"n from {n.min():.3g} to {n.max():.3g}; "
-    return fail(
+    return OutOfRangeError(
         "loss",
         "temperatures whose limiting geometry fits in float64 for these counts "
         f"({counts}Dc from {dc.min():.3g} to {dc.max():.3g}, Dl from {dl.min():.3g} to {dl.max():.3g})",
@@ -190,9 +190,7 @@ def distance(G: Any, G_ref: Any) -> float:
     return float(np.linalg.norm(A / np.linalg.norm(A) - B / np.linalg.norm(B)))
 
 
-def group_summary(
-    G_W: np.ndarray, G_H: np.ndarray, M: np.ndarray | None, grp: Groups, *, pool_balanced: bool = False
-) -> dict[str, float]:
+def group_summary(G_W: np.ndarray, G_H: np.ndarray, M: np.ndarray | None, grp: Groups) -> dict[str, float]:
     """Scale-free group summaries of two Grams, shared by theory, UFM and the trained-model probes.
 
     Keys (``maj`` is the first group, ``min`` the last: majority/minority or many/few):
@@ -204,12 +202,12 @@ def group_summary(
     * ``cos_WH``: mean over classes of cos(w_c, h_c) (needs ``M``'s diagonal, or G cross terms).
 
     Balanced counts (one group holds every class, as :func:`cegeo.data.imbalance.groups` labels
-    equal counts) leave the minority group empty and its entries NaN; with ``pool_balanced``
-    (the theory's predictions) every class is then both a majority and a minority, so ``*_ratio``
-    is 1 and the three mean cosines are the same mean over all pairs (-1/(k-1) for an ETF).
+    equal counts): every class is both a majority and a minority, so ``*_ratio`` is 1 and the
+    three mean cosines are the same mean over all pairs (-1/(k-1) for an ETF). Theory, UFM and
+    probes summarise alike, so their gaps stay defined.
     """
     maj, mino = grp.members(grp.names[0]), grp.members(grp.names[-1])
-    if pool_balanced and mino.size == 0 and maj.size == G_W.shape[0]:
+    if grp.balanced:
         mino = maj
     out: dict[str, float] = {}
     for tag, G in (("W", G_W), ("H", G_H)):
@@ -335,7 +333,7 @@ def geometry(M: Any, class_counts: Any, groups: Groups | None = None) -> Geometr
     M = np.asarray(M, dtype=np.float64)
     if M.shape != (k, k):
         raise fail("M", f"a ({k}, {k}) matrix (k from class_counts)", M.shape)
-    grp = groups if groups is not None else _default_groups(n)
+    grp = groups if groups is not None else majority_groups(n)
     sq = np.sqrt(n)
     # Both square roots from one SVD of M N^1/2 = U S V^T: (M N M^T)^1/2 = U S U^T and
     # (N^1/2 M^T M N^1/2)^1/2 = V S V^T (the sqrt of squared products would lose half the digits).
@@ -344,26 +342,7 @@ def geometry(M: Any, class_counts: Any, groups: Groups | None = None) -> Geometr
     G_W = 0.5 * (G_W + G_W.T)
     inner = (Vt.T * s) @ Vt
     G_H = 0.5 * (inner + inner.T) / sq[:, None] / sq[None, :]
-    return Geometry(M, G_W, G_H, n, grp, group_summary(G_W, G_H, M, grp, pool_balanced=True))
-
-
-def _default_groups(n: np.ndarray) -> Groups:
-    """:func:`cegeo.data.imbalance.groups` without thresholds, for real (effective) counts.
-
-    Same rule, applied to the floats themselves (no rescaling to integers, which overflowed int64
-    above R ~ 9e12): all equal -> every class ``majority``; two values -> the larger; else
-    count >= the geometric mean of the extremes.
-    """
-    lo, hi = float(n.min()), float(n.max())
-    if lo == hi:
-        return Groups(("majority", "minority"), ("majority",) * n.size)
-    if np.unique(n).size == 2:
-        major = n > lo
-    else:
-        prod = hi * lo  # as imbalance.groups computes it, unless it overflows
-        cut = math.sqrt(prod) if math.isfinite(prod) else math.sqrt(hi) * math.sqrt(lo)
-        major = n >= cut
-    return Groups(("majority", "minority"), tuple("majority" if m else "minority" for m in major))
+    return Geometry(M, G_W, G_H, n, grp, group_summary(G_W, G_H, M, grp))
 
 
 def _exp_max1(log_x: np.ndarray) -> np.ndarray:
@@ -483,9 +462,9 @@ def predict(loss: Any, class_counts: Any, groups: Groups | None = None) -> Geome
     n = _counts(class_counts)
     dc, dl = _temperatures(loss, n.size)
     M = _class_logits(dc, dl)
-    grp = groups if groups is not None else _default_groups(n)
+    grp = groups if groups is not None else majority_groups(n)
     G_W, G_H = _closed_form_grams(dc, dl, n)
-    return Geometry(M, G_W, G_H, n, grp, group_summary(G_W, G_H, M, grp, pool_balanced=True))
+    return Geometry(M, G_W, G_H, n, grp, group_summary(G_W, G_H, M, grp))
 
 
 def etf_geometry(k: int) -> Geometry:

@@ -34,7 +34,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from torch import nn
 
-from .._validation import InputError, check_choice, check_finite, check_int, fail
+from .._validation import OutOfRangeError, check_choice, check_finite, check_int, fail
 from ..data.imbalance import Groups
 from ._closed_form import Geometry, _counts, distance, predict
 
@@ -393,7 +393,7 @@ def _computable(
     for v in grid:
         try:
             geos.append(geo_at(float(v)))
-        except InputError:
+        except OutOfRangeError:
             geos.append(None)
     idx = np.array([j for j, g in enumerate(geos) if g is not None], dtype=np.int64)
     if idx.size < 3 or idx[-1] - idx[0] + 1 != idx.size:
