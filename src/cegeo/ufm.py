@@ -75,9 +75,11 @@ from .losses import ParametricCE, create_loss, get_loss_info
 from .theory import Geometry, distance, group_summary, predict
 
 __all__ = [
+    "GEOMETRY_COLUMNS",
     "MAX_THREADS",
     "METRIC_COLUMNS",
     "PANEL_KEYS",
+    "SCALE_FREE_COLUMNS",
     "LogTrend",
     "LowRankWarning",
     "PathResult",
@@ -101,6 +103,16 @@ PANEL_KEYS: tuple[str, ...] = tuple(
 )
 
 #: Columns of one logged row after the configuration columns (see :attr:`UFMResult.rows`).
+#: Scale-free geometry: undefined at W = H = 0 (a zero minimiser) and for diverged runs.
+SCALE_FREE_COLUMNS: tuple[str, ...] = (*PANEL_KEYS, "cos_WH", "nc1", "dist_W", "dist_H", "dist_M")
+#: Every geometry column (group norms, then the scale-free ones).
+GEOMETRY_COLUMNS: tuple[str, ...] = (
+    "W_norm_maj",
+    "W_norm_min",
+    "H_norm_maj",
+    "H_norm_min",
+    *SCALE_FREE_COLUMNS,
+)
 METRIC_COLUMNS: tuple[str, ...] = (
     "epoch",
     "step",
@@ -113,16 +125,8 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "finite",  # False once the run diverged (loss not finite or ||W||^2 + ||H||^2 > 1e100)
     "W_norm",  # ||W||_F
     "H_norm",  # ||H||_F (all samples)
-    "W_norm_maj",  # mean ||w_c|| over the first group (majority)
-    "W_norm_min",  # ... over the last group (minority)
-    "H_norm_maj",  # mean ||mu_c|| over the first group
-    "H_norm_min",
-    *PANEL_KEYS,
-    "cos_WH",
-    "nc1",
-    "dist_W",
-    "dist_H",
-    "dist_M",
+    *GEOMETRY_COLUMNS,  # W_norm_maj: mean ||w_c|| over the first group (majority), W_norm_min
+    # over the last (minority); H_norm_*: the same for ||mu_c||
 )
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -458,7 +462,7 @@ def _measure(
         finite = bool(np.isfinite(loss) and sq_w + sq_h <= _DIVERGED_SQNORM)
         row["finite"] = finite
         if not finite:
-            row.update({key: nan for key in METRIC_COLUMNS[METRIC_COLUMNS.index("W_norm_maj") :]})
+            row.update({key: nan for key in GEOMETRY_COLUMNS})
             rows.append(row)
             continue
         means = Hb @ avg  # (d, k)
@@ -1174,9 +1178,9 @@ def _zero_minimum(
 ) -> UFMMinimum:
     """``W = H = 0``: the certified minimiser when the weight decay beats every fit."""
     L = float(prob.loss_and_dM(np.zeros((k, k)))[0])
-    correct = (np.zeros((k, k)).argmax(0) == np.arange(k)).astype(np.float64)
+    correct = (np.arange(k) == 0).astype(np.float64)  # all-zero logits: argmax is class 0
     nan = float("nan")
-    metrics = {key: nan for key in METRIC_COLUMNS[METRIC_COLUMNS.index("W_norm_maj") :]}
+    metrics = {key: nan for key in GEOMETRY_COLUMNS}
     metrics.update(
         train_acc=float(correct @ counts / counts.sum()),
         train_bal_acc=float(correct.mean()),

@@ -44,6 +44,7 @@ from ..config import from_dict, to_dict, to_toml_text
 from ..theory import predict
 from ..ufm import (
     PANEL_KEYS,
+    SCALE_FREE_COLUMNS,
     LowRankWarning,
     PathResult,
     UFMConfig,
@@ -249,7 +250,7 @@ def compare(exp: UFMExperiment, result: UFMResult, tol: float) -> dict[str, Any]
                     minimum = minimize_ufm(cfg, counts, result.d, tol=tol, groups=groups)
                 if minimum.zero:
                     # GD heads to 0 as well: what it shows is the shape of vanishing noise.
-                    for key in _GEOMETRY_KEYS:
+                    for key in SCALE_FREE_COLUMNS:
                         ufm_mean[key] = ufm_std[key] = float("nan")
             points.append(
                 {
@@ -294,10 +295,6 @@ def compare(exp: UFMExperiment, result: UFMResult, tol: float) -> dict[str, Any]
             "not_global_at": [p["value"] for p in minimised if not p["minimiser"]["is_global"]],
         }
     return out
-
-
-# Scale-free geometry: undefined at W = H = 0.
-_GEOMETRY_KEYS = (*PANEL_KEYS, "cos_WH", "dist_W", "dist_H", "dist_M", "nc1")
 
 
 def _nanargmax(values: Sequence[float]) -> int | None:
