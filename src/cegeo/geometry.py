@@ -226,12 +226,12 @@ def classifier_weight(model: torch.nn.Module) -> Tensor:
 
 def _nc1(means: np.ndarray, counts: np.ndarray, scatter: np.ndarray) -> float:
     """tr(Sigma_W Sigma_B^+)/k with the weighting of the module docstring, in float64."""
+    if not (np.all(np.isfinite(means)) and np.all(np.isfinite(scatter))):
+        return float("nan")  # overflowed features (a diverging run): no eigendecomposition of inf
     k = means.shape[0]
     n = counts.sum()
     mu_g = counts @ means / n  # (d,)
     C = means - mu_g  # (k, d) centred class means
-    if not (np.all(np.isfinite(C)) and np.all(np.isfinite(scatter))):
-        return float("nan")  # overflowed features (a diverging run): no eigendecomposition of inf
     # Sigma_B = C^T C / k; its eigenvectors in feature space come from the small Gram C C^T / k.
     lam, U = np.linalg.eigh(C @ C.T / k)  # ascending
     order = np.argsort(lam)[::-1]

@@ -464,7 +464,7 @@ def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
             described(f"a file starting with {magic!r}"),
         )
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as f:  # fh closes on any error
             arrays = {key: f[key] for key in f.files}
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
