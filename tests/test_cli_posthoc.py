@@ -445,7 +445,11 @@ def test_evaluate_tables(run, cli):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["--normal-class", "7"], r"`normal_class` must be a class in 0..3; got 7."),
+        (["--normal-class", "7"], r"`--normal-class` must be a class name or index \(0, 1, 2, 3\); got '7'."),
+        (
+            ["--normal-class", "ok"],
+            r"`--normal-class` must be a class name or index \(0, 1, 2, 3\); got 'ok'.",
+        ),
         (["--split", "train"], r"`split` must be one of 'val', 'test'; got 'train'."),
     ],
 )
@@ -562,7 +566,7 @@ def test_posthoc_skips_and_refuses_unsupported_methods(tmp_path, cli):
             r"rebalancer 'operating_point' cannot run on .*needs a normal class",
         ),
         (["--max-false-alarm", "0.1"], r"`--max-false-alarm` needs --normal-class"),
-        (["--normal-class", "4"], r"`normal_class` must be a class in 0..3; got 4."),
+        (["--normal-class", "4"], r"`--normal-class` must be a class name or index \(0, 1, 2, 3\); got '4'."),
         (
             ["--normal-class", "0", "--max-false-alarm", "1.5"],
             r"`max_false_alarm` must be a number in \[0, 1\)",

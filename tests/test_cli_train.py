@@ -160,7 +160,8 @@ BAD = [
     ),
     (["--cuda-graph", "maybe"], "`runtime.cuda_graph` must be one of 'auto', 'on', 'off'"),
     (["--val-fraction", "1.5"], "`data.val_fraction` must be a number in (0, 1)"),
-    (["--normal-class", "7"], "`data.normal_class` must be a class in 0..2"),
+    (["--normal-class", "7"], "`data.normal_class` must be a class name or index (0, 1, 2); got '7'"),
+    (["--normal-class", "ok"], "`data.normal_class` must be a class name or index (0, 1, 2); got 'ok'"),
     (["--config", "/nonexistent/run.toml"], "file not found"),
 ]
 
@@ -272,3 +273,43 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(cli, tmp_pa
     assert not out.exists() or list(out.iterdir()) == []
     monkeypatch.undo()
     assert cli("train", *GAUSS, "--epochs", "1", "--out", out).code == 0
+
+
+def test_normal_class_by_name_is_recorded_and_is_the_default_downstream(cli, tmp_path):
+    """Text labels sort alphabetically ("ok" is class 1 here): --normal-class takes the name;
+    final.json records names and the index; evaluate and posthoc use it without being told."""
+    rng = np.random.default_rng(0)
+    y = np.array(["ok"] * 120 + ["dent"] * 30 + ["crack"] * 30)
+    x = rng.normal(size=(y.size, 3)) + (y == "dent")[:, None] * 4.0 - (y == "crack")[:, None] * 4.0
+    path = tmp_path / "parts.csv"
+    path.write_text(
+        "a,b,c,label\n" + "".join(f"{r[0]},{r[1]},{r[2]},{lab}\n" for r, lab in zip(x, y, strict=True))
+    )
+    out = tmp_path / "run"
+    r = cli("train", "--data", f"csv:{path}", "--normal-class", "ok", "--epochs", "10", *TINY, "--out", out)
+    assert r.code == 0, r.err
+    final = json.loads((out / "final.json").read_text())
+    assert final["class_names"] == ["crack", "dent", "ok"] and final["normal_class"] == 2
+    assert final["test"]["false_alarm"] is not None
+    r = cli("evaluate", out, "--json")
+    report = json.loads(r.out)
+    assert report["normal_class"] == 2 and report["false_alarm"] == final["test"]["false_alarm"]
+    r = cli("evaluate", out)
+    assert "false-alarm rate (normal class 2 (ok))" in " ".join(r.out.split())
+    r = cli("posthoc", out, "-m", "operating_point", "--max-false-alarm", "0.25", "--no-write", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["results"]["operating_point"]["normal_class"] == 2
+    # an index works too, and overrides the run's own
+    r = cli("evaluate", out, "--normal-class", "0", "--json")
+    assert json.loads(r.out)["normal_class"] == 0
+
+
+def test_class_index_prefers_names_then_indices():
+    from cegeo.data import class_index
+
+    assert class_index("c", "ok", ("crack", "ok")) == 1
+    assert class_index("c", "1", ("1", "2", "3")) == 0  # the class named 1, not index 1
+    assert class_index("c", "2", ("a", "b", "c")) == 2 and class_index("c", 0, ("a", "b")) == 0
+    for bad in ("x", "5", -1, True, 2.0):
+        with pytest.raises(ValueError, match=r"`c` must be a class name or index \(0 = a, 1 = b\)"):
+            class_index("c", bad, ("a", "b"))

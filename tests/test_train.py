@@ -472,7 +472,10 @@ def test_in_memory_run_with_given_splits_and_tabular_model():
     ("updates", "match"),
     [
         ({"train.pad_crop": 2}, "augmentation is for images"),
-        ({"data.normal_class": 9}, r"`data.normal_class` must be a class in 0\.\.3"),
+        (
+            {"data.normal_class": 9},
+            r"`data.normal_class` must be a class name or index \(0, 1, 2, 3\); got 9",
+        ),
         ({"loss.name": "ldam"}, "`model.options.cosine_classifier` must be true for loss 'ldam'"),
         (
             {"data.imbalance": "none", "data.options": {"k": 4, "d": 6, "n_per_class": 1}},

@@ -197,7 +197,8 @@ class DataConfig:
         None  # size of the largest class before the validation split (None: all the source has)
     )
     split_seed: int | None = None  # seed of the imbalanced subset and validation split (None: the run's seed)
-    normal_class: int | None = None  # the "no defect" class for false-alarm rates (None: not reported)
+    # The "no defect" class for false-alarm rates, by name ("ok") or index (None: not reported).
+    normal_class: int | str | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # source options, e.g. gaussian: k, d
 
     def __post_init__(self) -> None:
@@ -215,8 +216,10 @@ class DataConfig:
             raise InputError(f"`data.n_max` must be an integer >= 1; got {self.n_max!r}.")
         if self.split_seed is not None and self.split_seed < 0:
             raise InputError(f"`data.split_seed` must be an integer >= 0; got {self.split_seed!r}.")
-        if self.normal_class is not None and self.normal_class < 0:
+        if isinstance(self.normal_class, int) and self.normal_class < 0:
             raise InputError(f"`data.normal_class` must be a class index >= 0; got {self.normal_class!r}.")
+        if isinstance(self.normal_class, str) and not self.normal_class.strip():
+            raise InputError("`data.normal_class` must be a class name or index; got ''.")
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ from . import metrics as _metrics
 from ._io import read_json, read_toml
 from ._registry import Registry
 from ._validation import InputError, check_class_counts, check_finite, check_fraction, check_int, fail
+from .data._dataset import class_index
 from .data.imbalance import SAMPLERS, Groups, effective_counts
 from .data.imbalance import groups as make_groups
 
@@ -343,6 +344,18 @@ class RunFolder:
         if "num_classes" in final and check_int(f"{where}: num_classes", final["num_classes"]) != k:
             raise fail(f"{where}: num_classes", f"{k} (the length of class_counts)", final["num_classes"])
         self.num_classes = k
+        names = final.get("class_names")  # absent in runs made before names were recorded
+        if names is not None and (
+            not isinstance(names, list) or len(names) != k or not all(isinstance(n, str) for n in names)
+        ):
+            raise fail(f"{where}: class_names", f"{k} strings (one per class)", names)
+        self.class_names: tuple[str, ...] = tuple(names) if names is not None else tuple(map(str, range(k)))
+        recorded = final.get("normal_class")
+        #: The normal class the run was trained with (``data.normal_class``), as an index; None
+        #: when it had none. The CLI's default for --normal-class.
+        self.normal_class: int | None = (
+            None if recorded is None else class_index(f"{where}: normal_class", recorded, self.class_names)
+        )
         self.groups = _groups_from_json(final.get("groups"), k, self.class_counts, where)
         loss = final.get("loss")
         name, hyper = (loss.get("name"), loss.get("hyper")) if isinstance(loss, Mapping) else (loss, None)
@@ -1577,8 +1590,9 @@ def run_posthoc(
         ``"all"`` or registered names (see :func:`parse_methods`).
     metric : str
         Selection metric (:data:`SELECTION_METRICS`).
-    normal_class : int, optional
-        Adds false-alarm rates to every summary and enables ``operating_point``.
+    normal_class : int or str, optional
+        Adds false-alarm rates to every summary and enables ``operating_point``: a class index
+        or name (``"ok"``, from the run's ``class_names``).
     max_false_alarm : float
         The operating point's validation false-alarm budget.
     write : bool
@@ -1610,10 +1624,7 @@ def run_posthoc(
     names = parse_methods(methods)
     explicit = "all" not in _method_tokens(methods)
     if normal_class is not None:
-        c = check_int("normal_class", normal_class)
-        if not 0 <= c < folder.num_classes:
-            raise fail("normal_class", f"a class in 0..{folder.num_classes - 1}", normal_class)
-        normal_class = c
+        normal_class = class_index("normal_class", normal_class, folder.class_names)
     check_fraction("max_false_alarm", max_false_alarm, low_open=False, high_open=True)
     if write:  # before any work: a run folder we cannot write in is known now, not after fitting
         try:
@@ -1624,6 +1635,7 @@ def run_posthoc(
     out: dict[str, Any] = {
         "run": str(folder.path),
         "metric": metric,
+        "class_names": list(folder.class_names),
         "normal_class": normal_class,
         "max_false_alarm": max_false_alarm if normal_class is not None else None,
         "loss": folder.loss,

@@ -616,7 +616,7 @@ class Trainer:
             self.dist.rank, self.dist.world = dist.get_rank(), dist.get_world_size()
 
     def _setup_data(self) -> None:
-        from .data import load_dataset, make_splits
+        from .data import class_index, load_dataset, make_splits
 
         cfg = self.config
         if self._splits_in is not None:
@@ -633,8 +633,12 @@ class Trainer:
             )
         self.splits = splits
         k = int(splits.num_classes)
-        if cfg.data.normal_class is not None and cfg.data.normal_class >= k:
-            raise fail("data.normal_class", f"a class in 0..{k - 1}", cfg.data.normal_class)
+        self.class_names = tuple(splits.class_names) or tuple(str(i) for i in range(k))
+        self.normal_class = (
+            None
+            if cfg.data.normal_class is None
+            else class_index("data.normal_class", cfg.data.normal_class, self.class_names)
+        )
         self.k = k
         self.kind = splits.kind
         self.counts = np.asarray(splits.class_counts, dtype=np.int64)
@@ -973,7 +977,7 @@ class Trainer:
             "reweighted": self._loss_for(epoch - 1) is not self.loss_base,
         }
         for name, cm in (("train", cm_train), ("val", cm_val), ("test", cm_test)):
-            record[name] = summary_from_confusion(cm, self.splits.groups, cfg.data.normal_class)
+            record[name] = summary_from_confusion(cm, self.splits.groups, self.normal_class)
         probe = measure(
             stats,
             W,
@@ -1359,6 +1363,8 @@ class Trainer:
             "train_time_s": train_time,
             "samples_per_s": self._samples_trained / train_time if train_time > 0 else None,
             "num_classes": self.k,
+            "class_names": list(self.class_names),
+            "normal_class": self.normal_class,
             "class_counts": self.counts.tolist(),
             "groups": self.splits.groups.as_dict(),
             "loss": {"name": cfg.loss.name, "hyper": dict(getattr(self.loss_base, "spec", None).hyper)},

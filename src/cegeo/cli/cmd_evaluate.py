@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from .._io import dumps_json
+from ..data import class_index
 from ..rebalance import RunFolder, evaluate_split
 from . import app
 from ._common import console
@@ -17,6 +18,11 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _class_label(c: int, names: list[str]) -> str:
+    """``"1 (ok)"``, or ``"1"`` when the name is the index itself."""
+    return str(c) if names[c] == str(c) else f"{c} ({names[c]})"
+
+
 def print_evaluation(report: dict[str, Any], groups_labels: tuple[str, ...], title: str) -> None:
     """Per-class table, group recalls, headline metrics and the confusion matrix."""
     pc = report["per_class"]
@@ -24,9 +30,10 @@ def print_evaluation(report: dict[str, Any], groups_labels: tuple[str, ...], tit
     table = Table(title=title)
     for col in ("class", "group", "support", "recall", "precision", "F1", "false-pos. rate"):
         table.add_column(col, justify="right" if col not in ("group",) else "left")
+    names = report.get("class_names") or [str(c) for c in range(k)]
     for c in range(k):
         table.add_row(
-            str(c),
+            _class_label(c, names),
             groups_labels[c],
             str(pc["support"][c]),
             _fmt(pc["recall"][c]),
@@ -59,7 +66,10 @@ def print_evaluation(report: dict[str, Any], groups_labels: tuple[str, ...], tit
     ]
     if "false_alarm" in report:
         rows.append(
-            (f"false-alarm rate (normal class {report['normal_class']})", _fmt(report["false_alarm"]))
+            (
+                f"false-alarm rate (normal class {_class_label(report['normal_class'], names)})",
+                _fmt(report["false_alarm"]),
+            )
         )
     for row in rows:
         head.add_row(*row)
@@ -82,11 +92,12 @@ def evaluate_command(
         ..., help="A finished run folder (with final.json and logits_<split>.npz)."
     ),
     split: str = typer.Option("test", "--split", help="Which split to evaluate: test or val."),
-    normal_class: int | None = typer.Option(
+    normal_class: str | None = typer.Option(
         None,
         "--normal-class",
-        help="The normal class ('no defect', 'healthy'): also report its false-alarm rate "
-        "(share of its samples predicted as any other class).",
+        help="The normal class ('no defect', 'healthy'), by name (e.g. ok) or index: also report "
+        "its false-alarm rate (share of its samples predicted as any other class). Default: the "
+        "run's own (data.normal_class), if it was trained with one.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
 ) -> None:
@@ -101,8 +112,19 @@ def evaluate_command(
     """
     run = RunFolder(run_dir)
     data = run.split(split)
-    report = evaluate_split(data, normal_class=normal_class)
-    report = {"run": str(run.path), "split": split, "normal_class": normal_class, **report}
+    normal = (
+        run.normal_class
+        if normal_class is None
+        else class_index("--normal-class", normal_class, run.class_names)
+    )
+    report = evaluate_split(data, normal_class=normal)
+    report = {
+        "run": str(run.path),
+        "split": split,
+        "class_names": list(run.class_names),
+        "normal_class": normal,
+        **report,
+    }
     if as_json:
         typer.echo(dumps_json(report))
         return

@@ -6,13 +6,14 @@ from typing import Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from .._io import dumps_json
-from ..rebalance import SELECTION_METRICS, list_rebalancers, run_posthoc
+from ..data import class_index
+from ..rebalance import SELECTION_METRICS, RunFolder, list_rebalancers, run_posthoc
 from . import app
-from ._common import console
+from ._common import console, wide_console
+from .cmd_evaluate import _class_label
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -73,14 +74,14 @@ def print_posthoc(result: dict[str, Any]) -> None:
         row(name, _chosen(entry), entry["val_score"], entry["test"])
     # Numbers must never be cut to "0.…": below 120 columns (e.g. output piped to a file, where
     # rich assumes 80) print at 120 and let a narrow terminal wrap the lines.
-    out = console if console.width >= 120 else Console(width=120, highlight=False)
-    out.print(table)
+    wide_console().print(table)
     op = result["results"].get("operating_point")
     if op is not None:
         console.print(
-            f"operating point: normal class {op['normal_class']}, budget {op['max_false_alarm']:g}, "
-            f"threshold p_normal >= {op['chosen']['threshold']:.6g} "
-            f"(log-odds {op['chosen']['log_odds_threshold']:.4g})\n"
+            f"operating point: normal class {_class_label(op['normal_class'], result['class_names'])}, "
+            f"budget {op['max_false_alarm']:g}, threshold p_normal >= {op['chosen']['threshold']:.6g} "
+            f"(log-odds {op['chosen']['log_odds_threshold']:.4g}; below it, the most likely other "
+            "class)\n"
             f"  val:  false alarm {_fmt(op['val_false_alarm'], 4)} ({op['n_normal_val']} normal samples), "
             f"non-normal recall {_fmt(op['val_recall'], 4)}, detection {_fmt(op['val_detection'], 4)}\n"
             f"  test: false alarm {_fmt(op['test_false_alarm'], 4)}, non-normal recall "
@@ -114,10 +115,11 @@ def posthoc_command(
         + ", ".join(SELECTION_METRICS)
         + ".",
     ),
-    normal_class: int | None = typer.Option(
+    normal_class: str | None = typer.Option(
         None,
         "--normal-class",
-        help="The normal class: adds false-alarm rates and enables operating_point.",
+        help="The normal class, by name (e.g. ok) or index: adds false-alarm rates and enables "
+        "operating_point. Default: the run's own (data.normal_class), if it was trained with one.",
     ),
     max_false_alarm: float | None = typer.Option(
         None,
@@ -150,15 +152,20 @@ def posthoc_command(
             f"`RUN_DIR` must be one run folder (several methods: --method posthoc_la,lws or -m posthoc_la "
             f"-m lws); got extra argument(s) {got!r}."
         )
-    if max_false_alarm is not None and normal_class is None:
+    folder = RunFolder(run_dir)
+    if normal_class is not None:
+        normal: int | None = class_index("--normal-class", normal_class, folder.class_names)
+    else:
+        normal = folder.normal_class
+    if max_false_alarm is not None and normal is None:
         raise InputError(
             f"`--max-false-alarm` needs --normal-class; got --max-false-alarm {max_false_alarm}."
         )
     result = run_posthoc(
-        run_dir,
+        folder,
         method,
         metric=metric,
-        normal_class=normal_class,
+        normal_class=normal,
         max_false_alarm=0.01 if max_false_alarm is None else max_false_alarm,
         write=not no_write,
     )

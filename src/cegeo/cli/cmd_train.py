@@ -114,8 +114,10 @@ def train_command(
     split_seed: int | None = typer.Option(
         None, "--split-seed", help="Seed of the subset/validation draw (default: --seed)."
     ),
-    normal_class: int | None = typer.Option(
-        None, "--normal-class", help="The normal ('no defect') class: report false-alarm rates."
+    normal_class: str | None = typer.Option(
+        None,
+        "--normal-class",
+        help="The normal ('no defect') class, by name (e.g. ok) or index: report false-alarm rates.",
     ),
     model: str | None = typer.Option(
         None, "--model", help="Model: mlp | resnet18 | resnet32 | cnn. (default mlp)"

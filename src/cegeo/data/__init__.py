@@ -6,7 +6,7 @@
 * Imbalance profiles (STEP, long-tail, explicit counts) and class groups.
 """
 
-from ._dataset import Dataset
+from ._dataset import Dataset, class_index
 from ._formats import RestrictedUnpickler, read_idx, safe_unpickle
 from ._sources import DatasetInfo, get_dataset_info, list_datasets, load_dataset, parse_spec
 from ._splits import TEST_SPLIT_SEED, Splits, make_splits
@@ -30,6 +30,7 @@ __all__ = [
     "Profile",
     "RestrictedUnpickler",
     "Splits",
+    "class_index",
     "explicit_counts",
     "get_dataset_info",
     "groups",

@@ -10,6 +10,7 @@ Layouts (the contract between the sources, :func:`~cegeo.data.make_splits` and t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from .._validation import check_int, fail
 
-__all__ = ["KINDS", "Dataset", "described"]
+__all__ = ["KINDS", "Dataset", "class_index", "described"]
 
 KINDS = ("image", "tabular")
 
@@ -182,3 +183,31 @@ class Dataset:
             "n_test": None if self.y_test is None else int(self.y_test.size),
         }
         return out
+
+
+def class_index(param: str, value: Any, class_names: Sequence[str]) -> int:
+    """The index of a class given by its name (a label such as ``"ok"``) or by its index.
+
+    A string is looked up among the names first (so with names ``("1", "2", "3")`` the text
+    ``"1"`` is the class named 1, index 0), then read as an index; an int is an index.
+
+    Examples
+    --------
+    >>> class_index("normal_class", "ok", ("crack", "ok", "scratch")), class_index("c", 2, ("a", "b", "c"))
+    (1, 2)
+    """
+    names = [str(n) for n in class_names]
+    k = len(names)
+    shown = ", ".join(f"{i} = {n}" if n != str(i) else str(i) for i, n in enumerate(names[:12]))
+    expected = f"a class name or index ({shown}{', ...' if k > 12 else ''})"
+    index = value
+    if isinstance(value, str):
+        if value in names:
+            return names.index(value)
+        try:
+            index = int(value.strip())
+        except ValueError:
+            raise fail(param, expected, value) from None
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= int(index) < k:
+        raise fail(param, expected, value)
+    return int(index)
