@@ -160,3 +160,12 @@ def test_strict_parsers_still_accept_good_input():
     assert parse_step(" k=10, R=10 ,rho=0.5").R == 10.0
     assert parse_counts("500, 50,5").tolist() == [500, 50, 5]
     assert parse_hyper(["tau=1", "gamma=2"]) == {"tau": 1.0, "gamma": 2.0}
+
+
+def test_cegeo_warnings_print_as_one_line(cli, tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,label\n" + "".join(f"{i},{1 + (i % 3)}\n" for i in range(30)))  # labels 1..3
+    r = cli("data", f"csv:{path}")
+    assert r.code == 0, r.err
+    lines = r.err.strip().splitlines()
+    assert lines and all(line.startswith("warning: ") for line in lines), r.err

@@ -246,3 +246,15 @@ def test_property_stratified_and_exact(counts, val_fraction, seed):
     np.testing.assert_array_equal(s.x_train[:, 0], s.train_index)
     np.testing.assert_array_equal(s.x_val[:, 0], s.val_index)
     assert len(set(s.train_index) | set(s.val_index)) == sum(counts)
+
+
+def test_a_profile_on_naturally_imbalanced_data_warns():
+    from cegeo.data import Dataset
+
+    y = np.repeat([0, 1, 2], [20, 100, 10])
+    ds = Dataset("tab", "tabular", np.zeros((y.size, 2), np.float32), y, None, None, 3, ("a", "b", "c"))
+    with pytest.warns(
+        UserWarning,
+        match=r"tab is already imbalanced \(R = .*\); the longtail profile sizes classes by index",
+    ):
+        make_splits(ds, "longtail:R=2")

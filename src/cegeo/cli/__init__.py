@@ -7,10 +7,14 @@ files) into one line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -56,13 +60,34 @@ def _root(
         raise typer.Exit(0)
 
 
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """cegeo's own UserWarnings print as one ``warning: ...`` line, without Python's source line."""
+    original = warnings.showwarning
+
+    def show(
+        message: Any, category: type[Warning], filename: str, lineno: int, *args: Any, **kw: Any
+    ) -> None:
+        if issubclass(category, UserWarning) and "cegeo" in Path(filename).parts:
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            original(message, category, filename, lineno, *args, **kw)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status (0 ok, 1 failure, 2 bad input)."""
     _load_commands()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         # Non-standalone: usage errors come back as exceptions, so they too print one line.
-        result = app(args=args, prog_name="cegeo", standalone_mode=False)
+        with _warnings_as_lines():
+            result = app(args=args, prog_name="cegeo", standalone_mode=False)
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)

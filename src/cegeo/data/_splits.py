@@ -268,6 +268,15 @@ def make_splits(
     if profile.kind == "none":
         counts = available if n_max is None else np.minimum(available, n_max)
     else:
+        natural = float(available.max() / max(available.min(), 1))
+        if profile.kind in ("step", "longtail") and natural > 3:
+            warnings.warn(
+                f"{dataset.name} is already imbalanced (R = {natural:.3g}); the {profile.kind} profile "
+                "sizes classes by index (class 0 largest), not by their own frequencies: "
+                "--imbalance none keeps those.",
+                UserWarning,
+                stacklevel=2,
+            )
         if n_max is None:
             n_max = int(available.max()) if profile.kind == "counts" else _largest_n_max(profile, available)
         counts = profile.counts_for(k, n_max)
