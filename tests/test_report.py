@@ -158,6 +158,12 @@ def test_headline_names_the_best_loss_for_the_minority_classes_chosen_on_validat
     assert winner.pm("test_minority_recall") in first
     assert "Cost:" in text and "95% of its final validation balanced accuracy" in text
     assert "Post-hoc rebalancing of the CE runs" in text
+    # normal_class = 0: the false-alarm cost is in the headline, for the losses and post-hoc
+    if "tied for the minority classes" not in first:
+        assert f"false-alarm rate {winner.pm('test_false_alarm')} against" in first
+    posthoc_line = next(line for line in report.headline if line.startswith("Post-hoc rebalancing"))
+    assert re.search(r"(raised|lowered|kept) test minority recall", posthoc_line)
+    assert re.search(r"false-alarm rate \d\.\d{3} → \d\.\d{3}", posthoc_line)
     assert len(data.failures) == 8 and "8 run(s) failed" in text  # bad setup: 2 seeds x (ce + 3 ldt)
 
 

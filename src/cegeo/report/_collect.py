@@ -172,10 +172,15 @@ class ReportData:
         tied = [g for g in ranked if g.mean("test_minority_recall") == winner.mean("test_minority_recall")]
         if len(tied) > 1:
             names = ", ".join(pretty(g.label) for g in tied[:-1]) + f" and {pretty(tied[-1].label)}"
+            alarms = ""
+            if all(g.mean("test_false_alarm") is not None for g in tied):
+                alarms = "; false-alarm rates " + ", ".join(
+                    f"{pretty(g.label)} {_f(g.mean('test_false_alarm'))}" for g in tied
+                )
             return [
                 f"{names} tied for the minority classes{where}: minority recall "
                 f"{winner.pm('test_minority_recall')}, balanced accuracy "
-                f"{_f(winner.mean('test_balanced_accuracy'))} (test set, mean ± std over {seeds}).",
+                f"{_f(winner.mean('test_balanced_accuracy'))}{alarms} (test set, mean ± std over {seeds}).",
                 *[line for g in best for line in self._posthoc_headline(setup, g)],
             ]
         d_min = _diff(winner.mean("test_minority_recall"), baseline.mean("test_minority_recall"))
@@ -189,6 +194,9 @@ class ReportData:
         )
         if d_maj is not None and d_maj.startswith("-"):
             text += f"; majority recall moved {d_maj}"
+        fa1, fa0 = winner.mean("test_false_alarm"), baseline.mean("test_false_alarm")
+        if fa1 is not None and fa0 is not None:  # a normal class is set: what the recall costs
+            text += f"; false-alarm rate {winner.pm('test_false_alarm')} against {baseline.pm('test_false_alarm')}"
         text += f" (test set, mean ± std over {seeds})."
         t1, t0 = winner.mean("train_time_s"), baseline.mean("train_time_s")
         cost = f"Cost: {_secs(t1)} of training per run against {_secs(t0)}"
@@ -224,12 +232,20 @@ class ReportData:
         if best is None:
             return []
         raw, after = table["rows"][0], next(r for r in table["rows"] if r["method"] == best)
+        r0, r1 = raw["minority_recall"][0], after["minority_recall"][0]
+        verb = (
+            "changed"
+            if r0 is None or r1 is None
+            else ("raised" if r1 > r0 else "lowered" if r1 < r0 else "kept")
+        )
         text = (
             f"Post-hoc rebalancing of the {pretty(g.label)} runs (fitted on validation only): {best}, the best "
-            f"method on validation, moved test minority recall {_f(raw['minority_recall'][0])} → "
-            f"{_f(after['minority_recall'][0])} and balanced accuracy {_f(raw['balanced_accuracy'][0])} → "
-            f"{_f(after['balanced_accuracy'][0])}"
+            f"method on validation, {verb} test minority recall {_f(r0)} → {_f(r1)} and balanced accuracy "
+            f"{_f(raw['balanced_accuracy'][0])} → {_f(after['balanced_accuracy'][0])}"
         )
+        f0, f1 = raw["false_alarm"][0], after["false_alarm"][0]
+        if f0 is not None and f1 is not None:
+            text += f", false-alarm rate {_f(f0)} → {_f(f1)}"
         if winner is not None and winner.mean("test_minority_recall") is not None:
             text += f" (training with {pretty(winner.label)} gave {_f(winner.mean('test_minority_recall'))})"
         return [text + "."]
