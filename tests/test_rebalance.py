@@ -70,6 +70,21 @@ def test_lws_recovers_known_scales():
     assert lws.converged_ and np.all(lws.offset_ == 0)
 
 
+def test_lws_reports_a_scale_on_its_lower_bound():
+    """Class 1's logit is high exactly when the sample is *not* class 1: the best scale for it is
+    0, the fit stops on the bound, and the warning says so."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 600)
+    z = 3.0 * np.eye(3)[y] + rng.normal(size=(y.size, 3))
+    z[:, 1] = np.where(y == 1, -4.0, 4.0)
+    lws = LWS().fit(z, y)
+    assert lws.scale_[1] <= 2e-6
+    assert any("scale of class(es) [1] hit its lower bound" in w for w in lws.warnings_)
+    assert not any(
+        "lower bound" in w for w in LWS().fit(3.0 * np.eye(3)[y] + rng.normal(size=(y.size, 3)), y).warnings_
+    )
+
+
 def test_lws_gradient_matches_finite_differences():
     rng = np.random.default_rng(4)
     z = rng.normal(size=(50, 3)) * 3

@@ -1105,7 +1105,7 @@ class LWS(_LogitAffine):
     """Learnable weight scaling ``z_c <- s_c z_c`` fitted by class-balanced CE on validation.
 
     Minimises ``(1/k') sum_c mean_{i: y_i = c} CE(s ⊙ z_i, c) + (alpha/2) ||s - 1||^2`` over
-    ``s >= 1e-6`` (k' = classes present). The objective is convex in s (CE is convex in the
+    ``s >= 1e-6`` (k' = classes present; a scale on that bound is reported in ``warnings_``). The objective is convex in s (CE is convex in the
     logits, which are linear in s); ``alpha`` > 0 makes it strictly convex and keeps s finite
     when validation is separable. Solved with L-BFGS-B and the exact gradient. No
     hyperparameter is searched; ``metric`` only scores the result. With k free scales and a
@@ -1170,10 +1170,17 @@ class LWS(_LogitAffine):
             np.ones(k),
             jac=True,
             method="L-BFGS-B",
-            bounds=[(1e-6, None)] * k,
+            bounds=[(_LWS_MIN_SCALE, None)] * k,
             options={"maxiter": max_iter},
         )
         self.scale_ = np.asarray(res.x, dtype=np.float64)
+        floored = np.flatnonzero(self.scale_ <= 2 * _LWS_MIN_SCALE)
+        if floored.size:
+            self.warnings_.append(
+                f"the scale of class(es) {floored.tolist()} hit its lower bound {_LWS_MIN_SCALE:g}: their "
+                "logits are in effect zeroed (the fit found no use for them); check those classes' "
+                "validation samples or use another method"
+            )
         self.offset_ = np.zeros(k)
         self.objective_ = float(res.fun)
         self.n_iter_ = int(res.nit)
@@ -1187,6 +1194,9 @@ class LWS(_LogitAffine):
             "n_iter": self.n_iter_,
             "converged": self.converged_,
         }
+
+
+_LWS_MIN_SCALE = 1e-6  # lws scales are bounded below (a scale of 0 would erase a class's logit)
 
 
 def _normal_log_odds(z: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
