@@ -617,3 +617,28 @@ def test_load_runs_includes_sweep_folders_nested_in_a_folder(finished_sweep, tmp
         "sweep-a/runs/ok__ce__seed1",
     ]
     assert sorted(r.status for r in runs) == ["failed", "finished", "finished", "finished", "finished"]
+
+
+def test_posthoc_refits_when_the_posthoc_block_changes(tmp_path):
+    """posthoc.json made with other [posthoc] settings is refitted, not silently reused."""
+    import json
+
+    text = (
+        'name = "ph"\nseeds = [0]\n'
+        + BASE.replace("val_fraction = 0.25", "val_fraction = 0.25\nnormal_class = 0")
+        + '[[losses]]\nname = "ce"\n[posthoc]\nmethods = "posthoc_la,operating_point"\nmax_false_alarm = 0.5\n'
+    )
+    out = tmp_path / "o"
+    first = run_sweep(load_sweep(write(tmp_path, text)), out)
+    assert first.posthoc == {"ce__seed0": "done"}
+    ph = out / "runs" / "ce__seed0" / "posthoc.json"
+    assert json.loads(ph.read_text())["max_false_alarm"] == 0.5
+    assert run_sweep(load_sweep(write(tmp_path, text)), out).posthoc == {"ce__seed0": "skipped"}
+    changed = run_sweep(
+        load_sweep(write(tmp_path, text.replace("max_false_alarm = 0.5", "max_false_alarm = 0.6"))), out
+    )
+    assert changed.posthoc == {"ce__seed0": "done"} and json.loads(ph.read_text())["max_false_alarm"] == 0.6
+    fewer = run_sweep(
+        load_sweep(write(tmp_path, text.replace("posthoc_la,operating_point", "posthoc_la"))), out
+    )
+    assert fewer.posthoc == {"ce__seed0": "done"} and json.loads(ph.read_text())["methods"] == ["posthoc_la"]

@@ -1052,6 +1052,28 @@ def load_ufm(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------- posthoc
 
 
+def _posthoc_matches(folder: Path, spec: PosthocSpec, run: SweepRun) -> bool:
+    """Whether ``folder/posthoc.json`` answers this ``[posthoc]`` block (methods, metric, normal
+    class, budget); an unreadable or older file does not."""
+    from .data import class_index
+    from .rebalance import RunFolder, parse_methods
+
+    try:
+        done = read_json(folder / "posthoc.json")
+        normal = run.config.data.normal_class
+        if normal is not None:
+            normal = class_index("normal_class", normal, RunFolder(folder).class_names)
+        return (
+            isinstance(done, Mapping)
+            and done.get("metric") == spec.metric
+            and done.get("normal_class") == normal
+            and done.get("max_false_alarm") == (spec.max_false_alarm if normal is not None else None)
+            and set(done.get("methods", [])) | set(done.get("skipped", {})) == set(parse_methods(spec.methods))
+        )
+    except (InputError, OSError, ValueError):
+        return False
+
+
 def _run_posthoc_block(
     spec: PosthocSpec,
     runs: Sequence[SweepRun],
@@ -1068,8 +1090,10 @@ def _run_posthoc_block(
         if not (folder / "final.json").is_file():
             continue
         if (folder / "posthoc.json").is_file():
-            outcome.posthoc[run.name] = "skipped"
-            continue
+            if _posthoc_matches(folder, spec, run):
+                outcome.posthoc[run.name] = "skipped"
+                continue
+            say(f"posthoc {run.name}: posthoc.json was made with other [posthoc] settings: refitting")
         try:
             result = run_posthoc(
                 folder,
