@@ -313,3 +313,32 @@ def test_class_index_prefers_names_then_indices():
     for bad in ("x", "5", -1, True, 2.0):
         with pytest.raises(ValueError, match=r"`c` must be a class name or index \(0 = a, 1 = b\)"):
             class_index("c", bad, ("a", "b"))
+
+
+def test_force_never_clears_a_folder_cegeo_did_not_make(cli, tmp_path):
+    """A user's own config.toml (no [provenance] from cegeo train) is not a run to replace."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.toml").write_text("[train]\nepochs = 1\n")
+    (out / "metrics.jsonl").write_text("my own log\n")
+    r = cli("train", *GAUSS, "--epochs", "1", "--out", out, "--force")
+    assert r.code == 2 and "must be a cegeo run folder to be replaced with --force" in r.err, r.err
+    assert (out / "metrics.jsonl").read_text() == "my own log\n"
+
+
+def test_names_from_the_data_are_printed_not_read_as_markup(cli, tmp_path):
+    """Class names are user data: rich markup in them ("[/b]", "[link=...]") prints as text."""
+    rng = np.random.default_rng(0)
+    y = np.array(["[/b]ok"] * 60 + ["[link=http://x]dent[/link]"] * 20)
+    x = rng.normal(size=(y.size, 2)) + (y != "[/b]ok")[:, None] * 3.0
+    path = tmp_path / "m.csv"
+    path.write_text("a,b,label\n" + "".join(f"{r[0]},{r[1]},{lab}\n" for r, lab in zip(x, y, strict=True)))
+    r = cli("data", f"csv:{path}")  # used to end in a rich MarkupError traceback
+    assert r.code == 0 and r.err == "", r.err
+    out = tmp_path / "run"
+    r = cli(
+        "train", "--data", f"csv:{path}", "--normal-class", "[/b]ok", "--epochs", "1", *TINY, "--out", out
+    )
+    assert r.code == 0, r.err
+    r = cli("evaluate", out)
+    assert r.code == 0 and "[/b]ok" in r.out, r.err

@@ -359,3 +359,16 @@ def test_tables_keep_their_numbers_when_piped(cli):
     assert r.code == 0, r.err
     assert "…" not in r.out
     assert "regularisation" in r.out and "optimisation" in r.out
+
+
+def test_out_must_be_new_empty_or_a_ufm_folder(cli, tmp_path):
+    """cegeo ufm overwrites its own files and removes stale ones: never in a user's folder."""
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.toml").write_text("mine")
+    r = cli("ufm", "--counts", "4,2", "--epochs", "3", "--quiet", "--out", out)
+    assert r.code == 2 and "`--out` must be a new or empty folder, or one cegeo ufm wrote" in r.err, r.err
+    assert (out / "config.toml").read_text() == "mine"
+    fresh = tmp_path / "fresh"
+    assert cli("ufm", "--counts", "4,2", "--epochs", "3", "--quiet", "--out", fresh).code == 0
+    assert cli("ufm", "--counts", "4,2", "--epochs", "3", "--quiet", "--out", fresh).code == 0  # its own

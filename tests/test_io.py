@@ -101,3 +101,46 @@ def test_cli_train_config_that_is_a_folder_or_not_utf8_is_one_line_status_2(cli,
         else "`--config` must be a UTF-8 TOML file"
     ) in r.err
     assert not (tmp_path / "run").exists()
+
+
+def test_git_commit_never_runs_git_in_the_working_directory(tmp_path, monkeypatch):
+    """A repository's own config can make git run commands (core.fsmonitor): provenance asks
+    only cegeo's source folder, with fsmonitor off."""
+    import shutil
+    import subprocess
+
+    from cegeo._io import git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "evil"
+    repo.mkdir()
+    marker = tmp_path / "PWNED"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "f").write_text("x")
+    subprocess.run(["git", "-C", str(repo), "add", "f"], check=True)
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=a", "-c", "core.fsmonitor=false",
+         "commit", "-qm", "x"],
+        check=True,
+    )  # fmt: skip
+    subprocess.run(["git", "-C", str(repo), "config", "core.fsmonitor", f"touch {marker}"], check=True)
+    (repo / "f").write_text("changed")  # a dirty tree: `git status` would consult fsmonitor
+    monkeypatch.chdir(repo)
+    git_commit()  # cegeo's own source, wherever the user runs it from
+    assert not marker.exists()
+    git_commit(repo)  # even asked explicitly, fsmonitor stays off
+    assert not marker.exists()
+
+
+def test_deeply_nested_toml_and_json_are_one_line_errors(tmp_path):
+    from cegeo._io import read_json, read_toml
+
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"must be TOML of reasonable nesting"):
+        read_toml(deep)
+    deep_json = tmp_path / "deep.json"
+    deep_json.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"must be JSON of reasonable nesting"):
+        read_json(deep_json)

@@ -642,3 +642,17 @@ def test_posthoc_refits_when_the_posthoc_block_changes(tmp_path):
         load_sweep(write(tmp_path, text.replace("posthoc_la,operating_point", "posthoc_la"))), out
     )
     assert fewer.posthoc == {"ce__seed0": "done"} and json.loads(ph.read_text())["methods"] == ["posthoc_la"]
+
+
+def test_out_must_be_new_empty_or_a_sweep_folder(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "summary.csv").write_text("my numbers")
+    with pytest.raises(
+        ValueError,
+        match=r"`--out` must be a new or empty folder, or a sweep folder \(with sweep.json\); got .*mine, which holds 'summary.csv'",
+    ):
+        run_sweep(tiny(), out)
+    assert (out / "summary.csv").read_text() == "my numbers" and sorted(p.name for p in out.iterdir()) == [
+        "summary.csv"
+    ]

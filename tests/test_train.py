@@ -308,7 +308,8 @@ def test_run_folder_rules(tmp_path, digits_run):
     from cegeo.config import to_dict
 
     run.mkdir(exist_ok=True)
-    (run / "config.toml").write_text(to_toml(to_dict(cfg(GAUSS, train__epochs=2))))
+    written = {**to_dict(cfg(GAUSS, train__epochs=2)), "provenance": {"cegeo": "0"}}
+    (run / "config.toml").write_text(to_toml(written))
     (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
     with pytest.raises(ValueError, match="an unfinished run"):
         prepare_run_folder(run, cfg(GAUSS, train__epochs=2))

@@ -157,6 +157,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"`{p}` must be valid JSON; got a parse error at line {exc.lineno}.") from None
+    except RecursionError:
+        raise InputError(f"`{p}` must be JSON of reasonable nesting; got one nested too deeply.") from None
 
 
 def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
@@ -300,6 +302,10 @@ def read_toml(path: str | os.PathLike[str], param: str | None = None) -> dict[st
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"`{name}` must be valid TOML; got{where}: {exc}.") from None
+    except RecursionError:
+        raise InputError(
+            f"`{name}` must be TOML of reasonable nesting; got{where or ' a file'} nested too deeply."
+        ) from None
     except UnicodeDecodeError as exc:
         raise InputError(
             f"`{name}` must be a UTF-8 TOML file; got{where or ' a file'} with a non-UTF-8 byte "
@@ -317,32 +323,32 @@ def read_toml(path: str | os.PathLike[str], param: str | None = None) -> dict[st
 
 
 def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
-    """The current git commit of the working directory (or of the installed source), if any."""
-    candidates = [cwd] if cwd is not None else [Path.cwd(), Path(__file__).resolve().parent]
-    for where in candidates:
-        try:
-            out = subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=where,
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if out.returncode == 0:
-            commit = out.stdout.strip()
-            dirty = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=where,
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-            )
-            return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
-    return None
+    """The git commit of cegeo's own source (or of ``cwd``), with ``-dirty`` for local changes.
+
+    Only cegeo's source folder is asked by default, never the working directory: git runs
+    commands named in a repository's own config (``core.fsmonitor``, clean filters), so running
+    it inside an untrusted folder could execute them. fsmonitor is switched off for the query.
+    """
+    where = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
+    git = ["git", "-c", "core.fsmonitor=false", "--no-optional-locks"]
+    try:
+        out = subprocess.run(
+            [*git, "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=False
+        )
+        if out.returncode != 0:
+            return None
+        commit = out.stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def environment_info() -> dict[str, Any]:

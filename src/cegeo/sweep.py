@@ -102,6 +102,7 @@ from ._io import (
 )
 from ._validation import InputError, check_finite, fail
 from .config import RunConfig, RuntimeConfig, config_differences, from_dict, load_run_config, to_dict
+from .data._dataset import described
 from .ufm import UFMExperiment
 
 __all__ = [
@@ -599,6 +600,19 @@ def run_one(config: RunConfig, out: str | os.PathLike[str], *, progress: bool = 
         return {"status": "failed", "error": record["error"]}
 
 
+def _check_sweep_folder(path: Path) -> None:
+    """``--out`` must be new, empty or a sweep folder (with sweep.json): never a folder of the
+    user's whose summary.csv or sweep.toml a sweep would overwrite."""
+    if path.is_dir() and not (path / "sweep.json").is_file():
+        foreign = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+        if foreign:
+            raise fail(
+                "--out",
+                "a new or empty folder, or a sweep folder (with sweep.json)",
+                described(f"{path}, which holds {foreign[0]!r}"),
+            )
+
+
 def _write_folder(config: SweepConfig, runs: Sequence[SweepRun], out: Path, source_text: str | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if source_text is not None:
@@ -671,6 +685,7 @@ def list_commands(
     """
     path = Path(out)
     runs = expand(config)
+    _check_sweep_folder(path)
     _write_folder(config, runs, path, source_text)
     lines = [shlex.join(_train_command(run, path)) for run in runs]
     if config.ufm is not None and sweep_file is not None:
@@ -766,6 +781,7 @@ def run_sweep(
     if do_runs and check_paths:
         check_sources(runs)
     writable_folder("--out", path)
+    _check_sweep_folder(path)
     if only != "ufm" or not (path / "sweep.json").is_file():
         # The UFM block alone leaves an existing sweep folder's run configs as they are: the
         # scheduler's train lines (cegeo sweep --list) read them, maybe at this very moment.
@@ -1068,7 +1084,8 @@ def _posthoc_matches(folder: Path, spec: PosthocSpec, run: SweepRun) -> bool:
             and done.get("metric") == spec.metric
             and done.get("normal_class") == normal
             and done.get("max_false_alarm") == (spec.max_false_alarm if normal is not None else None)
-            and set(done.get("methods", [])) | set(done.get("skipped", {})) == set(parse_methods(spec.methods))
+            and set(done.get("methods", [])) | set(done.get("skipped", {}))
+            == set(parse_methods(spec.methods))
         )
     except (InputError, OSError, ValueError):
         return False

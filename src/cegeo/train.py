@@ -67,6 +67,7 @@ from ._io import (
     environment_info,
     read_json,
     read_jsonl,
+    read_toml,
     writable_folder,
     write_json,
     write_npz,
@@ -247,6 +248,13 @@ def prepare_run_folder(
     if force:
         if config is None:
             raise InputError(f"`config` must be given with force (it replaces the run in `{path}`).")
+        provenance = read_toml(cfg_file).get("provenance")
+        if not (isinstance(provenance, dict) and "cegeo" in provenance):
+            # Only a folder cegeo train made is cleared: a user's own config.toml is not a run.
+            raise InputError(
+                f"`out` must be a cegeo run folder to be replaced with --force; got {path}, whose "
+                "config.toml has no [provenance] table written by cegeo train."
+            )
         return "new", config
     old = load_run_config(cfg_file)
     if not resume:
@@ -422,7 +430,7 @@ class _Progress:
     def __init__(self, enabled: bool, epochs: int, start: int, title: str) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True, highlight=False)
+        self.console = Console(stderr=True, highlight=False, markup=False)
         self.enabled = enabled
         self.live = enabled and self.console.is_terminal
         self.bar: Any = None
@@ -430,7 +438,7 @@ class _Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
-                TextColumn("[bold]{task.description}"),
+                TextColumn("{task.description}", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"),

@@ -947,3 +947,39 @@ def test_csv_labels_too_large_for_a_float_are_text(tmp_path):
     p.write_text("a,label\n1,1e20\n2,0\n3,0\n4,1e20\n")
     ds = load_dataset(f"csv:{p}", test=None)
     assert ds.class_names == ("0", "1e20") and ds.y_train.tolist() == [1, 0, 0, 1]
+
+
+def test_restricted_unpickler_refuses_resizing_a_built_dtype(tmp_path):
+    """A pickle that builds an S4 array on a 4-byte buffer, then re-BUILDs the memoised dtype
+    with elsize = 256, would make the array read 252 bytes past its buffer (heap memory into a
+    class name, or a segfault). Only the byte order of a dtype's state may differ from its own."""
+    import pickletools
+
+    def op(obj):
+        return pickletools.optimize(pickle.dumps(obj, protocol=3))[2:-1]
+
+    dt = b"cnumpy\ndtype\n" + op("S4") + op(False) + op(True) + b"\x87R"
+    dt += op((3, "|", None, None, None, 4, 1, 0)) + b"b" + b"q\xc8"  # BUILD, memo 200
+    arr = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + op((0,)) + op(b"b") + b"\x87R"
+    arr += b"(" + op(1) + op((1,)) + dt + op(False) + op(b"ABCD") + b"tb" + b"q\xc9"
+    rebuild = b"h\xc8" + op((3, "|", None, None, None, 256, 1, 0)) + b"b" + b"0"
+    p = tmp_path / "rebuild"
+    p.write_bytes(b"\x80\x03" + arr + rebuild + b"h\xc9" + b".")
+    with pytest.raises(ValueError, match=r"refusing a numpy dtype state that does not match its type '\|S4'"):
+        safe_unpickle(p)
+    # the same pickle without the second BUILD loads
+    p.write_bytes(b"\x80\x03" + arr + b"h\xc9" + b".")
+    assert safe_unpickle(p).tolist() == [b"ABCD"]
+
+
+def test_cifar_labels_must_be_a_flat_list(tmp_path):
+    """Nested label lists sharing memo entries would expand a tiny pickle into gigabytes in
+    np.asarray: anything but a flat list of ints (or a 1-D array) is refused first."""
+    root = tmp_path / "c"
+    write_cifar10(root)
+    batch = pickle.loads((root / "data_batch_1").read_bytes(), encoding="bytes")
+    inner = [0, 1]
+    batch[b"labels"] = [inner, inner, inner, inner]
+    dump(root / "data_batch_1", batch)
+    with pytest.raises(ValueError, match=r"'labels' as a list of integers"):
+        load_dataset(f"cifar10:{root}")

@@ -98,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = exc.filename if exc.filename is not None else str(exc)
         typer.echo(f"error: file not found: {missing}", err=True)
         return 2
+    except MemoryError:
+        # An input too large for this machine (declared sizes are checked, but not every
+        # structure can be bounded before it is read): one line, not a traceback.
+        typer.echo("error: out of memory while reading or processing the input.", err=True)
+        return 1
     except OSError as exc:
         # Output paths are checked before any work (one line, status 2); what fails later (a
         # full disk, a folder removed mid-run) is not bad input but still one line, status 1.

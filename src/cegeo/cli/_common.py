@@ -18,13 +18,15 @@ from ..data.imbalance import _check_ratio, step_k_min
 
 MAX_GRID = 10_001  # most points a START:STOP:NUM grid or a list may have (each one is a computation)
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# markup=False: names from the user's data (class names, paths, loss labels) are printed as
+# they are, never read as rich markup ("[/b]" would crash, "[link=...]" would hide a link).
+console = Console(highlight=False, markup=False)
+err_console = Console(stderr=True, highlight=False, markup=False)
 
 
 def wide_console() -> Console:
     """The shared console, or a 120-column one when output is narrower (pipes, CI logs)."""
-    return console if console.width >= 120 else Console(width=120, highlight=False)
+    return console if console.width >= 120 else Console(width=120, highlight=False, markup=False)
 
 
 def parse_kv(text: str, option: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, str]:

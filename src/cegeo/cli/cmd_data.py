@@ -96,7 +96,7 @@ def _print(info: dict[str, Any]) -> None:
         else f"no test set: a fixed stratified {s['test_fraction']:g} of each class is the test split"
     )
     console.print(
-        f"[bold]{info['source']}[/bold] · {info['kind']} · sample shape ({shape}) {info['dtype']} · "
+        f"{info['source']} · {info['kind']} · sample shape ({shape}) {info['dtype']} · "
         f"{info['num_classes']} classes · {info['n_train']} training samples ({test_note})"
     )
     console.print(

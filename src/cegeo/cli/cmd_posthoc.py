@@ -90,7 +90,7 @@ def print_posthoc(result: dict[str, Any]) -> None:
     for name, reason in result["skipped"].items():
         console.print(f"skipped {name}: {reason}")
     for text in result["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {text}")
+        console.print(f"warning: {text}")
 
 
 # allow_extra_args: what click would reject as "unexpected extra argument" reaches ctx.args, so

@@ -33,7 +33,7 @@ def _value(text: str) -> Any:
     """A TOML literal (``3``, ``0.5``, ``true``, ``[512, 256]``, ``"s"``) or else the raw string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):  # not a literal (or absurdly nested): a string
         return text
 
 

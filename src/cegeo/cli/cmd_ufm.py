@@ -38,9 +38,10 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .._io import environment_info, read_toml, writable_folder, write_json, write_text
+from .._io import environment_info, read_json, read_toml, writable_folder, write_json, write_text
 from .._validation import InputError, check_finite, check_int, fail
 from ..config import from_dict, to_dict, to_toml_text
+from ..data._dataset import described
 from ..theory import predict
 from ..ufm import (
     PANEL_KEYS,
@@ -729,6 +730,7 @@ def ufm_command(
         )
     if out is not None:
         writable_folder("--out", out)
+        _check_ufm_folder(out)
     con = wide_console()  # tables keep their numbers when piped (80 columns)
     configs = exp.configs()
     k = int(exp.class_counts().size)
@@ -909,6 +911,27 @@ def output_names() -> set[str]:
     for loss in list_losses():
         names |= {f"ufm_{loss}.png", f"path_{loss}.png"}
     return names
+
+
+def _check_ufm_folder(out: Path) -> None:
+    """``--out`` must be new, empty, or a folder cegeo ufm wrote (its summary.json): its files
+    are overwritten and stale ones removed, which must never hit a user's own files."""
+    if not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if not foreign:
+        return
+    try:
+        summary = read_json(out / "summary.json")
+        ours = isinstance(summary, dict) and "experiment" in summary and "comparison" in summary
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise fail(
+            "--out",
+            "a new or empty folder, or one cegeo ufm wrote (with its summary.json)",
+            described(f"{out}, which holds {foreign[0]!r}"),
+        )
 
 
 def remove_stale_outputs(out: Path, written: Sequence[Path]) -> list[Path]:

@@ -42,13 +42,23 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_MAX_BYTES = 1 << 34
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Raw bytes of ``path``, gunzipped when it is a gzip file (by content, not by name)."""
+def _read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """Raw bytes of ``path``, gunzipped when it is a gzip file (by content, not by name).
+
+    With ``limit``, at most ``limit + 1`` decompressed bytes are produced (a gzip bomb stops
+    there; the caller sees too many bytes and reports it).
+    """
     raw = path.read_bytes()
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:
-        return gzip.decompress(raw)
+        if limit is None:
+            return gzip.decompress(raw)
+        d = zlib.decompressobj(wbits=31)  # one gzip member, as the IDX files are
+        out = d.decompress(raw, limit + 1)
+        if len(out) <= limit and not d.eof:
+            raise EOFError("compressed file ended before the end-of-stream marker was reached")
+        return out
     except (OSError, EOFError, zlib.error) as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise InputError(f"`{path}` is a corrupt or truncated gzip file ({detail}).") from None
@@ -89,7 +99,7 @@ def read_idx(path: str | Path, *, ndim: int, type_code: int | None = 0x08) -> np
     [4, 0, 9]
     """
     path = Path(path)
-    data = _read_bytes(path)
+    data = _read_bytes(path, limit=4 + 4 * 255)  # the header first: it bounds what to inflate
     if len(data) < 4:
         raise fail(str(path), "an IDX file (at least a 4-byte header)", described(f"{len(data)} bytes"))
     zero, found, dims = int.from_bytes(data[:2], "big"), data[2], data[3]
@@ -114,6 +124,7 @@ def read_idx(path: str | Path, *, ndim: int, type_code: int | None = 0x08) -> np
     expected_bytes = math.prod(shape) * item.itemsize  # Python ints: no int64 wrap-around
     if expected_bytes > _IDX_MAX_BYTES:
         raise fail(str(path), "an IDX header with plausible dimensions", shape)
+    data = _read_bytes(path, limit=header + expected_bytes)  # a gzip bomb stops one byte past it
     got = len(data) - header
     if got != expected_bytes:
         state = "truncated" if got < expected_bytes else "trailing bytes"
@@ -231,6 +242,17 @@ def _check_build(inst: Any, state: Any) -> None:
         # (version, byteorder, subarray, names, fields, elsize, alignment, flags)
         if not (isinstance(state, tuple) and len(state) >= 5 and state[2:5] == (None, None, None)):
             raise _Refused("refusing a numpy dtype state with sub-arrays or fields")
+        # Only the byte order may differ from the dtype's own state: a state that resizes it
+        # (elsize) would make an array built with it read past its buffer. This also makes a
+        # second BUILD of a memoised dtype harmless.
+        own = inst.__reduce__()[2]
+        if not (
+            len(state) == len(own)
+            and state[1] in ("<", ">", "|", "=", b"<", b">", b"|", b"=")  # bytes: Python 2 pickles
+            and state[0] == own[0]
+            and state[2:] == own[2:]
+        ):
+            raise _Refused(f"refusing a numpy dtype state that does not match its type {inst.str!r}")
         return
     if isinstance(inst, np.ndarray):
         # (version, shape, dtype, is_fortran, raw bytes)

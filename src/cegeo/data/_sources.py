@@ -371,7 +371,12 @@ def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = described(f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__)
         raise fail(str(path), "'data' as a uint8 array of shape (n, 3072)", got)
-    labels_arr = np.asarray(labels)
+    # A flat list of ints (or a 1-D array), checked before np.asarray: nested lists sharing memo
+    # entries would make a few kilobytes of pickle expand to gigabytes.
+    flat = isinstance(labels, np.ndarray) or (
+        isinstance(labels, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in labels)
+    )
+    labels_arr = np.asarray(labels) if flat else np.zeros((0, 0))
     if labels_arr.ndim != 1 or not np.issubdtype(labels_arr.dtype, np.integer):
         raise fail(
             str(path),
@@ -520,7 +525,10 @@ def _read_csv(path: Path, label: str | None, delimiter: str) -> tuple[list[str],
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise fail(str(path), "a UTF-8 text file", f"undecodable byte at position {exc.start}") from None
-    rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if any(c.strip() for c in r)]
+    try:
+        rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if any(c.strip() for c in r)]
+    except csv.Error as exc:  # e.g. a field longer than csv.field_size_limit()
+        raise InputError(f"`{path}` must be a readable CSV file ({exc}).") from None
     if len(rows) < 2:
         raise fail(
             str(path),
