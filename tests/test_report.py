@@ -293,3 +293,11 @@ def test_report_of_a_folder_holding_a_sweep_folder_includes_its_runs(sweep_dir, 
         "ldt (gamma=0.5)",
         "ldt (gamma=1)",
     }
+
+
+def test_summary_md_text_is_one_line_without_raw_html():
+    from cegeo.report._page import _md, _md_table
+
+    assert _md("a <script>x</script>\n# H1") == "a &lt;script&gt;x&lt;/script&gt; # H1"
+    assert _md_table(["n|ame"], [["<b>x</b>\ny"]]).splitlines()[2] == "| &lt;b&gt;x&lt;/b&gt; y |"
+    assert "\\|" in _md_table(["n|ame"], [])

@@ -117,9 +117,14 @@ def _html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], selected:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _md(text: Any) -> str:
+    """Text from runs (names, labels, errors) for summary.md: one line, no raw HTML."""
+    return " ".join(str(text).split()).replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(c: Any) -> str:
-        return str(c).replace("|", "\\|").replace("\n", " ")
+        return _md(c).replace("|", "\\|")
 
     lines = ["| " + " | ".join(cell(h) for h in headers) + " |"]
     lines.append("|" + "|".join("---" for _ in headers) + "|")
@@ -137,12 +142,12 @@ def _table(
 def _para(sec: _Section, text: str, css: str = "") -> None:
     cls = f' class="{css}"' if css else ""
     sec.html.append(f"<p{cls}>{_e(text)}</p>")
-    sec.md.append(text + "\n")
+    sec.md.append(_md(text) + "\n")
 
 
 def _heading(sec: _Section, text: str) -> None:
     sec.html.append(f"<h3>{_e(text)}</h3>")
-    sec.md.append(f"### {text}\n")
+    sec.md.append(f"### {_md(text)}\n")
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -749,11 +754,11 @@ def build_report(
     parts.append("</main></body></html>")
     write_text(html_path, "\n".join(parts) + "\n")
 
-    md = [f"# {data.title}\n", f"_{meta}_\n"]
+    md = [f"# {_md(data.title)}\n", f"_{_md(meta)}_\n"]
     if data.description:
-        md.append(data.description + "\n")
+        md.append(_md(data.description) + "\n")
     md.append("## Headline\n")
-    md += [f"- {t}" for t in headline]
+    md += [f"- {_md(t)}" for t in headline]
     md.append("")
     for s in page.sections:
         if s.id.startswith(
@@ -761,7 +766,7 @@ def build_report(
         ):
             md.append(f"## {s.title}\n\nFigures: see {html_path.name}.\n")
             continue
-        md.append(f"## {s.title}\n")
+        md.append(f"## {_md(s.title)}\n")
         md.extend(s.md)
     write_text(md_path, "\n".join(md).rstrip() + "\n")
     return Report(
