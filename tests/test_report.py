@@ -301,3 +301,16 @@ def test_summary_md_text_is_one_line_without_raw_html():
     assert _md("a <script>x</script>\n# H1") == "a &lt;script&gt;x&lt;/script&gt; # H1"
     assert _md_table(["n|ame"], [["<b>x</b>\ny"]]).splitlines()[2] == "| &lt;b&gt;x&lt;/b&gt; y |"
     assert "\\|" in _md_table(["n|ame"], [])
+
+
+def test_figures_draw_names_with_dollar_signs_as_text():
+    """A setup or loss named with $...$ must not be parsed as mathtext (it raised ValueError)."""
+    import matplotlib.pyplot as plt
+
+    from cegeo.report.figures import figure_png_bytes
+
+    fig, ax = plt.subplots()
+    ax.set_title(r"setup $\foo$")
+    ax.plot([0, 1], [0, 1], label=r"$\bar$ loss")
+    ax.legend()
+    assert figure_png_bytes(fig)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.text
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt
@@ -110,8 +111,18 @@ def geometry_vs_gamma_figure(
     return fig
 
 
+def _plain_text(fig: Figure) -> Figure:
+    """Every text drawn as written: names from runs (a setup called ``$x$``, a loss label with a
+    ``$``) are not parsed as mathtext, which could fail or mangle them. cegeo's own labels use
+    none."""
+    for text in fig.findobj(matplotlib.text.Text):
+        text.set_parse_math(False)
+    return fig
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Write a figure atomically (format from the suffix) and close it."""
+    _plain_text(fig)
     p = Path(path)
     fmt = p.suffix.lstrip(".").lower() or "png"
     with atomic_open(p, "wb") as fh:
@@ -123,7 +134,7 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
 def figure_png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     """PNG bytes of a figure (for embedding in HTML); closes the figure."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    _plain_text(fig).savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return buf.getvalue()
 
