@@ -983,3 +983,20 @@ def test_cifar_labels_must_be_a_flat_list(tmp_path):
     dump(root / "data_batch_1", batch)
     with pytest.raises(ValueError, match=r"'labels' as a list of integers"):
         load_dataset(f"cifar10:{root}")
+
+
+def test_csv_drop_columns(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("part_id,a,b,label\n7,1,2,ok\n8,3,4,bad\n9,5,6,ok\n")
+    ds = load_dataset(f"csv:{p}", drop="part_id")
+    assert ds.x_train.tolist() == [[1, 2], [3, 4], [5, 6]] and ds.class_names == ("bad", "ok")
+    assert load_dataset(f"csv:{p}", drop="part_id, b").x_train.tolist() == [[1], [3], [5]]
+    with pytest.raises(
+        ValueError,
+        match=r"`drop` must be feature columns of d.csv \(part_id, a, b, label\), not the label; got \['zz'\]",
+    ):
+        load_dataset(f"csv:{p}", drop="zz")
+    with pytest.raises(ValueError, match=r"not the label; got 'label'"):
+        load_dataset(f"csv:{p}", drop="label")
+    with pytest.raises(ValueError, match=r"must be at least one feature column besides the label"):
+        load_dataset(f"csv:{p}", drop="part_id,a,b")

@@ -128,7 +128,8 @@ def load_dataset(spec: str, *, seed: int = 0, **options: Any) -> Dataset:
         * ``npz``: ``num_classes``.
         * ``csv``: ``label`` (the label column's name; default ``"label"`` if the header has
           it, else the last column), ``delimiter`` (default ``","``), ``test`` (a second CSV
-          with the same header used as the test set), ``num_classes``. Integer labels
+          with the same header used as the test set), ``num_classes``, ``drop`` (columns that
+          are not features, e.g. ``"part_id,timestamp"``). Integer labels
           0..k-1 (or any, with ``num_classes``) are class indices; other labels (text, or
           integers such as 1..3 or -1/1) become classes in sorted order, named by the label.
         * ``folder``: ``size`` (``"H"`` or ``"HxW"``: resize every image; default: all images
@@ -519,8 +520,11 @@ def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path, label: str | None, delimiter: str) -> tuple[list[str], np.ndarray, list[str], str]:
-    """Header, float32 features (n, d), raw label strings, and the label column's name."""
+def _read_csv(
+    path: Path, label: str | None, delimiter: str, drop: frozenset[str] = frozenset()
+) -> tuple[list[str], np.ndarray, list[str], str]:
+    """Header, float32 features (n, d), raw label strings, and the label column's name; the
+    columns in ``drop`` (IDs, timestamps) are neither features nor read."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -541,10 +545,18 @@ def _read_csv(path: Path, label: str | None, delimiter: str) -> tuple[list[str],
     label_col = label if label is not None else ("label" if "label" in header else header[-1])
     if label_col not in header:
         raise fail("label", f"a column of {path.name} ({', '.join(header)})", label_col)
-    if len(header) < 2:
-        raise fail(str(path), "at least one feature column besides the label", header)
+    unknown = sorted(drop - set(header))
+    if unknown or label_col in drop:
+        raise fail(
+            "drop",
+            f"feature columns of {path.name} ({', '.join(header)}), not the label",
+            unknown or label_col,
+        )
     li = header.index(label_col)
-    features = [h for i, h in enumerate(header) if i != li]
+    skip = {li} | {header.index(h) for h in drop}
+    features = [h for i, h in enumerate(header) if i not in skip]
+    if not features:
+        raise fail(str(path), "at least one feature column besides the label", header)
     x = np.empty((len(rows) - 1, len(features)), dtype=np.float32)
     labels: list[str] = []
     for r, row in enumerate(rows[1:], start=2):
@@ -553,7 +565,7 @@ def _read_csv(path: Path, label: str | None, delimiter: str) -> tuple[list[str],
         labels.append(row[li].strip())
         j = 0
         for i, cell in enumerate(row):
-            if i == li:
+            if i in skip:
                 continue
             try:
                 value = float(cell)
@@ -577,18 +589,25 @@ def _integer_labels(labels: list[str]) -> np.ndarray | None:
 
 
 def _load_csv(
-    path: Path, seed: int, label: str | None, delimiter: str, test: str | None, num_classes: int | None
+    path: Path,
+    seed: int,
+    label: str | None,
+    delimiter: str,
+    test: str | None,
+    num_classes: int | None,
+    drop: str | None,
 ) -> Dataset:
     spec = f"csv:{path}"
     if len(delimiter) != 1:
         raise fail("delimiter", "one character", delimiter)
-    features, x_tr, lab_tr, label_col = _read_csv(path, label, delimiter)
+    dropped = frozenset(c.strip() for c in (drop or "").split(",") if c.strip())  # "id,time"
+    features, x_tr, lab_tr, label_col = _read_csv(path, label, delimiter, dropped)
     x_te = lab_te = None
     if test is not None:
         test_path = Path(os.path.expanduser(test))
         if not test_path.is_file():
             raise fail("test", "an existing CSV file", test)
-        features_te, x_te, lab_te, _ = _read_csv(test_path, label_col, delimiter)
+        features_te, x_te, lab_te, _ = _read_csv(test_path, label_col, delimiter, dropped)
         if features_te != features:
             raise fail(
                 str(test_path), f"the feature columns of {path.name} ({', '.join(features)})", features_te
@@ -804,7 +823,7 @@ for _info in (
         "csv",
         "a CSV with a header, numeric features and a label column (tabular)",
         "file",
-        {"label": None, "delimiter": ",", "test": None, "num_classes": None},
+        {"label": None, "delimiter": ",", "test": None, "num_classes": None, "drop": None},
         _load_csv,
     ),
     DatasetInfo(
