@@ -342,3 +342,21 @@ def test_names_from_the_data_are_printed_not_read_as_markup(cli, tmp_path):
     assert r.code == 0, r.err
     r = cli("evaluate", out)
     assert r.code == 0 and "[/b]ok" in r.out, r.err
+
+
+def test_relative_data_path_is_recorded_absolute(cli, tmp_path, monkeypatch):
+    """config.toml reproduces a run from any directory: a relative --data path is made absolute."""
+    rng = np.random.default_rng(0)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    np.savez(data_dir / "d.npz", x_train=rng.normal(size=(60, 3)), y_train=np.repeat([0, 1, 2], 20))
+    monkeypatch.chdir(data_dir)
+    out = tmp_path / "run"
+    assert cli("train", "--data", "npz:d.npz", "--epochs", "1", *TINY, "--out", out).code == 0
+    assert f'source = "npz:{data_dir / "d.npz"}"' in (out / "config.toml").read_text()
+    monkeypatch.chdir(tmp_path)
+    assert cli("train", "--config", out / "config.toml", "--out", tmp_path / "again").code == 0
+    # resuming with the relative spelling from the data folder is the same run
+    monkeypatch.chdir(data_dir)
+    r = cli("train", "--data", "npz:d.npz", "--epochs", "1", *TINY, "--out", out, "--resume")
+    assert r.code == 0 and "finished already" in r.out, r.err

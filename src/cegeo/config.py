@@ -208,7 +208,12 @@ class DataConfig:
             raise InputError(f"`data.source` must be a source spec NAME[:PATH]; got {self.source!r}.")
         from .data import get_dataset_info, parse_spec
 
-        get_dataset_info(parse_spec(self.source)[0])
+        name, path = parse_spec(self.source)
+        get_dataset_info(name)
+        if path and not Path(path).expanduser().is_absolute() and Path(path).expanduser().exists():
+            # A relative path is relative to where the command ran: config.toml records it
+            # absolute, so `--config run/config.toml` reproduces the run from anywhere.
+            object.__setattr__(self, "source", f"{name}:{Path(path).expanduser().resolve()}")
         parse_profile(self.imbalance, "data.imbalance")
         _in_range("data.val_fraction", self.val_fraction, 1e-12, 1 - 1e-12, "a number in (0, 1)")
         _in_range("data.test_fraction", self.test_fraction, 1e-12, 1 - 1e-12, "a number in (0, 1)")
