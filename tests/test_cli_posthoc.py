@@ -712,3 +712,31 @@ def test_posthoc_on_a_real_trainer_run(tmp_path, cli):
     )
     r = cli("evaluate", run, "--json")
     assert r.code == 0 and json.loads(r.out)["group_recall"].keys() == {"majority", "minority"}
+
+
+def test_a_budget_finer_than_validation_can_resolve_is_warned_and_overruns_are_marked(run, cli, monkeypatch):
+    r = cli("posthoc", run, "-m", "posthoc_la,operating_point", "--normal-class", "0",
+            "--max-false-alarm", "0.001", "--no-write", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    n_normal = int(np.sum(RunFolder(run).val.labels == 0))
+    assert any(
+        f"validation has {n_normal} samples of normal_class 0: its false-alarm rate moves in steps of" in w
+        for w in result["warnings"]
+    )
+    # the table marks every row whose test false-alarm rate is over the budget
+    import io
+
+    from rich.console import Console
+
+    import cegeo.cli.cmd_posthoc as cmd_posthoc
+
+    result["results"]["posthoc_la"]["test"]["false_alarm"] = 0.5
+    buf = io.StringIO()
+    wide = Console(file=buf, width=200, markup=False, highlight=False)
+    monkeypatch.setattr(cmd_posthoc, "console", wide)
+    monkeypatch.setattr(cmd_posthoc, "wide_console", lambda: wide)
+    cmd_posthoc.print_posthoc(result)
+    text = buf.getvalue()
+    row = next(line for line in text.splitlines() if line.strip().startswith("posthoc_la"))
+    assert row.rstrip().endswith("0.500 !") and "! = test false-alarm rate over the budget 0.001" in text

@@ -1671,6 +1671,13 @@ def run_posthoc(
                 f"the {split.name} split has no sample of normal_class {normal_class}: its false-alarm "
                 "rates are null"
             )
+    n_normal = int(support[normal_class]) if normal_class is not None else 0
+    if normal_class is not None and 0 < n_normal and max_false_alarm > 0 and n_normal * max_false_alarm < 1:
+        out["warnings"].append(
+            f"validation has {n_normal} samples of normal_class {normal_class}: its false-alarm rate "
+            f"moves in steps of {1 / n_normal:.3g}, coarser than the budget {max_false_alarm:g}, so the "
+            "operating point holds it on validation only by allowing no false alarm there; test may exceed it"
+        )
     for name in names:
         info = _REBALANCERS.get(name)
         reason = _unmet_need(info, folder, val, normal_class)

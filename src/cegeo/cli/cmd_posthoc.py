@@ -40,6 +40,7 @@ def print_posthoc(result: dict[str, Any]) -> None:
     """Raw vs each method on test, side by side (changes vs raw in the Δ columns)."""
     metric = result["metric"]
     normal = result["normal_class"]
+    budget = result.get("max_false_alarm")
     raw_val, raw = result["raw"]["val"], result["raw"]["test"]
     console.print(f"run {result['run']} · loss {result['loss'] or '?'} · test n = {raw['n']}")
     console.print(f"chosen on val for {metric} (* = tuned); 'val' = {metric} on val; the rest on test")
@@ -65,7 +66,9 @@ def print_posthoc(result: dict[str, Any]) -> None:
             _fmt(test["g_mean"]),
         ]
         if normal is not None:
-            cells.append(_fmt(test.get("false_alarm")))
+            fa = test.get("false_alarm")
+            over = fa is not None and budget is not None and fa > budget
+            cells.append(_fmt(fa) + (" !" if over else ""))
         table.add_row(*cells)
 
     row("raw (argmax)", "-", raw_val[metric], raw)
@@ -75,6 +78,9 @@ def print_posthoc(result: dict[str, Any]) -> None:
     # Numbers must never be cut to "0.…": below 120 columns (e.g. output piped to a file, where
     # rich assumes 80) print at 120 and let a narrow terminal wrap the lines.
     wide_console().print(table)
+    tests = [raw, *(result["results"][m]["test"] for m in result["methods"])]
+    if normal is not None and budget is not None and any((t.get("false_alarm") or 0) > budget for t in tests):
+        console.print(f"! = test false-alarm rate over the budget {budget:g} (--max-false-alarm)")
     op = result["results"].get("operating_point")
     if op is not None:
         console.print(
