@@ -1672,7 +1672,8 @@ def run_posthoc(
                 "rates are null"
             )
     n_normal = int(support[normal_class]) if normal_class is not None else 0
-    if normal_class is not None and 0 < n_normal and max_false_alarm > 0 and n_normal * max_false_alarm < 1:
+    coarse = 0 < n_normal and 0 < max_false_alarm and n_normal * max_false_alarm < 1
+    if "operating_point" in names and coarse:
         out["warnings"].append(
             f"validation has {n_normal} samples of normal_class {normal_class}: its false-alarm rate "
             f"moves in steps of {1 / n_normal:.3g}, coarser than the budget {max_false_alarm:g}, so the "
