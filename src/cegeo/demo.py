@@ -30,11 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from ._io import writable_folder
 from ._validation import fail
 from .config import from_dict
 from .report import Report, build_report
-from .sweep import SweepConfig, SweepOutcome, check_run_folders, expand, run_sweep
+from .sweep import SweepConfig, SweepOutcome, check_run_folders, check_sweep_out, expand, run_sweep
 
 __all__ = ["DEMO_SWEEP", "DemoResult", "demo_sweep", "run_demo", "theory_rows"]
 
@@ -201,7 +200,7 @@ def run_demo(
         raise fail("--jobs", "an integer >= 1", jobs)
     say = log or (lambda line: None)
     config = demo_sweep(fast)
-    writable_folder("--out", out)
+    check_sweep_out(Path(out))  # before step 1 prints anything
     # Refuse a folder of another demo (--fast vs full) before any step writes into it: the
     # UFM step alone does not look at the run folders.
     check_run_folders(expand(config), Path(out) / "runs")

@@ -600,9 +600,11 @@ def run_one(config: RunConfig, out: str | os.PathLike[str], *, progress: bool = 
         return {"status": "failed", "error": record["error"]}
 
 
-def _check_sweep_folder(path: Path) -> None:
-    """``--out`` must be new, empty or a sweep folder (with sweep.json): never a folder of the
-    user's whose summary.csv or sweep.toml a sweep would overwrite."""
+def check_sweep_out(path: Path) -> None:
+    """``--out`` must be a folder cegeo can write in (checked before any work, creating nothing)
+    that is new, empty or a sweep folder (with sweep.json): never a folder of the user's whose
+    summary.csv or sweep.toml a sweep would overwrite."""
+    writable_folder("--out", path)
     if path.is_dir() and not (path / "sweep.json").is_file():
         foreign = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
         if foreign:
@@ -685,7 +687,7 @@ def list_commands(
     """
     path = Path(out)
     runs = expand(config)
-    _check_sweep_folder(path)
+    check_sweep_out(path)
     _write_folder(config, runs, path, source_text)
     lines = [shlex.join(_train_command(run, path)) for run in runs]
     if config.ufm is not None and sweep_file is not None:
@@ -780,8 +782,7 @@ def run_sweep(
     do_runs = only in (None, "runs")
     if do_runs and check_paths:
         check_sources(runs)
-    writable_folder("--out", path)
-    _check_sweep_folder(path)
+    check_sweep_out(path)
     if only != "ufm" or not (path / "sweep.json").is_file():
         # The UFM block alone leaves an existing sweep folder's run configs as they are: the
         # scheduler's train lines (cegeo sweep --list) read them, maybe at this very moment.

@@ -17,7 +17,6 @@ import typer
 from rich import box
 from rich.table import Table
 
-from .._io import writable_folder
 from .._validation import InputError
 from ..sweep import check_sources, expand, list_commands, load_sweep, run_sweep
 from . import app
@@ -107,7 +106,6 @@ def sweep_command(
     target = out if out is not None else Path("runs") / config_file.stem
     text = config_file.read_text(encoding="utf-8")  # load_sweep read it: a UTF-8 file
     if list_:
-        writable_folder("--out", target)  # before writing configs: an unusable --out is one line
         # The UFM line carries the --set options as typed, so it loads the very same sweep.
         for line in list_commands(config, target, text, str(config_file), sets=list(set_ or [])):
             typer.echo(line)
