@@ -360,3 +360,33 @@ def test_relative_data_path_is_recorded_absolute(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(data_dir)
     r = cli("train", "--data", "npz:d.npz", "--epochs", "1", *TINY, "--out", out, "--resume")
     assert r.code == 0 and "finished already" in r.out, r.err
+
+
+def test_relative_csv_test_path_is_recorded_absolute(cli, tmp_path, monkeypatch):
+    """A file named in a data option (csv's `test=`) is recorded absolute like the source path."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("train.csv", 20), ("test.csv", 6)):
+        rows = ["a,b,label"] + [f"{rng.normal():.3f},{rng.normal():.3f},{i % 2}" for i in range(n)]
+        (data_dir / name).write_text("\n".join(rows) + "\n")
+    monkeypatch.chdir(data_dir)
+    out = tmp_path / "run"
+    r = cli(
+        "train",
+        "--data",
+        "csv:train.csv",
+        "--data-option",
+        "test=test.csv",
+        "--epochs",
+        "1",
+        *TINY,
+        "--out",
+        out,
+    )
+    assert r.code == 0, r.err
+    text = (out / "config.toml").read_text()
+    assert f'test = "{data_dir / "test.csv"}"' in text
+    monkeypatch.chdir(tmp_path)
+    r = cli("train", "--config", out / "config.toml", "--out", tmp_path / "again")
+    assert r.code == 0, r.err

@@ -183,6 +183,11 @@ def _choice(param: str, value: str, choices: tuple[str, ...]) -> None:
         raise InputError(f"`{param}` must be one of {', '.join(map(repr, choices))}; got {value!r}.")
 
 
+def _relative_existing(path: str) -> bool:
+    target = Path(path).expanduser()
+    return not target.is_absolute() and target.exists()
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the data come from and how they are made imbalanced and split ([data] in TOML)."""
@@ -209,11 +214,19 @@ class DataConfig:
         from .data import get_dataset_info, parse_spec
 
         name, path = parse_spec(self.source)
-        get_dataset_info(name)
-        if path and not Path(path).expanduser().is_absolute() and Path(path).expanduser().exists():
-            # A relative path is relative to where the command ran: config.toml records it
-            # absolute, so `--config run/config.toml` reproduces the run from anywhere.
+        info = get_dataset_info(name)
+        # A relative path is relative to where the command ran: config.toml records it absolute,
+        # so `--config run/config.toml` reproduces the run from anywhere. The same holds for
+        # options that name files (csv's `test`).
+        if path and _relative_existing(path):
             object.__setattr__(self, "source", f"{name}:{Path(path).expanduser().resolve()}")
+        moved = {
+            key: str(Path(value).expanduser().resolve())
+            for key, value in self.options.items()
+            if key in info.path_options and isinstance(value, str) and value and _relative_existing(value)
+        }
+        if moved:
+            object.__setattr__(self, "options", {**self.options, **moved})
         parse_profile(self.imbalance, "data.imbalance")
         _in_range("data.val_fraction", self.val_fraction, 1e-12, 1 - 1e-12, "a number in (0, 1)")
         _in_range("data.test_fraction", self.test_fraction, 1e-12, 1 - 1e-12, "a number in (0, 1)")

@@ -61,6 +61,8 @@ class DatasetInfo:
         Keyword options of :func:`load_dataset` for this source and their defaults.
     load : callable
         ``load(path, seed, **options) -> Dataset`` (``path`` is ``None`` for path-less sources).
+    path_options : tuple of str
+        The options whose values are file paths (a run's ``config.toml`` records them absolute).
     """
 
     name: str
@@ -68,6 +70,7 @@ class DatasetInfo:
     path: str
     options: Mapping[str, Any] = field(default_factory=dict)
     load: Callable[..., Dataset] = field(default=lambda *a, **k: None, repr=False)  # type: ignore[assignment,return-value]
+    path_options: tuple[str, ...] = ()
 
 
 _SOURCES: Registry[DatasetInfo] = Registry("dataset")
@@ -825,6 +828,7 @@ for _info in (
         "file",
         {"label": None, "delimiter": ",", "test": None, "num_classes": None, "drop": None},
         _load_csv,
+        path_options=("test",),
     ),
     DatasetInfo(
         "folder",
