@@ -143,6 +143,7 @@ BAD = [
     (["--hyper", "gamma"], "`--hyper` must be name=value"),
     (["--model-option", "depth"], "`--model-option` must be name=value"),
     (["--model-option", "colour=red"], "`model.options` must be options of 'mlp'"),
+    (["--data-option", "colour=red"], "`data.options` must be options of 'gaussian' (k, d, "),
     (["--model-option", "depth=0"], "`depth` must be an integer >= 1"),
     (["--sampler", "oversample"], "`train.sampler` must be one of 'none', 'class_balanced', 'sqrt'"),
     (["--epochs", "3", "--drw-epoch", "3"], "`train.drw_epoch` must be an integer in 1..2"),

@@ -30,6 +30,7 @@ from cegeo.sweep import (
     summarize,
 )
 
+GAUSSIAN_OPTIONS = "options = { k = 4, d = 6, n_per_class = 40, n_test_per_class = 12, separation = 2.0 }\n"
 BASE = """
 [base.data]
 source = "gaussian"
@@ -136,17 +137,26 @@ def test_set_overrides_base_setups_and_sweep_keys(tmp_path):
     text = SWEEP + '\n[[setups]]\nname = "a"\n[[setups]]\nname = "b"\n'
     cfg = load_sweep(
         write(tmp_path, text),
-        {"train.epochs": 5, "b:data.source": "npz:/nowhere.npz", "seeds": [7], "b:model.options.width": 4},
+        {"train.epochs": 5, "b:data.options.k": 3, "seeds": [7], "b:model.options.width": 4},
     )
     runs = expand(cfg)
     assert {r.seed for r in runs} == {7}
     a = [r for r in runs if r.setup == "a"]
     b = [r for r in runs if r.setup == "b"]
     assert all(r.config.train.epochs == 5 for r in runs)
-    assert {r.config.data.source for r in a} == {"gaussian"} and {r.config.data.source for r in b} == {
-        "npz:/nowhere.npz"
-    }
+    assert {r.config.data.options["k"] for r in b} == {3}
+    assert {r.config.data.options["k"] for r in a} == {4}
     assert b[0].config.model.options["width"] == 4 and a[0].config.model.options["width"] == 16
+
+
+def test_setup_source_with_options_of_another_source_is_refused_before_any_run(tmp_path):
+    """A setup that swaps the source keeps the base's source options: refused when the sweep
+    is loaded, naming the option, instead of failing every run of that setup."""
+    text = SWEEP + '\n[[setups]]\nname = "a"\n[[setups]]\nname = "b"\n'
+    with pytest.raises(
+        ValueError, match=r"setup 'b'.*`data.options` must be options of 'npz' \(num_classes\); got 'd'"
+    ):
+        load_sweep(write(tmp_path, text), {"b:data.source": "npz:/nowhere.npz"})
 
 
 @pytest.mark.parametrize(
@@ -417,9 +427,9 @@ def test_list_ufm_line_carries_the_set_options_and_the_lines_run_in_any_order(
     and `--only ufm` neither rewrites configs/ nor checks the run folders, whichever line runs first."""
     monkeypatch.chdir(tmp_path)
     text = (
-        SWEEP.replace("seeds = [0, 1]", "seeds = [0]").replace(
-            'source = "gaussian"', 'source = "npz:/placeholder.npz"'
-        )
+        SWEEP.replace("seeds = [0, 1]", "seeds = [0]")
+        .replace('source = "gaussian"', 'source = "npz:/placeholder.npz"')
+        .replace(GAUSSIAN_OPTIONS, "")
         + UFM_BLOCK
     )
     cfg = write(tmp_path, text)
@@ -509,7 +519,11 @@ def test_cli_errors_are_one_line_with_status_2(cli, tmp_path, args, match):
     cfg = write(tmp_path, SWEEP)
     bad = write(tmp_path, "seeds = [0\n", "bad.toml")
     path = write(
-        tmp_path, SWEEP.replace('source = "gaussian"', 'source = "npz:/no/such/file.npz"'), "path.toml"
+        tmp_path,
+        SWEEP.replace('source = "gaussian"', 'source = "npz:/no/such/file.npz"').replace(
+            GAUSSIAN_OPTIONS, ""
+        ),
+        "path.toml",
     )
     (tmp_path / "folder.toml").mkdir()
     (tmp_path / "latin.toml").write_bytes(SWEEP.replace("tiny", "tiny café").encode("latin-1"))

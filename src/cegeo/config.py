@@ -215,6 +215,10 @@ class DataConfig:
 
         name, path = parse_spec(self.source)
         info = get_dataset_info(name)
+        unknown = sorted(set(self.options) - set(info.options))
+        if unknown:
+            valid = ", ".join(info.options) or "none"
+            raise InputError(f"`data.options` must be options of {name!r} ({valid}); got {unknown[0]!r}.")
         # A relative path is relative to where the command ran: config.toml records it absolute,
         # so `--config run/config.toml` reproduces the run from anywhere. The same holds for
         # options that name files (csv's `test`).
