@@ -490,6 +490,58 @@ def test_cifar10_python2_style_batches(tmp_path):
     assert ds.y_train[:4].tolist() == batches["data_batch_1"][b"labels"]
 
 
+def _hash_bomb(depth: int, fanout: int) -> tuple:
+    """A tuple of ``fanout`` references to one tuple of ``fanout`` references ... ``depth`` deep:
+    tiny as a pickle (memo), but hashing it touches fanout**depth leaves."""
+    t: tuple = ("x",)
+    for _ in range(depth):
+        t = (t,) * fanout
+    return t
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+@pytest.mark.parametrize("container", ["dict key", "set", "frozenset"])
+def test_restricted_unpickler_refuses_keys_that_hash_forever(tmp_path, protocol, container):
+    """Hashing a shared-memo nested tuple costs fanout**depth (60**4 here, about a second; two
+    levels more take hours); dict keys and set elements must be strings, bytes or numbers,
+    refused before anything is hashed."""
+    bomb = _hash_bomb(4, 60)
+    body = pickle.dumps(bomb, protocol=protocol)
+    body = body[2:-1] if protocol >= 2 else body[:-1]  # without PROTO and STOP
+    head = pickle.PROTO + bytes([protocol]) if protocol >= 2 else b""
+    if container == "dict key":
+        raw = head + pickle.EMPTY_DICT + body + pickle.NONE + pickle.SETITEM + pickle.STOP
+    elif protocol >= 4:
+        op = pickle.EMPTY_SET if container == "set" else b""
+        tail = pickle.ADDITEMS if container == "set" else pickle.FROZENSET
+        raw = head + op + pickle.MARK + body + tail + pickle.STOP
+    else:  # protocols 0-3 call the builtin on a list
+        name = b"set" if container == "set" else b"frozenset"
+        raw = head + b"c__builtin__\n" + name + b"\n" + pickle.MARK + pickle.EMPTY_LIST + pickle.MARK
+        raw += body + pickle.APPENDS + pickle.TUPLE + pickle.REDUCE + pickle.STOP
+    assert len(raw) < 2000
+    p = tmp_path / "batch"
+    p.write_bytes(raw)
+    with pytest.raises(ValueError, match=r"refusing a dict key or set element of type tuple"):
+        safe_unpickle(p)
+
+
+def test_cifar_meta_names_must_be_short_strings(tmp_path):
+    write_cifar10(tmp_path, n_per_batch=2)
+    meta = tmp_path / "batches.meta"
+    deep: list = ["x"]
+    for _ in range(50):  # a nested list, not a name
+        deep = [deep]
+    for names, match in (
+        ([deep] + [b"n"] * 9, r"strings of at most 1,000 characters; got a list"),
+        ([b"n" * 5000] + [b"n"] * 9, r"got a name of 5000 characters"),
+        ([b"n"] * 3, r"with 10 'label_names' \(class names\); got 3 names"),
+    ):
+        dump(meta, {b"label_names": names}, protocol=4)
+        with pytest.raises(ValueError, match=match):
+            load_dataset(f"cifar10:{tmp_path}")
+
+
 def test_restricted_unpickler_builds_plain_data(tmp_path):
     obj = {
         b"a": [1, 2.5, True, None, b"x", "y"],
@@ -762,6 +814,14 @@ def test_csv_named_label_and_test_file(tmp_path):
         ("a,label\n1,0\n", {"delimiter": ";;"}, r"`delimiter` must be one character"),
         ("a,label\n1,x\n2,y\n", {"num_classes": 3}, r"`num_classes` must be 2 \(the distinct text labels\)"),
         ("a,label\n1,0\n2,1\n", {"test": "/no/such.csv"}, r"`test` must be an existing CSV file"),
+        # a missing label is an error, not a class '' (which would renumber the others)
+        ("a,label\n1,0\n2,1\n3,\n4,0\n", {}, r"line 4, column 'label'` must be a label; got ''"),
+        ("a,label\n1,0\n2,NaN\n", {}, r"line 3, column 'label'` must be a label; got 'NaN'"),
+        # line numbers are the file's: blank lines and quoted multi-line fields count
+        ("a,label\n\n\n1,0\n\n2,1\nx,0\n", {}, r"line 7, column 'a'` must be a number; got 'x'"),
+        ('a,b,label\n1,"x\ny",0\n2,3,1\nz,3,1\n', {}, r"line 2, column 'b'` must be a number"),
+        ('a,b,label\n1,"x\ny",0\n2,3,1\nz,3,1\n'.replace('"x\ny"', '"4\n"'), {}, r"line 5, column 'a'"),
+        ("a,label\n1e39,0\n2,1\n", {}, r"line 2, column 'a'` must be a number within float32's range"),
     ],
 )
 def test_csv_errors(tmp_path, text, options, match):
@@ -778,6 +838,12 @@ def test_csv_test_file_mismatch(tmp_path):
     te.write_text("a,c,label\n1,2,x\n")
     with pytest.raises(ValueError, match=r"te.csv` must be the feature columns of tr.csv \(a, b\)"):
         load_dataset(f"csv:{tr}", test=te)
+    # integer labels: k comes from the training file; the test file's unseen class is its error
+    tr.write_text("a,label\n1,0\n2,1\n3,2\n")
+    te.write_text("a,label\n1,0\n2,3\n")
+    with pytest.raises(ValueError, match=r"`y_test` must be labels in 0..2 \(num_classes = 3\); got 3"):
+        load_dataset(f"csv:{tr}", test=te)
+    tr.write_text("a,b,label\n1,2,x\n3,4,y\n")
     te.write_text("a,b,label\n1,2,z\n")
     with pytest.raises(
         ValueError, match=r"column 'label'` must be labels seen in training \(x, y\); got 'z'"
@@ -920,6 +986,42 @@ def test_folder_truncated_image_and_16_bit(tmp_path):
     (tmp_path / "b" / "1.png").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ValueError, match=r"1.png` is not a readable image"):
         load_dataset(f"folder:{tmp_path}", size=4)
+
+
+def _pgm16(path: Path, values: np.ndarray) -> None:
+    """A binary 16-bit PGM (maxval 65535; Pillow opens it in mode I)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = values.shape
+    path.write_bytes(f"P5\n{w} {h}\n65535\n".encode() + values.astype(">u2").tobytes())
+
+
+def test_folder_16_bit_images_share_one_scale(tmp_path):
+    """Each 16-bit image is scaled by 65535, not by its own maximum (which made every image of
+    a uniform value 255): 60000, 30000, 1000 and 500 stay distinct, in order."""
+    for i, v in enumerate((60000, 30000)):
+        _pgm16(tmp_path / "a" / f"{i}.pgm", np.full((4, 4), v))
+    for i, v in enumerate((1000, 500)):
+        _pgm16(tmp_path / "b" / f"{i}.pgm", np.full((4, 4), v))
+    assert Image.open(tmp_path / "a" / "0.pgm").mode == "I"
+    ds = load_dataset(f"folder:{tmp_path}")
+    expected = [round(v * 255 / 65535) for v in (60000, 30000, 1000, 500)]  # 233, 117, 4, 2
+    assert ds.x_train[:, 0, 0, 0].tolist() == expected and ds.x_train.shape[1] == 1
+    # A folder that also holds colour images: the grey 16-bit ones are scaled, then made RGB,
+    # instead of being clipped to white by Pillow's convert("RGB").
+    _save(tmp_path / "b" / "2.png", np.full((4, 4, 3), (10, 20, 30), np.uint8))
+    Image.fromarray(np.full((4, 4), 32768, np.uint16)).save(tmp_path / "b" / "3.png")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.x_train.shape == (6, 3, 4, 4)
+    assert ds.x_train[:, :, 0, 0].tolist() == [[v] * 3 for v in expected] + [[10, 20, 30], [128] * 3]
+    # float images: values in 0..1 are scaled by 255; anything past 255 is refused
+    Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(tmp_path / "a" / "2.tif")
+    ds = load_dataset(f"folder:{tmp_path}", mode="L")
+    assert ds.x_train[2, 0, 0, 0] == 128
+    Image.fromarray(np.full((4, 4), 300.0, np.float32)).save(tmp_path / "a" / "2.tif")
+    with pytest.raises(
+        ValueError, match=r"2.tif` must be a float image with values in 0..1 or 0..255; got a maximum of 300"
+    ):
+        load_dataset(f"folder:{tmp_path}")
 
 
 def test_npz_truncated_zip(tmp_path):

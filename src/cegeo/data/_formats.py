@@ -229,11 +229,35 @@ def _allowed_globals() -> dict[tuple[str, str], Callable[..., Any]]:
         allowed[(f"{mod}.numeric", "_frombuffer")] = frombuf
     allowed[("numpy", "ndarray")] = _NDARRAY  # type: ignore[assignment]
     allowed[("numpy", "dtype")] = _safe_dtype
-    # Protocols 0-1 (and Python 2 pickles) build sets through the builtin; harmless on any input.
+    # Protocols 0-1 (and Python 2 pickles) build sets through the builtin (elements checked).
     for mod in ("builtins", "__builtin__"):
-        allowed[(mod, "set")] = set
-        allowed[(mod, "frozenset")] = frozenset
+        allowed[(mod, "set")] = _set_factory(set)
+        allowed[(mod, "frozenset")] = _set_factory(frozenset)
     return allowed
+
+
+# Dict keys and set elements must be of these types: hashing a nested tuple whose items are
+# shared memo entries costs time exponential in its depth (a ~600-byte pickle ran for seconds,
+# one a few levels deeper for hours), and no pickle cegeo reads has other keys.
+_FLAT_KEYS = (str, bytes, int, float, type(None))
+
+
+def _check_keys(keys: Any) -> None:
+    for key in keys:
+        if not isinstance(key, _FLAT_KEYS):
+            raise _Refused(
+                f"refusing a dict key or set element of type {type(key).__name__} (only strings, bytes and numbers)"
+            )
+
+
+def _set_factory(kind: type) -> Callable[..., Any]:
+    def make(items: Any = ()) -> Any:
+        if not isinstance(items, (list, tuple)):
+            raise _Refused(f"refusing {kind.__name__}() of a {type(items).__name__} (only of a list)")
+        _check_keys(items)
+        return kind(items)
+
+    return make
 
 
 def _check_build(inst: Any, state: Any) -> None:
@@ -302,6 +326,44 @@ class RestrictedUnpickler(pickle._Unpickler):
             _check_dtype(inst)
 
     dispatch[pickle.BUILD[0]] = load_build
+
+    # Every opcode that hashes what the pickle built checks the keys first (_FLAT_KEYS).
+    def load_dict(self) -> None:
+        items = self.pop_mark()
+        _check_keys(items[0::2])
+        self.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
+
+    def load_setitem(self) -> None:
+        _check_keys(self.stack[-2:-1])
+        pickle._Unpickler.load_setitem(self)  # type: ignore[attr-defined]
+
+    def load_setitems(self) -> None:
+        items = self.pop_mark()
+        _check_keys(items[0::2])
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    def load_additems(self) -> None:
+        items = self.pop_mark()
+        _check_keys(items)
+        target = self.stack[-1]
+        if isinstance(target, set):
+            target.update(items)
+        else:
+            for item in items:
+                target.add(item)
+
+    def load_frozenset(self) -> None:
+        items = self.pop_mark()
+        _check_keys(items)
+        self.append(frozenset(items))
+
+    dispatch[pickle.DICT[0]] = load_dict
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    dispatch[pickle.ADDITEMS[0]] = load_additems
+    dispatch[pickle.FROZENSET[0]] = load_frozenset
 
 
 def safe_unpickle(path: str | Path, *, encoding: str = "bytes") -> Any:

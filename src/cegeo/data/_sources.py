@@ -28,6 +28,7 @@ with a restricted unpickler (:mod:`cegeo.data._formats`), never with plain :mod:
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import warnings
@@ -399,9 +400,20 @@ def _cifar_names(path: Path, key: str, k: int) -> tuple[str, ...]:
         return tuple(str(i) for i in range(k))
     meta = safe_unpickle(path)
     names = _key(meta, key) if isinstance(meta, dict) else None
-    if not isinstance(names, list) or len(names) != k:
-        raise fail(str(path), f"a CIFAR meta file with {k} '{key}'", type(names).__name__)
-    return tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names)
+    expected = f"a CIFAR meta file with {k} '{key}' (class names)"
+    if not isinstance(names, list):
+        raise fail(str(path), expected, described(f"a {type(names).__name__}"))
+    if len(names) != k:
+        raise fail(str(path), expected, described(f"{len(names)} names"))
+    bad = next((n for n in names if not isinstance(n, (str, bytes)) or len(n) > 1000), None)
+    if bad is not None:
+        what = (
+            f"a {type(bad).__name__}"
+            if not isinstance(bad, (str, bytes))
+            else f"a name of {len(bad)} characters"
+        )
+        raise fail(str(path), f"{expected}: strings of at most 1,000 characters", described(what))
+    return tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names)
 
 
 def _cifar_root(path: Path, sub: str, probe: str) -> Path:
@@ -532,8 +544,17 @@ def _read_csv(
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise fail(str(path), "a UTF-8 text file", f"undecodable byte at position {exc.start}") from None
+    # (line, fields) of the non-blank rows; the line is the file's (a quoted field may span lines).
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if any(c.strip() for c in r)]
+        start = 1
+        for row in reader:
+            if any(c.strip() for c in row):
+                rows.append(row)
+                lines.append(start)
+            start = reader.line_num + 1
     except csv.Error as exc:  # e.g. a field longer than csv.field_size_limit()
         raise InputError(f"`{path}` must be a readable CSV file ({exc}).") from None
     if len(rows) < 2:
@@ -562,10 +583,14 @@ def _read_csv(
         raise fail(str(path), "at least one feature column besides the label", header)
     x = np.empty((len(rows) - 1, len(features)), dtype=np.float32)
     labels: list[str] = []
-    for r, row in enumerate(rows[1:], start=2):
+    top = float(np.finfo(np.float32).max)
+    for n, (r, row) in enumerate(zip(lines[1:], rows[1:], strict=True)):
         if len(row) != len(header):
             raise fail(f"{path} line {r}", f"{len(header)} fields like the header", len(row))
-        labels.append(row[li].strip())
+        lab = row[li].strip()
+        if not lab or lab.lower() == "nan":  # a missing label (pandas writes NaN as '')
+            raise fail(f"{path} line {r}, column {label_col!r}", "a label", lab)
+        labels.append(lab)
         j = 0
         for i, cell in enumerate(row):
             if i in skip:
@@ -576,7 +601,9 @@ def _read_csv(
                 raise fail(f"{path} line {r}, column {header[i]!r}", "a number", cell) from None
             if not math.isfinite(value):
                 raise fail(f"{path} line {r}, column {header[i]!r}", "a finite number", cell)
-            x[r - 2, j] = value
+            if abs(value) > top:
+                raise fail(f"{path} line {r}, column {header[i]!r}", "a number within float32's range", cell)
+            x[n, j] = value
             j += 1
     return features, x, labels, label_col
 
@@ -623,7 +650,7 @@ def _load_csv(
     ):
         # Integer labels 0..k-1 (or any labels with num_classes given) are class indices.
         y_tr, y_te = ints[:n_tr], (ints[n_tr:] if lab_te is not None else None)
-        k = _check_num_classes(f"{spec} column {label_col!r}", [ints], num_classes)
+        k = _check_num_classes(f"{spec} column {label_col!r}", [ints[:n_tr], ints[n_tr:]], num_classes)
         names = tuple(str(i) for i in range(k))
     else:
         # Text labels, or integers that are not 0..k-1 (e.g. 1, 2, 3): the classes are the
@@ -770,7 +797,7 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
                 except (OSError, SyntaxError, ValueError) as exc:
                     detail = " ".join(str(exc).split()) or type(exc).__name__
                     raise InputError(f"`{f}` is not a readable image ({detail}).") from None
-                out = _to_mode(im, mode)
+                out = _to_mode(im, mode, f)
                 if hw is not None and out.size != (width, height):
                     out = out.resize((width, height), Image.BILINEAR)
                 arr = np.asarray(out, dtype=np.uint8)
@@ -782,14 +809,34 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
     return _checked(spec, lambda: Dataset(spec, "image", x_tr, y_tr, x_te, y_te, k, tuple(class_names)))
 
 
-def _to_mode(im: Any, mode: str) -> Any:
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F") and mode == "L":
-        # 16-bit / float grey: scale to 0..255 rather than clipping.
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+def _to_mode(im: Any, mode: str, path: Path | None = None) -> Any:
+    """``im`` as an 8-bit ``mode`` image ("L" or "RGB").
+
+    High-depth grey images are scaled to 0..255 by one fixed range for every image, never by
+    each image's own maximum (which would make a dark image as bright as a light one): 16-bit
+    integers (PNG ``I;16``, PGM/TIFF ``I``; Pillow maps a PGM's maxval to 65535) by 65535,
+    floats by 1 when their values lie in 0..1, else by 255. The 8-bit grey result is then
+    converted to RGB where the folder is colour.
+    """
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         from PIL import Image
 
-        return Image.fromarray(np.clip(np.rint(arr * 255.0 / top), 0, 255).astype(np.uint8), "L")
+        arr = np.asarray(im, dtype=np.float64)
+        hi = float(arr.max()) if arr.size else 0.0
+        if im.mode == "F":
+            top = 1.0 if hi <= 1.0 else 255.0
+            if not np.all(np.isfinite(arr)) or hi > 255.0:
+                raise fail(
+                    str(path),
+                    "a float image with values in 0..1 or 0..255",
+                    described(f"a maximum of {hi:g}"),
+                )
+        else:
+            top = 65535.0
+            if hi > top:
+                raise fail(str(path), "an image of 8 or 16 bits per pixel", described(f"a value of {hi:g}"))
+        grey = Image.fromarray(np.clip(np.rint(arr * 255.0 / top), 0, 255).astype(np.uint8), "L")
+        return grey if mode == "L" else grey.convert(mode)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         # Composite transparency on white (a common scan/icon convention) instead of dropping alpha.
         from PIL import Image
