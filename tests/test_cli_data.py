@@ -167,3 +167,19 @@ def test_bad_input_is_one_line_and_exit_2(cli, args, match):
     assert r.err.startswith("error: ")
     assert len(r.err.strip().splitlines()) == 1
     assert re.search(match, r.err), r.err
+
+
+@pytest.mark.parametrize("spelling", ["\\t", "tab", '"\t"'])
+def test_tab_separated_csv_in_data_and_train(cli, csv_file, tmp_path, spelling):
+    """`delimiter=\\t` as typed in a shell (or `tab`, or the TOML string "\\t") reads a TSV, and
+    `cegeo data` parses --data-option values as `cegeo train` does."""
+    tsv = tmp_path / "animals.tsv"
+    tsv.write_text(csv_file.read_text().replace(",", "\t"))
+    opts = ("--data-option", "label=animal", "--data-option", f"delimiter={spelling}")
+    r = cli("data", f"csv:{tsv}", *opts, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["class_names"] == list(NAMES) and json.loads(r.out)["in_shape"] == [3]
+    r = cli(
+        "train", "--data", f"csv:{tsv}", *opts, "--epochs", "1", "--out", tmp_path / "run", "--no-progress"
+    )
+    assert r.code == 0, r.err

@@ -79,6 +79,10 @@ def test_parse_profile_roundtrip():
         (lambda: parse_profile("zipf:R=3"), r"`imbalance` must be 'step:R=..,rho=..'"),
         (lambda: parse_profile("step:R=10,k=3"), r"`imbalance` must be 'step:' with keys R, rho"),
         (
+            lambda: parse_profile("step:R=10,rho=0.5,R=2"),
+            r"`imbalance` must be each key once \(R is given twice\); got 'R=10,rho=0.5,R=2'",
+        ),
+        (
             lambda: parse_profile("counts:5,x"),
             r"`imbalance` must be 'counts:' followed by comma-separated integers",
         ),

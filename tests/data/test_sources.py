@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
 import struct
 import sys
+import zipfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -293,6 +295,11 @@ def _corrupt(root: Path, name: str, data: bytes) -> None:
             r"is a corrupt or truncated gzip file",
         ),
         (
+            "train-images-idx3-ubyte.gz",
+            lambda: gzip.compress(idx_bytes(np.zeros((12, 5, 4), np.uint8))) + b"garbage",
+            r"is a corrupt or truncated gzip file \(trailing garbage after the compressed data\)",
+        ),
+        (
             "t10k-labels-idx1-ubyte",
             lambda: idx_bytes(np.array([0, 1, 2, 0, 1, 7], np.uint8)),
             r"`y_test` must be labels in 0..2 \(num_classes = 3\); got 7",
@@ -313,6 +320,18 @@ def test_idx_errors(tmp_path, name, make, match):
     with pytest.raises(ValueError, match=match) as info:
         load_dataset(f"idx:{tmp_path}")
     assert "\n" not in str(info.value)
+
+
+def test_idx_multi_member_gzip(tmp_path):
+    """A gzip file of several members (concatenated .gz files, as pigz or `cat a.gz b.gz` make)
+    is one stream; zero padding after the last member is allowed."""
+    images, _ = write_idx(tmp_path, gz=False)["train"]
+    name = "train-images-idx3-ubyte"
+    raw = (tmp_path / name).read_bytes()
+    (tmp_path / name).unlink()
+    half = len(raw) // 2
+    (tmp_path / (name + ".gz")).write_bytes(gzip.compress(raw[:half]) + gzip.compress(raw[half:]) + b"\0" * 8)
+    np.testing.assert_array_equal(load_dataset(f"idx:{tmp_path}").x_train[:, 0], images)
 
 
 def test_idx_missing_file(tmp_path):
@@ -728,6 +747,41 @@ def test_npz_refuses_object_arrays_and_garbage(tmp_path):
         match=r"must be an .npz file \(a zip archive of .npy arrays, as numpy.savez writes\); got a file starting with b'this'",
     ):
         load_dataset(f"npz:{bad}")
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def test_npz_header_claiming_more_than_the_file_holds_is_refused_before_allocating(tmp_path):
+    """A 200-byte member whose header claims a (1e6, 1e6) float32 array (4 TB) is refused from
+    its header; numpy would try to allocate it first."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)}
+    )
+    p = tmp_path / "big.npz"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("x_train.npy", header.getvalue() + b"\0" * 64)
+        z.writestr("y_train.npy", _npy(np.zeros(3, np.int64)))
+    with pytest.raises(
+        ValueError,
+        match=r"big.npz\[x_train\]` must be an array no larger than its file entry \(\d+ bytes\) and 16 GiB; got a header claiming \(1000000, 1000000\) float32: 4,000,000,000,000 bytes\.$",
+    ):
+        load_dataset(f"npz:{p}")
+
+
+def test_npz_member_that_is_not_npy_is_named(tmp_path):
+    p = tmp_path / "raw.npz"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("x_train.npy", b"garbage")
+        z.writestr("y_train.npy", _npy(np.zeros(3, np.int64)))
+    with pytest.raises(
+        ValueError, match=r"raw.npz\[x_train\]` must be a .npy array; got a member of other content"
+    ):
+        load_dataset(f"npz:{p}")
 
 
 # --------------------------------------------------------------------------------------------

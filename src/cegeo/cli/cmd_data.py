@@ -19,23 +19,12 @@ from rich import box
 from rich.table import Table
 
 from .._io import dumps_json
-from .._validation import fail
 from ..data import imbalance_ratio, load_dataset, make_splits
 from . import app
 from ._common import console
+from .cmd_train import parse_options
 
 _R_HELP = "R = n_max/n_min >= 1"
-
-
-def _options(pairs: list[str] | None) -> dict[str, str]:
-    """Repeated ``--data-option name=value`` (values stay text; the source converts them)."""
-    out: dict[str, str] = {}
-    for item in pairs or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise fail("--data-option", "name=value (e.g. label=status)", item)
-        out[key.strip()] = value.strip()
-    return out
 
 
 def describe_data(
@@ -173,7 +162,7 @@ def data_command(
         test_fraction=test_fraction,
         seed=seed,
         n_max=n_max,
-        options=_options(data_option),
+        options=parse_options(data_option, "--data-option"),
     )
     if as_json:
         typer.echo(dumps_json(info))

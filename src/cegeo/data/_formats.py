@@ -54,11 +54,21 @@ def _read_bytes(path: Path, limit: int | None = None) -> bytes:
     try:
         if limit is None:
             return gzip.decompress(raw)
-        d = zlib.decompressobj(wbits=31)  # one gzip member, as the IDX files are
-        out = d.decompress(raw, limit + 1)
-        if len(out) <= limit and not d.eof:
-            raise EOFError("compressed file ended before the end-of-stream marker was reached")
-        return out
+        # Member after member (gzip files may be concatenated), never more than limit + 1 bytes.
+        out = b""
+        rest = raw
+        while True:
+            d = zlib.decompressobj(wbits=31)
+            out += d.decompress(rest, limit + 1 - len(out))
+            if len(out) > limit:
+                return out
+            if not d.eof:
+                raise EOFError("compressed file ended before the end-of-stream marker was reached")
+            rest = d.unused_data
+            if not rest.strip(b"\0"):  # trailing zero padding after the last member is allowed
+                return out
+            if rest[:2] != _GZIP_MAGIC:
+                raise EOFError("trailing garbage after the compressed data")
     except (OSError, EOFError, zlib.error) as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise InputError(f"`{path}` is a corrupt or truncated gzip file ({detail}).") from None

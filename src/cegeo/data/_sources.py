@@ -42,7 +42,7 @@ import numpy as np
 from .._registry import Registry
 from .._validation import InputError, check_choice, check_finite, check_int, fail
 from ._dataset import Dataset, described
-from ._formats import read_idx, safe_unpickle
+from ._formats import _IDX_MAX_BYTES, read_idx, safe_unpickle
 
 __all__ = ["DatasetInfo", "get_dataset_info", "list_datasets", "load_dataset", "parse_spec"]
 
@@ -131,7 +131,8 @@ def load_dataset(spec: str, *, seed: int = 0, **options: Any) -> Dataset:
         * ``cifar100``: ``label_type`` = ``"fine"`` (100 classes) or ``"coarse"`` (20).
         * ``npz``: ``num_classes``.
         * ``csv``: ``label`` (the label column's name; default ``"label"`` if the header has
-          it, else the last column), ``delimiter`` (default ``","``), ``test`` (a second CSV
+          it, else the last column), ``delimiter`` (default ``","``; ``\\t`` or ``tab`` for a
+          tab), ``test`` (a second CSV
           with the same header used as the test set), ``num_classes``, ``drop`` (columns that
           are not features, e.g. ``"part_id,timestamp"``). Integer labels
           0..k-1 (or any, with ``num_classes``) are class indices; other labels (text, or
@@ -474,6 +475,35 @@ def _as_image_or_tabular(param: str, x: np.ndarray) -> tuple[str, np.ndarray]:
     raise fail(param, "a 2-D (n, d) numeric or 3/4-D uint8 image array", described(f"{x.dtype} {x.shape}"))
 
 
+def _check_npz_sizes(spec: str, path: Path) -> None:
+    """Refuse a member whose .npy header claims more bytes than its zip entry holds or than
+    the IDX reader's cap, before numpy allocates them (a tiny crafted file could otherwise
+    ask for terabytes, or a compressed one fill the memory)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    read = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                        version, np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(member)
+                except ValueError:
+                    continue  # not a .npy member: np.load returns its bytes, refused by the caller
+            nbytes = math.prod(int(n) for n in shape) * dtype.itemsize
+            if nbytes > min(info.file_size, _IDX_MAX_BYTES):
+                key = info.filename[: -len(".npy")]
+                raise fail(
+                    f"{spec}[{key}]",
+                    f"an array no larger than its file entry ({info.file_size:,} bytes) and 16 GiB",
+                    described(f"a header claiming {tuple(int(n) for n in shape)} {dtype}: {nbytes:,} bytes"),
+                )
+
+
 def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
     spec = f"npz:{path}"
     with path.open("rb") as fh:
@@ -485,8 +515,11 @@ def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
             described(f"a file starting with {magic!r}"),
         )
     try:
+        _check_npz_sizes(spec, path)
         with path.open("rb") as fh, np.load(fh, allow_pickle=False) as f:  # fh closes on any error
             arrays = {key: f[key] for key in f.files}
+    except InputError:
+        raise
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
             raise fail(
@@ -497,6 +530,9 @@ def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
         raise InputError(f"`{spec}` is not a readable npz file ({' '.join(str(exc).split())}).") from None
     if "x_train" not in arrays or "y_train" not in arrays:
         raise fail(spec, "an npz with arrays x_train and y_train (x_test, y_test optional)", sorted(arrays))
+    for key in ("x_train", "y_train", "x_test", "y_test", "class_names"):
+        if key in arrays and not isinstance(arrays[key], np.ndarray):  # a member that is not .npy
+            raise fail(f"{spec}[{key}]", "a .npy array", described("a member of other content"))
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise fail(spec, "both x_test and y_test, or neither", sorted(arrays))
     kind, x_tr = _as_image_or_tabular(f"{spec}[x_train]", arrays["x_train"])
@@ -628,8 +664,10 @@ def _load_csv(
     drop: str | None,
 ) -> Dataset:
     spec = f"csv:{path}"
+    # A tab typed on a command line arrives as the two characters backslash-t (or the word).
+    delimiter = "\t" if delimiter in ("\\t", "tab") else delimiter
     if len(delimiter) != 1:
-        raise fail("delimiter", "one character", delimiter)
+        raise fail("delimiter", "one character (or \\t or tab for a tab)", delimiter)
     dropped = frozenset(c.strip() for c in (drop or "").split(",") if c.strip())  # "id,time"
     features, x_tr, lab_tr, label_col = _read_csv(path, label, delimiter, dropped)
     x_te = lab_te = None

@@ -360,6 +360,8 @@ def _kv(text: str, param: str) -> dict[str, str]:
         if "=" not in part:
             raise fail(param, "comma-separated key=value pairs", text)
         key, value = (s.strip() for s in part.split("=", 1))
+        if key in out:
+            raise fail(param, f"each key once ({key} is given twice)", text)
         out[key] = value
     return out
 
