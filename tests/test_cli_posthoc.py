@@ -211,6 +211,12 @@ def test_run_posthoc_fits_on_validation_only(run, monkeypatch):
     assert all(isinstance(X, RunSplit) and X.name == "val" for X in seen)
 
 
+def test_run_posthoc_uses_the_checked_budget(run):
+    """max_false_alarm given as text (as from a config) is converted once and used as a number."""
+    out = run_posthoc(run, "operating_point", normal_class=0, max_false_alarm="0.1", write=False)
+    assert out["max_false_alarm"] == 0.1 and isinstance(out["max_false_alarm"], float)
+
+
 def test_y_with_a_run_split_is_an_error(run):
     rf = RunFolder(run)
     with pytest.raises(ValueError, match=r"`y` must be None when X is a RunSplit"):
@@ -560,7 +566,7 @@ def test_posthoc_skips_and_refuses_unsupported_methods(tmp_path, cli):
     "args, match",
     [
         (["--method", "platt"], r"unknown rebalancer 'platt'; valid names: 'posthoc_la'"),
-        (["--metric", "accuracy"], r"`metric` must be one of 'balanced_accuracy'"),
+        (["--metric", "accuracy"], r"`--metric` must be one of 'balanced_accuracy'"),
         (
             ["--method", "operating_point"],
             r"rebalancer 'operating_point' cannot run on .*needs a normal class",
@@ -569,7 +575,7 @@ def test_posthoc_skips_and_refuses_unsupported_methods(tmp_path, cli):
         (["--normal-class", "4"], r"`--normal-class` must be a class name or index \(0, 1, 2, 3\); got '4'."),
         (
             ["--normal-class", "0", "--max-false-alarm", "1.5"],
-            r"`max_false_alarm` must be a number in \[0, 1\)",
+            r"`--max-false-alarm` must be a number in \[0, 1\)",
         ),
         (
             ["-m", "operating_point", "--normal-class", "0", "--max-false-alarm", "0"],

@@ -301,7 +301,14 @@ def test_not_fitted():
             r"`posthoc_params\['normal_class'\]` must be a label of y \(one of 0, 1, 2; .*\); got 'nope'",
         ),
         ({"device": "tpu"}, r"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'tpu'"),
-        ({"random_state": "seven"}, r"`random_state` must be None, an integer or a numpy RandomState"),
+        (
+            {"random_state": "seven"},
+            r"`random_state` must be None, an integer in \[0, 2\*\*32 - 1\] or a numpy",
+        ),
+        (
+            {"random_state": -1},
+            r"`random_state` must be None, an integer in \[0, 2\*\*32 - 1\] .*; got -1\.$",
+        ),
         ({"n_threads": 0}, r"`n_threads` must be an integer >= 1; got 0"),
     ],
 )
@@ -350,6 +357,36 @@ def test_failed_posthoc_fit_leaves_no_half_fitted_estimator(data, monkeypatch):
         clf.predict(X)
 
 
+def test_failed_refit_on_new_data_leaves_an_unfitted_estimator(data):
+    """A refit that fails on its data (here a class too small for the post-hoc split, with fewer
+    features than the first fit) must not leave n_features_in_ from the new data beside the
+    old model: predict then said NotFittedError-free nonsense (a numpy broadcast error)."""
+    X, y = data
+    clf = ImbalancedMLPClassifier(**FAST, posthoc="posthoc_la", random_state=0).fit(X, y)
+    y2 = y.copy()
+    y2[0] = 7  # a class of one sample
+    with pytest.raises(ValueError, match=r"class 7 has 1 sample\(s\), too few for the post-hoc"):
+        clf.fit(X[:, :3], y2)
+    assert not hasattr(clf, "n_features_in_") and not hasattr(clf, "model_")
+    with pytest.raises(NotFittedError):
+        clf.predict(X[:, :3])
+
+
+@pytest.mark.parametrize("posthoc", [None, "posthoc_la"])
+def test_diverged_training_names_lr(data, posthoc):
+    """A learning rate that makes the loss NaN is an error naming `lr`, not NaN probabilities
+    (nor, with a post-hoc method, an error blaming the user's X)."""
+    X, y = data
+    clf = ImbalancedMLPClassifier(**{**FAST, "lr": 1e6, "epochs": 5}, posthoc=posthoc, random_state=0)
+    with pytest.raises(
+        ValueError,
+        match=r"^`lr` must be a learning rate at which training does not diverge \(the .*; got 1000000\.0\.$",
+    ):
+        clf.fit(X, y)
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
+
+
 # Every check of posthoc_params comes before the network trains, names the parameter as the user
 # set it, and speaks of labels of y, not class indices.
 POSTHOC_ERRORS = [
@@ -391,7 +428,7 @@ POSTHOC_ERRORS = [
     ),
     ("tau_norm", {"tau": float("nan")}, r"^`posthoc_params\['tau'\]` must be None \(tune on validation\)"),
     ("geometry", {"beta": "one"}, r"^`posthoc_params\['beta'\]` must be None \(tune on validation\)"),
-    ("lws", {"alpha": -1.0}, r"^`posthoc_params\['alpha'\]` must be a number >= 0"),
+    ("lws", {"alpha": -1.0}, r"^`posthoc_params\['alpha'\]` must be a finite number >= 0"),
     ("lws", {"max_iter": 0}, r"^`posthoc_params\['max_iter'\]` must be an integer >= 1"),
     (
         "lws",

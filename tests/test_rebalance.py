@@ -401,7 +401,7 @@ C3 = [100, 10, 10]
             lambda: GeometryRebalancer(loss="ce", sampler="uniform").fit(Z, Y, C3),
             r"`sampler` must be one of 'none', 'class_balanced', 'sqrt' or None; got 'uniform'",
         ),
-        (lambda: LWS(alpha=-1).fit(Z, Y), r"`alpha` must be a number >= 0"),
+        (lambda: LWS(alpha=-1).fit(Z, Y), r"`alpha` must be a finite number >= 0"),
         (lambda: LWS(max_iter=0).fit(Z, Y), r"`max_iter` must be an integer >= 1"),
         (
             lambda: OperatingPoint().fit(Z, Y),
@@ -436,3 +436,30 @@ C3 = [100, 10, 10]
 def test_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_operating_metrics_checks_labels_like_fit():
+    """operating_metrics refuses fractional, non-finite or out-of-range labels (it truncated
+    y + 0.7 to y silently) with the same messages as fit."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 20)
+    z = rng.normal(size=(60, 3)) + 3 * np.eye(3)[y]
+    op = OperatingPoint(normal_class=0, max_false_alarm=0.2).fit(z, y)
+    assert op.operating_metrics(z, y.astype(np.float64)) == op.operating_metrics(z, y)
+    for bad, match in (
+        (y + 0.7, r"`y` must be integer class labels; got 'float64'"),
+        (np.where(y == 0, np.nan, y), r"`y` must be integer class labels"),
+        (y + 1, r"`y` must be labels in 0..2; got 3"),
+        (y[:5], r"`y` must be a \(60,\) array of labels"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            op.operating_metrics(z, bad)
+
+
+def test_lws_alpha_error_says_what_is_allowed():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 10)
+    z = rng.normal(size=(20, 2))
+    for alpha in (None, "x", -1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"^`alpha` must be a finite number >= 0; got "):
+            LWS(alpha=alpha).fit(z, y)

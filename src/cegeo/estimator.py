@@ -455,7 +455,9 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
         try:
             p["seed"] = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         except ValueError:
-            raise fail("random_state", "None, an integer or a numpy RandomState", self.random_state) from None
+            raise fail(
+                "random_state", "None, an integer in [0, 2**32 - 1] or a numpy RandomState", self.random_state
+            ) from None
         return p
 
     # ------------------------------------------------------------------------------------ fit
@@ -475,63 +477,64 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
         self
         """
         p = self._check_params()
-        X, y = _validate_data(self, X, y, dtype=(np.float64, np.float32))
         try:
-            check_classification_targets(y)
-            classes, y_idx = np.unique(y, return_inverse=True)
-        except TypeError:  # e.g. ints mixed with strings in an object array
-            kinds = sorted({type(v).__name__ for v in y.ravel()})
-            raise fail("y", "labels of one sortable type", f"a mix of {', '.join(kinds)}") from None
-        if classes.size < 2:
-            raise InputError(
-                f"`y` must hold at least 2 classes; got 1 class ({_label(classes[0])!r}) in "
-                f"{y.shape[0]} sample(s)."
-            )
-        k = int(classes.size)
-        y_idx = y_idx.astype(np.int64).ravel()
-        posthoc_params = self._posthoc_options(classes, np.bincount(y_idx, minlength=k), p["hyper"])
-        rng = np.random.default_rng(p["seed"])
-        if self.posthoc is not None:
-            train_pos, val_pos = _stratified_split(y_idx, p["validation_fraction"], rng, classes)
-        else:
-            train_pos, val_pos = np.arange(y_idx.size), None
-        X_train, y_train = X[train_pos], y_idx[train_pos]
-        train_counts = np.bincount(y_train, minlength=k).astype(np.int64)
-
-        mean = X_train.mean(axis=0, dtype=np.float64)
-        std = X_train.std(axis=0, dtype=np.float64)
-        std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
-
-        device = p["device"]
-        loss_fn = create_loss(self.loss, train_counts, **p["hyper"]).to(device)
-        info = get_loss_info(self.loss)
-        model, curve = self._train(
-            (X_train - mean) / std, y_train, k, loss_fn, p, cosine=info.needs_cosine_classifier
-        )
-
-        self.classes_ = classes
-        self.class_counts_ = np.bincount(y_idx, minlength=k).astype(np.int64)
-        self.train_class_counts_ = train_counts
-        self.feature_mean_ = mean
-        self.feature_scale_ = std
-        self.model_ = model
-        self.loss_ = loss_fn.cpu()
-        self.loss_hyper_ = dict(loss_fn.spec.hyper)
-        self.loss_curve_ = curve
-        self.n_iter_ = p["epochs"]
-        self.device_ = device
-        self.posthoc_ = None
-        if self.posthoc is not None:
-            assert val_pos is not None and posthoc_params is not None
+            X, y = _validate_data(self, X, y, dtype=(np.float64, np.float32))
             try:
+                check_classification_targets(y)
+                classes, y_idx = np.unique(y, return_inverse=True)
+            except TypeError:  # e.g. ints mixed with strings in an object array
+                kinds = sorted({type(v).__name__ for v in y.ravel()})
+                raise fail("y", "labels of one sortable type", f"a mix of {', '.join(kinds)}") from None
+            if classes.size < 2:
+                raise InputError(
+                    f"`y` must hold at least 2 classes; got 1 class ({_label(classes[0])!r}) in "
+                    f"{y.shape[0]} sample(s)."
+                )
+            k = int(classes.size)
+            y_idx = y_idx.astype(np.int64).ravel()
+            posthoc_params = self._posthoc_options(classes, np.bincount(y_idx, minlength=k), p["hyper"])
+            rng = np.random.default_rng(p["seed"])
+            if self.posthoc is not None:
+                train_pos, val_pos = _stratified_split(y_idx, p["validation_fraction"], rng, classes)
+            else:
+                train_pos, val_pos = np.arange(y_idx.size), None
+            X_train, y_train = X[train_pos], y_idx[train_pos]
+            train_counts = np.bincount(y_train, minlength=k).astype(np.int64)
+
+            mean = X_train.mean(axis=0, dtype=np.float64)
+            std = X_train.std(axis=0, dtype=np.float64)
+            std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+
+            device = p["device"]
+            loss_fn = create_loss(self.loss, train_counts, **p["hyper"]).to(device)
+            info = get_loss_info(self.loss)
+            model, curve = self._train(
+                (X_train - mean) / std, y_train, k, loss_fn, p, cosine=info.needs_cosine_classifier
+            )
+
+            self.classes_ = classes
+            self.class_counts_ = np.bincount(y_idx, minlength=k).astype(np.int64)
+            self.train_class_counts_ = train_counts
+            self.feature_mean_ = mean
+            self.feature_scale_ = std
+            self.model_ = model
+            self.loss_ = loss_fn.cpu()
+            self.loss_hyper_ = dict(loss_fn.spec.hyper)
+            self.loss_curve_ = curve
+            self.n_iter_ = p["epochs"]
+            self.device_ = device
+            self.posthoc_ = None
+            if self.posthoc is not None:
+                assert val_pos is not None and posthoc_params is not None
                 self.posthoc_ = self._fit_posthoc(self._logits(X[val_pos]), y_idx[val_pos], posthoc_params)
-            except Exception:
-                # A failed fit leaves no half-fitted estimator behind (e.g. an impossible
-                # operating-point budget is only known once the model's logits are).
-                for name in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
-                    delattr(self, name)
-                raise
-        return self
+            return self
+        except Exception:
+            # A failed fit (bad y, a class too small for the post-hoc split, a diverged run, an
+            # impossible operating-point budget ...) leaves an unfitted estimator, never one
+            # half from the previous fit and half from this one.
+            for name in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
+                delattr(self, name)
+            raise
 
     def _train(
         self, X: np.ndarray, y: np.ndarray, k: int, loss_fn: nn.Module, p: dict[str, Any], *, cosine: bool
@@ -589,6 +592,19 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
                     epoch_loss += loss.detach() * (stop - start)
                     step += 1
                 curve.append(float(epoch_loss) / n)
+                if not math.isfinite(curve[-1]):
+                    raise fail(
+                        "lr",
+                        f"a learning rate at which training does not diverge (the loss became "
+                        f"{curve[-1]} in epoch {len(curve)} of {p['epochs']})",
+                        p["lr"],
+                    )
+        if not all(bool(torch.isfinite(t).all()) for t in model.parameters()):
+            raise fail(
+                "lr",
+                "a learning rate at which training does not diverge (the weights became non-finite)",
+                p["lr"],
+            )
         loss_fn.validate = validate
         model.eval()
         return model.cpu(), curve

@@ -555,15 +555,7 @@ def _fit_data(X: Any, y: Any, class_counts: Any, *, counts_required: bool) -> _F
             class_counts = split.class_counts
     if y is None:
         raise fail("y", "the validation labels (n,) when X is an array of logits", None)
-    yy = np.asarray(y)
-    if yy.shape != (z.shape[0],):
-        raise fail("y", f"a ({z.shape[0]},) array of labels (one per row of X)", yy.shape)
-    if not np.issubdtype(yy.dtype, np.integer):
-        if not (np.issubdtype(yy.dtype, np.floating) and np.all(yy == np.round(yy))):
-            raise fail("y", "integer class labels", yy.dtype.name)
-    yy = yy.astype(np.int64)
-    if yy.min() < 0 or yy.max() >= k:
-        raise fail("y", f"labels in 0..{k - 1}", int(yy.min() if yy.min() < 0 else yy.max()))
+    yy = _check_labels(y, z.shape[0], k)
     counts = None
     if class_counts is not None:
         counts = check_class_counts(class_counts)
@@ -572,6 +564,22 @@ def _fit_data(X: Any, y: Any, class_counts: Any, *, counts_required: bool) -> _F
     elif counts_required:
         raise fail("class_counts", f"the {k} per-class training counts", None)
     return _FitData(z, yy, counts, split)
+
+
+def _check_labels(y: Any, n: int, k: int) -> np.ndarray:
+    """``y`` as int64 class indices: one per row of the logits, whole numbers in 0..k-1."""
+    yy = np.asarray(y)
+    if yy.shape != (n,):
+        raise fail("y", f"a ({n},) array of labels (one per row of X)", yy.shape)
+    if not np.issubdtype(yy.dtype, np.integer):
+        if not (
+            np.issubdtype(yy.dtype, np.floating) and np.all(np.isfinite(yy)) and np.all(yy == np.round(yy))
+        ):
+            raise fail("y", "integer class labels", yy.dtype.name)
+    yy = yy.astype(np.int64)
+    if yy.size and (yy.min() < 0 or yy.max() >= k):
+        raise fail("y", f"labels in 0..{k - 1}", int(yy.min() if yy.min() < 0 else yy.max()))
+    return yy
 
 
 def _check_grid(param: str, grid: Any) -> np.ndarray:
@@ -1146,9 +1154,12 @@ class LWS(_LogitAffine):
         self.max_iter = max_iter
 
     def _fit(self, data: _FitData, metric: str) -> None:
-        alpha = _check_param("alpha", self.alpha)
-        if alpha is None or alpha < 0:
-            raise fail("alpha", "a number >= 0", self.alpha)
+        try:
+            alpha = check_finite("alpha", self.alpha)
+        except InputError:
+            alpha = -1.0
+        if alpha < 0:
+            raise fail("alpha", "a finite number >= 0", self.alpha)
         max_iter = check_int("max_iter", self.max_iter, minimum=1)
         z, y, k = data.logits, data.labels, data.k
         counts = np.bincount(y, minlength=k).astype(np.float64)
@@ -1366,10 +1377,7 @@ class OperatingPoint(Rebalancer):
             if not isinstance(X, RunSplit):
                 raise fail("y", "labels (n,) when X is an array of logits", None)
             y = X.labels
-        yy = np.asarray(y, dtype=np.int64)
-        if yy.shape != (z.shape[0],):
-            raise fail("y", f"a ({z.shape[0]},) array of labels", yy.shape)
-        return self._operating(z, yy)
+        return self._operating(z, _check_labels(y, z.shape[0], self.n_classes_))
 
     def _extra_dict(self) -> dict[str, Any]:
         return {
@@ -1635,7 +1643,7 @@ def run_posthoc(
     explicit = "all" not in _method_tokens(methods)
     if normal_class is not None:
         normal_class = class_index("normal_class", normal_class, folder.class_names)
-    check_fraction("max_false_alarm", max_false_alarm, low_open=False, high_open=True)
+    max_false_alarm = check_fraction("max_false_alarm", max_false_alarm, low_open=False, high_open=True)
     if write:  # before any work: a run folder we cannot write in is known now, not after fitting
         try:
             writable_file("posthoc.json", folder.path / "posthoc.json")

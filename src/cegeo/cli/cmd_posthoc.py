@@ -9,6 +9,7 @@ from rich import box
 from rich.table import Table
 
 from .._io import dumps_json
+from .._validation import InputError, check_fraction, fail
 from ..data import class_index
 from ..rebalance import SELECTION_METRICS, RunFolder, list_rebalancers, run_posthoc
 from . import app
@@ -143,7 +144,6 @@ def posthoc_command(
     (atomically) unless --no-write. Example:
     cegeo posthoc runs/ce_s0 --method all --normal-class 0 --max-false-alarm 0.05
     """
-    from .._validation import InputError
 
     extra = list(ctx.args)
     if extra:
@@ -158,6 +158,11 @@ def posthoc_command(
             f"`RUN_DIR` must be one run folder (several methods: --method posthoc_la,lws or -m posthoc_la "
             f"-m lws); got extra argument(s) {got!r}."
         )
+    # The options checked under their own names before the run folder is read.
+    if metric not in SELECTION_METRICS:
+        raise fail("--metric", "one of " + ", ".join(repr(m) for m in SELECTION_METRICS), metric)
+    if max_false_alarm is not None:
+        check_fraction("--max-false-alarm", max_false_alarm, low_open=False, high_open=True)
     folder = RunFolder(run_dir)
     if normal_class is not None:
         normal: int | None = class_index("--normal-class", normal_class, folder.class_names)
