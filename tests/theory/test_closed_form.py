@@ -266,6 +266,13 @@ def test_summary_nan_for_single_class_groups():
         (lambda: distance(np.eye(2), np.eye(3)), r"`G` must be a matrix of shape \(3, 3\)"),
         (lambda: distance(np.zeros((2, 2)), np.eye(2)), r"`G` must be a non-zero matrix"),
         (lambda: predict(create_loss("ldam", [5, 1]), [5, 1]), r"`loss` must be a ParametricCE"),
+        (lambda: predict(None, [5]), r"`class_counts` must be at least 2 classes; got \[5\]"),
+        (lambda: etf_geometry(1), r"`k` must be an integer >= 2; got 1"),
+        (lambda: etf_geometry(2.5), r"`k` must be an integer"),
+        (
+            lambda: predict(None, [10, 1, 1], groups=step_groups(2, 0.5)),
+            r"`groups` must be a group label for each of the k = 3 classes; got labels for 2 classes\.",
+        ),
     ],
 )
 def test_errors(call, match):

@@ -144,6 +144,16 @@ def test_single_class_groups_are_nan():
             lambda: step_geometry(10, 2.0, 0.5, delta_logit=(1.0, "x")),
             r"`delta_logit` must be a finite number",
         ),
+        # temperatures this far apart overflow the scalar formulas (predict still reaches them)
+        (
+            lambda: cdt_step(10, 10, 0.5, (1, 1e-110)),
+            r"`delta_logit, delta_label` must be temperatures whose STEP",
+        ),
+        (
+            lambda: cdt_step(10, 10, 0.5, (1e-160, 1)),
+            r"`delta_logit, delta_label` must be temperatures whose STEP",
+        ),
+        (lambda: cdt_step(10, 1e40, 0.5, (1, 1e-120)), r"STEP geometry fits in float64"),
     ],
 )
 def test_errors(call, match):

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from .._validation import InputError, OutOfRangeError, as_float_vector, fail
+from .._validation import InputError, OutOfRangeError, as_float_vector, check_int, fail
+from ..data._dataset import described
 from ..data.imbalance import Groups, majority_groups
 
 __all__ = [
@@ -59,6 +60,8 @@ def _counts(class_counts: Any) -> np.ndarray:
     c = as_float_vector("class_counts", class_counts)
     if np.any(c <= 0):
         raise fail("class_counts", "positive numbers (no empty class)", class_counts)
+    if c.size < 2:
+        raise fail("class_counts", "at least 2 classes", class_counts)
     return c
 
 
@@ -206,6 +209,12 @@ def group_summary(G_W: np.ndarray, G_H: np.ndarray, M: np.ndarray | None, grp: G
     three mean cosines are the same mean over all pairs (-1/(k-1) for an ETF). Theory, UFM and
     probes summarise alike, so their gaps stay defined.
     """
+    if len(grp.labels) != G_W.shape[0]:
+        raise fail(
+            "groups",
+            f"a group label for each of the k = {G_W.shape[0]} classes",
+            described(f"labels for {len(grp.labels)} classes"),
+        )
     maj, mino = grp.members(grp.names[0]), grp.members(grp.names[-1])
     if grp.balanced:
         mino = maj
@@ -469,4 +478,4 @@ def predict(loss: Any, class_counts: Any, groups: Groups | None = None) -> Geome
 
 def etf_geometry(k: int) -> Geometry:
     """The simplex-ETF reference (balanced CE): equal norms, all cosines -1/(k-1)."""
-    return predict(None, np.ones(k))
+    return predict(None, np.ones(check_int("k", k, minimum=2)))

@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import check_finite, check_int, fail
+from .._validation import OutOfRangeError, check_finite, check_int, fail
 from ..data.imbalance import _check_ratio, step_k_min
 
 __all__ = ["StepGeometry", "cdt_step", "ldt_step", "seli_step", "step_geometry"]
@@ -366,6 +366,24 @@ def step_geometry(
     k, R, rho, k1, k2 = _profile(k, R, rho)
     d1, d2 = _pair("delta_logit", delta_logit)
     l1, l2 = _pair("delta_label", delta_label)
+    try:
+        g = _step_geometry(k, R, rho, k1, k2, d1, d2, l1, l2)
+    except (OverflowError, ZeroDivisionError):
+        g = None
+    core = () if g is None else (g.w_maj_sq, g.w_min_sq, g.h_maj_sq, g.h_min_sq, g.w_maj_min, g.h_maj_min)
+    if g is None or not all(math.isfinite(v) for v in core) or min(core[:4]) <= 0:
+        raise OutOfRangeError(
+            "delta_logit, delta_label",
+            "temperatures whose STEP geometry fits in float64 (cegeo.theory.predict scales its "
+            "Grams and reaches further)",
+            {"delta_logit": (d1, d2), "delta_label": (l1, l2)},
+        )
+    return g
+
+
+def _step_geometry(
+    k: int, R: float, rho: float, k1: int, k2: int, d1: float, d2: float, l1: float, l2: float
+) -> StepGeometry:
     sigma = (1 - rho) / d1**2 + rho / d2**2
     lam = math.sqrt(R * rho / l1**2 + (1 - rho) / l2**2)
     sR = math.sqrt(R)
