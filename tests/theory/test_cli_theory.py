@@ -162,6 +162,15 @@ def test_plot_writes_a_figure(cli, tmp_path):
             r"give gamma once",
         ),
         (["--step", "k=10,R=10,rho=0.5", "--gamma", "1"], r"loss 'ce' takes no hyperparameters"),
+        (
+            ["--counts", "5,1", "--loss", "la", "--tau", "1", "--hyper", "tau=2"],
+            r"give tau once: --tau or --hyper tau=\.\.\.; got both",
+        ),
+        (["--counts", "5,1", "--loss", "la", "--tau", "nan"], r"`--tau` must be a finite number"),
+        (
+            ["--counts", "5,1", "--loss", "ldt", "--tau", "1"],
+            r"loss 'ldt' takes gamma, normalize; got unknown",
+        ),
         (["--step", "k=10,R=10,rho=0.5", "--loss", "ldt", "--hyper", "tau"], r"`--hyper` must be name=value"),
         (
             ["--step", "k=10,R=10,rho=0.5", "--loss", "ldt", "--plot", "fig.xyz"],
@@ -319,3 +328,12 @@ def test_hyperparameter_and_grid_errors_name_the_option(cli, tmp_path, args, mat
     lines = r.err.strip().splitlines()
     assert len(lines) == 1 and re.search(match, lines[0]), r.err
     assert r.out == "" and list(tmp_path.iterdir()) == []
+
+
+def test_tau_option_is_the_hyper_tau(cli):
+    """README: any registered loss with --gamma, --tau or --hyper; --tau 2 is --hyper tau=2."""
+    a = cli("theory", "--counts", "100,10,1", "--loss", "la", "--tau", "2", "--json")
+    b = cli("theory", "--counts", "100,10,1", "--loss", "la", "--hyper", "tau=2", "--json")
+    c = cli("theory", "--counts", "100,10,1", "--loss", "la", "--json")
+    assert a.code == b.code == c.code == 0, (a.err, b.err, c.err)
+    assert a.out == b.out and a.out != c.out

@@ -230,6 +230,7 @@ def theory_command(
         "ce", "--loss", help="A registered loss (see `cegeo losses`); ldam is outside the theory."
     ),
     gamma: float | None = typer.Option(None, "--gamma", help="The loss's gamma (wce, cdt, ldt, vs)."),
+    tau: float | None = typer.Option(None, "--tau", help="The loss's tau (la, vs)."),
     hyper: list[str] | None = typer.Option(
         None, "--hyper", help="Another hyperparameter as name=value, repeatable (e.g. --hyper tau=1)."
     ),
@@ -263,10 +264,12 @@ def theory_command(
     if not info.theory:
         raise fail("--loss", f"a loss the theory covers ({', '.join(map(repr, theory_losses()))})", loss)
     extra = parse_hyper(hyper)
-    if gamma is not None:
-        if "gamma" in extra:
-            raise InputError("give gamma once: --gamma or --hyper gamma=...; got both.")
-        extra["gamma"] = gamma
+    shortcuts = {"gamma": gamma, "tau": tau}
+    for name, value in shortcuts.items():
+        if value is not None:
+            if name in extra:
+                raise InputError(f"give {name} once: --{name} or --hyper {name}=...; got both.")
+            extra[name] = value
     param = info.family_param
     grid = None
     if gamma_grid is not None or plot is not None:
@@ -285,7 +288,7 @@ def theory_command(
         base = theory_loss(loss, class_counts, **extra)  # validates the hyperparameters up front
         geo = predict(base, class_counts, groups) if grid is None else None
     except InputError as err:
-        raise _hyper_error(err, loss, class_counts, gamma, hyper) from None
+        raise _hyper_error(err, loss, class_counts, shortcuts, hyper) from None
     geos: list[Geometry] = []
     if grid is not None:
         assert param is not None and gamma_grid is not None
@@ -376,19 +379,27 @@ def theory_command(
 
 
 def _hyper_error(
-    err: InputError, loss: str, counts: np.ndarray, gamma: float | None, hyper: list[str] | None
+    err: InputError,
+    loss: str,
+    counts: np.ndarray,
+    shortcuts: dict[str, float | None],
+    hyper: list[str] | None,
 ) -> InputError:
-    """Name the option behind a hyperparameter error: --gamma when it was given that way."""
-    option = "--gamma" if gamma is not None else "--hyper"
-    if gamma is not None and str(err).startswith("`gamma` "):  # the hyperparameter --gamma sets
-        return InputError(str(err).replace("`gamma`", "`--gamma`", 1))
+    """Name the option behind a hyperparameter error: --gamma or --tau when given that way."""
+    given = {name: v for name, v in shortcuts.items() if v is not None}
+    for name in given:
+        if str(err).startswith(f"`{name}` "):  # the hyperparameter --gamma / --tau sets
+            return InputError(str(err).replace(f"`{name}`", f"`--{name}`", 1))
     if isinstance(err, OutOfRangeError) and err.param == "loss":  # the Grams overflow, not the vectors
-        what = "a value" if gamma is not None else "hyperparameters"
+        if len(given) == 1 and not hyper:
+            (name, value), what = next(iter(given.items())), "a value"
+            option, got = f"--{name}", value
+        else:
+            option, what = "--hyper", "hyperparameters"
+            got = [f"{n}={v:g}" for n, v in given.items()] + list(hyper or [])
         R = counts.max() / counts.min()
         return fail(
-            option,
-            f"{what} whose {loss} limiting geometry fits in float64 for counts with R = {R:g}",
-            gamma if gamma is not None else hyper,
+            option, f"{what} whose {loss} limiting geometry fits in float64 for counts with R = {R:g}", got
         )
     return err
 
