@@ -89,21 +89,24 @@ def test_ufm_config_with_overrides(cli, tmp_path):
         ([], "give a class profile: --step, --longtail or --counts"),
         (["--step", "k=4,R=4"], "`--step` must be key=value pairs"),
         (["--step", "k=4,R=0.5,rho=0.5"], "`R` must be a number >= 1"),
-        (["--counts", "5"], "`counts` must be at least two class counts"),
-        (["--step", "k=4,R=2.5,rho=0.5", "--n-min", "1"], "`n_min` must be a size with R \\* n_min a whole"),
+        (["--counts", "5"], "`--counts` must be at least two class counts"),
+        (
+            ["--step", "k=4,R=2.5,rho=0.5", "--n-min", "1"],
+            "`--n-min` must be a size with R \\* n_min a whole",
+        ),
         (["--step", "k=4,R=4,rho=0.5", "--counts", "4,2"], "give exactly one of step | longtail | counts"),
         (["--counts", "4,2", "--epochs", "abc"], "`--epochs` must be an integer >= 1"),
         (["--counts", "4,2", "--epochs", "0"], "`--epochs` must be an integer >= 1"),
         (["--counts", "4,2", "--d", "2.5"], "`--d` must be an integer"),
         (["--counts", "4,2", "--lr", "fast"], "`--lr` must be a finite number"),
-        (["--counts", "4,2", "--lr", "-1"], "`lr` must be a number > 0"),
-        (["--counts", "4,2", "--momentum", "1"], "`momentum` must be a number in \\[0, 1\\)"),
+        (["--counts", "4,2", "--lr", "-1"], "`--lr` must be a number > 0"),
+        (["--counts", "4,2", "--momentum", "1"], "`--momentum` must be a number in \\[0, 1\\)"),
         (["--counts", "4,2", "--weight-decay", "nan"], "`--weight-decay` must be a finite number"),
-        (["--counts", "4,2", "--loss", "ldam"], "`loss` must be a ParametricCE member"),
+        (["--counts", "4,2", "--loss", "ldam"], "`--loss` must be a ParametricCE member"),
         (["--counts", "4,2", "--loss", "focal"], "unknown loss 'focal'"),
         (
             ["--counts", "4,2", "--loss", "ce", "--gamma-grid", "0:1:3"],
-            "`losses` must be losses with a family",
+            "`--loss` must be losses with a family",
         ),
         (
             ["--counts", "4,2", "--gamma-grid", "1:0:3"],
@@ -111,12 +114,12 @@ def test_ufm_config_with_overrides(cli, tmp_path):
         ),
         (["--counts", "4,2", "--hyper", "tau=1"], "loss 'ldt' takes gamma, normalize; got unknown"),
         (["--counts", "4,2", "--milestones", "x"], "`--milestones` must be comma-separated integers"),
-        (["--counts", "4,2", "--milestones", "30,20"], "`milestones` must be strictly increasing"),
+        (["--counts", "4,2", "--milestones", "30,20"], "`--milestones` must be strictly increasing"),
         (["--counts", "4,2", "--seeds", "a"], "`--seeds` must be comma-separated integers"),
         (["--counts", "4,2", "--seeds", "-1"], "`--seeds` must be an integer >= 0"),
         (["--counts", "4,2", "--batch-size", "-2"], "`--batch-size` must be an integer >= 0"),
-        (["--counts", "4,2", "--dtype", "float16"], "`dtype` must be 'float32' or 'float64'"),
-        (["--counts", "4,2", "--device", "tpu"], "`device` must be"),
+        (["--counts", "4,2", "--dtype", "float16"], "`--dtype` must be 'float32' or 'float64'"),
+        (["--counts", "4,2", "--device", "tpu"], "`--device` must be"),
         (["--counts", "4,2", "--threads", "0"], "`--threads` must be an integer >= 1"),
         (["--counts", "4,2", "--threads", "1000000"], r"`--threads` must be an integer in \[1, \d+\]"),
         (["--counts", "4,2", "--weight-decay", "-1"], "`--weight-decay` must be a number >= 0"),
@@ -128,9 +131,11 @@ def test_ufm_config_with_overrides(cli, tmp_path):
             ["--counts", "4,2", "--weight-decay", "2", "--path"],
             r"`--weight-decay` must be a number in \(0, 1\)",
         ),
-        (["--counts", "4,2", "--path-lams", "1e-3,1e-2"], "`path_lams` must be a strictly decreasing"),
+        (["--counts", "4,2", "--path-lams", "1e-3,1e-2"], "`--path-lams` must be a strictly decreasing"),
         (["--counts", "4,2", "--path-lams", "a"], "`--path-lams` must be comma-separated numbers"),
-        (["--counts", "4,2", "--init-std", "0"], "`init_std` must be a number > 0"),
+        (["--counts", "4,2", "--init-std", "0"], "`--init-std` must be a number > 0"),
+        (["--counts", "4,2", "--lr-decay", "0"], "`--lr-decay` must be a number > 0"),
+        (["--counts", "4,2", "--loss", "ldt", "--hyper", "gamma=1e6"], "`--hyper gamma` must be a value"),
         (["--config", "no/such/file.toml"], "`--config` must be an existing TOML file"),
     ],
 )
@@ -188,7 +193,7 @@ def test_ufm_out_must_be_a_folder(cli, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_ufm_cuda_without_gpu(cli):
     r = cli("ufm", "--counts", "4,2", "--device", "cuda", "--quiet")
-    assert r.code == 2 and "`device` must be an available device" in r.err
+    assert r.code == 2 and "`--device` must be an available device" in r.err
 
 
 # ------------------------------------------------------------------------ audit findings

@@ -119,7 +119,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "lr_now",
     "train_loss",  # L(W H): the loss's mean over all training samples
     "objective",  # F = L + lam/2 (||W||^2 + ||H||^2)
-    "grad_rel",  # ||grad F|| / (lam ||(W, H)||): 0 at a stationary point
+    "grad_rel",  # ||grad F|| / (lam ||(W, H)||): 0 at a stationary point (lam = 0: ||grad L||)
     "train_acc",
     "train_bal_acc",
     "finite",  # False once the run diverged (loss not finite or ||W||^2 + ||H||^2 > 1e100)
@@ -453,7 +453,8 @@ def _measure(
         row: dict[str, Any] = {
             "train_loss": loss,
             "objective": loss + 0.5 * lam * (sq_w + sq_h),
-            "grad_rel": gnorm / scale if scale > 0 and math.isfinite(scale) else nan,
+            # Without weight decay there is no stationary point to be relative to: ||grad L||.
+            "grad_rel": gnorm if lam == 0 else (gnorm / scale if scale > 0 and math.isfinite(scale) else nan),
             "train_acc": float(correct.mean()),
             "train_bal_acc": float(np.mean(np.bincount(labels, weights=correct, minlength=k) / counts)),
             "W_norm": math.sqrt(sq_w),

@@ -263,6 +263,7 @@ def test_summary_nan_for_single_class_groups():
         (lambda: class_logits({"delta_logit": [1.0]}, [5, 1]), r"`delta_logit` must be a vector of length 2"),
         (lambda: class_logits({"omega_typo": [1, 1]}, [5, 1]), r"`loss_or_params` must be a mapping"),
         (lambda: geometry(np.eye(3), [1, 2]), r"`M` must be a \(2, 2\) matrix"),
+        (lambda: geometry(np.full((2, 2), np.nan), [1, 2]), r"`M` must be a matrix of finite numbers"),
         (lambda: distance(np.eye(2), np.eye(3)), r"`G` must be a matrix of shape \(3, 3\)"),
         (lambda: distance(np.zeros((2, 2)), np.eye(2)), r"`G` must be a non-zero matrix"),
         (lambda: predict(create_loss("ldam", [5, 1]), [5, 1]), r"`loss` must be a ParametricCE"),

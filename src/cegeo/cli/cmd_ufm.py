@@ -195,7 +195,28 @@ def build_experiment(config: Path | None, opts: dict[str, Any]) -> UFMExperiment
     exp = from_dict(UFMExperiment, data)  # unknown keys and wrong types first, e.g. a [ufm] table
     if not any(key in data for key in ("step", "longtail", "counts")):
         raise InputError("give a class profile: --step, --longtail or --counts (or --config FILE); got none.")
-    return exp.validate()
+    try:
+        return exp.validate()
+    except InputError as err:
+        raise _as_flag_error(err, over) from None
+
+
+def _as_flag_error(err: InputError, over: dict[str, Any]) -> InputError:
+    """An experiment error about a setting given on the command line, named by its flag:
+    "`lr` must be ..." becomes "`--lr` must be ..." (a setting from --config keeps its key)."""
+    message = str(err)
+    if not message.startswith("`"):
+        return err
+    name = message[1 : message.find("`", 1)]
+    if name in ("loss", "losses") and "losses" in over:
+        flag = "--loss"
+    elif name in over.get("hyper", {}):
+        flag = f"--hyper {name}"
+    elif name in over:
+        flag = "--" + name.replace("_", "-")
+    else:
+        return err
+    return InputError(f"`{flag}`" + message[len(name) + 2 :])
 
 
 # --------------------------------------------------------------------------------- comparisons

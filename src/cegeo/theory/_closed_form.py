@@ -342,6 +342,8 @@ def geometry(M: Any, class_counts: Any, groups: Groups | None = None) -> Geometr
     M = np.asarray(M, dtype=np.float64)
     if M.shape != (k, k):
         raise fail("M", f"a ({k}, {k}) matrix (k from class_counts)", M.shape)
+    if not np.all(np.isfinite(M)):
+        raise fail("M", "a matrix of finite numbers", described("non-finite entries"))
     grp = groups if groups is not None else majority_groups(n)
     sq = np.sqrt(n)
     # Both square roots from one SVD of M N^1/2 = U S V^T: (M N M^T)^1/2 = U S U^T and
