@@ -327,6 +327,20 @@ def test_force_never_clears_a_folder_cegeo_did_not_make(cli, tmp_path):
     assert (out / "metrics.jsonl").read_text() == "my own log\n"
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_user_files_named_like_run_files_are_never_overwritten(cli, tmp_path, force):
+    """A folder without a cegeo config.toml holds no run: its metrics.jsonl or final.json are the
+    user's (were overwritten by a new run without --force before)."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"my": "precious"}\n')
+    (out / "final.json").write_text("{}")
+    r = cli("train", *GAUSS, "--epochs", "1", "--out", out, *(["--force"] if force else []))
+    assert r.code == 2 and "must be a new or empty folder, or a cegeo run folder" in r.err, r.err
+    assert (out / "metrics.jsonl").read_text() == '{"my": "precious"}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["final.json", "metrics.jsonl"]
+
+
 def test_names_from_the_data_are_printed_not_read_as_markup(cli, tmp_path):
     """Class names are user data: rich markup in them ("[/b]", "[link=...]") prints as text."""
     rng = np.random.default_rng(0)

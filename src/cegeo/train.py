@@ -232,8 +232,11 @@ def prepare_run_folder(
     cfg_file = path / "config.toml"
     if not cfg_file.exists():
         if path.exists():
+            # Without config.toml the folder holds no cegeo run, so a file with a run file's name
+            # (metrics.jsonl, final.json ...) is the user's and would be overwritten: only the
+            # error.json a failed sweep run leaves is ours.
             foreign = sorted(
-                p.name for p in path.iterdir() if p.name not in RUN_FILES and not p.name.startswith(".")
+                p.name for p in path.iterdir() if p.name != "error.json" and not p.name.startswith(".")
             )
             if foreign:
                 raise InputError(
