@@ -204,6 +204,34 @@ def test_cli_report_with_out_and_markdown_paths(cli, sweep_dir, tmp_path):
     assert "did best for the minority classes" in r.out or "CE did best" in r.out
 
 
+def test_report_never_overwrites_a_users_files(cli, sweep_dir, tmp_path):
+    """report.html and summary.md are replaced only when cegeo wrote them: a user's own files of
+    those names (e.g. summary.md beside --out in the working folder) are refused, untouched."""
+    out = tmp_path / "r.html"
+    (tmp_path / "summary.md").write_text("MINE\n")
+    r = cli("report", sweep_dir, "--out", out)
+    assert r.code == 2 and r.err.startswith(
+        "error: `--markdown` must be a new file or a report cegeo wrote"
+    ), r.err
+    assert (tmp_path / "summary.md").read_text() == "MINE\n" and not out.exists()
+    (tmp_path / "summary.md").unlink()
+    assert cli("report", sweep_dir, "--out", out).code == 0
+    first = out.read_text()
+    assert '<meta name="generator" content="cegeo' in first
+    assert cli("report", sweep_dir, "--out", out).code == 0  # a cegeo report is replaced
+    own = tmp_path / "own.html"
+    own.write_text("<html>my page</html>")
+    r = cli("report", sweep_dir, "--out", own, "--markdown", tmp_path / "summary.md")
+    assert r.code == 2 and "`--out` must be a new file or a report cegeo wrote" in r.err, r.err
+    assert own.read_text() == "<html>my page</html>"
+    r = cli("report", sweep_dir, "--out", out, "--markdown", out)
+    assert r.code == 2 and "`--markdown` must be a file other than the HTML report" in r.err, r.err
+    # a report written before the generator tag existed is recognised by its "generated" line
+    old = out.read_text().replace('<meta name="generator" content="cegeo', '<meta name="x" content="')
+    out.write_text(old)
+    assert cli("report", sweep_dir, "--out", out).code == 0
+
+
 def test_report_of_a_single_run_folder(sweep_dir, tmp_path):
     run = tmp_path / "one"
     shutil.copytree(sweep_dir / "runs" / "ok__ldt_gamma=0.5__seed0", run)

@@ -34,6 +34,7 @@ import numpy as np
 from .. import __version__
 from .._io import writable_folder, write_text
 from .._validation import fail
+from ..data._dataset import described
 from ..data.imbalance import Groups
 from ..theory import predict, theory_loss
 from ._collect import ReportData, collect, curves, minority_curve
@@ -654,6 +655,19 @@ def _provenance(page: _Page, data: ReportData) -> None:
 # --------------------------------------------------------------------------------------- build
 
 
+def _cegeo_wrote(path: Path) -> bool:
+    """Whether ``path`` is a report cegeo wrote: the HTML's generator tag, or the
+    "generated ... by cegeo" line every HTML page and Markdown summary carries near the top."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(1 << 16).decode("utf-8", "replace")
+    except OSError:
+        return False
+    if '<meta name="generator" content="cegeo' in head:
+        return True
+    return any("generated " in line and " by cegeo " in line for line in head.splitlines())
+
+
 def build_report(
     folder: str | Path,
     out: str | Path | None = None,
@@ -704,8 +718,18 @@ def build_report(
     md_path = Path(markdown) if markdown is not None else html_path.with_name("summary.md")
     if md_path.is_dir():
         raise fail("--markdown", "a file path", str(md_path))
+    if md_path.resolve() == html_path.resolve():
+        raise fail("--markdown", "a file other than the HTML report", str(md_path))
     writable_folder("--out", html_path.parent)
     writable_folder("--markdown", md_path.parent)
+    # A report replaces only a report: a user's own report.html or summary.md is never overwritten.
+    for option, path in (("--out", html_path), ("--markdown", md_path)):
+        if path.exists() and not _cegeo_wrote(path):
+            raise fail(
+                option,
+                "a new file or a report cegeo wrote before",
+                described(f"{path}, a file cegeo did not write (choose another {option})"),
+            )
 
     page = _Page()
     headline = data.headline()
@@ -733,6 +757,7 @@ def build_report(
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f'<meta name="generator" content="cegeo {_e(__version__)}">',
         f"<title>{_e(data.title)}</title><style>{_CSS}</style></head><body><main>",
         f"<h1>{_e(data.title)}</h1>",
         f'<p class="meta">{_e(meta)}</p>',
