@@ -342,3 +342,43 @@ def test_figures_draw_names_with_dollar_signs_as_text():
     ax.plot([0, 1], [0, 1], label=r"$\bar$ loss")
     ax.legend()
     assert figure_png_bytes(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_profile_string_on_different_class_counts_makes_two_theory_curves(tmp_path):
+    """Setups on 4 and 6 classes with the same imbalance string are two families: each set of
+    markers is drawn against the theory for its own counts (the k = 6 runs were drawn against
+    the k = 4 curve: W cosine -1/3 where -1/5 is right)."""
+    text = """
+seeds = [0]
+[base.data]
+source = "gaussian"
+imbalance = "step:R=4,rho=0.5"
+val_fraction = 0.25
+[base.model]
+name = "mlp"
+options = { width = 8, depth = 1 }
+[base.train]
+epochs = 2
+[base.runtime]
+threads = 1
+[[setups]]
+name = "g4"
+data.options = { k = 4, d = 6, n_per_class = 24, n_test_per_class = 4 }
+[[setups]]
+name = "g6"
+data.options = { k = 6, d = 6, n_per_class = 24, n_test_per_class = 4 }
+[[losses]]
+name = "ce"
+[[losses]]
+name = "ldt"
+grid = { gamma = [0.0, 0.5] }
+"""
+    (tmp_path / "s.toml").write_text(text)
+    out = tmp_path / "sw"
+    run_sweep(load_sweep(tmp_path / "s.toml"), out)
+    families = collect(out).gamma_families()
+    assert [len(f["counts"]) for f in families] == [4, 6]
+    assert [list(f["markers"]) for f in families] == [["g4"], ["g6"]]
+    assert [f["profile"] for f in families] == ["step:R=4,rho=0.5, k=4", "step:R=4,rho=0.5, k=6"]
+    rep = build_report(out)
+    assert [f for f in rep.figures if f.startswith("gamma-")] == ["gamma-ldt-1", "gamma-ldt-2"]

@@ -319,17 +319,32 @@ class ReportData:
         from the runs (one marker series per setup) and from the UFM.
         """
         out: list[dict[str, Any]] = []
-        keys: list[tuple[str, str]] = []
-        by_key: dict[tuple[str, str], dict[str, Any]] = {}
+        # A family is a loss and the shape of the class counts its theory curve is drawn for
+        # (the same imbalance string on 4 and on 6 classes are two families, two curves).
+        keys: list[tuple[str, int]] = []
+        by_key: dict[tuple[str, int], dict[str, Any]] = {}
+
+        def family(loss: str, final: dict[str, Any]) -> tuple[str, int] | None:
+            for key in keys:
+                ref = by_key[key]["ref"]
+                if (
+                    key[0] == loss
+                    and ref is not None
+                    and _same_ratios(ref["class_counts"], final["class_counts"], 1e-6)
+                ):
+                    return key
+            return None
+
         for g in self.groups:
             fin = [r for r in g.finished if (r.final or {}).get("geometry")]
             if g.loss not in GAMMA_LOSSES or not fin or "gamma" not in g.hyper:
                 continue
-            profile = str((fin[0].final or {}).get("imbalance"))
-            key = (g.loss, profile)
-            if key not in by_key:
+            ref = fin[0].final or {}
+            key = family(g.loss, ref)
+            if key is None:
+                key = (g.loss, len(keys))
                 keys.append(key)
-                by_key[key] = {"loss": g.loss, "profile": profile, "ref": fin[0].final, "series": {}}
+                by_key[key] = {"loss": g.loss, "profile": str(ref.get("imbalance")), "ref": ref, "series": {}}
             label = g.setup or _model_label(fin[0])
             by_key[key]["series"].setdefault(label, []).append((g.hyper["gamma"], [r.final for r in fin]))
         # CE is the gamma = 0 member of every temperature family: its runs mark gamma = 0.
@@ -337,13 +352,18 @@ class ReportData:
             fin = [r for r in g.finished if (r.final or {}).get("geometry")]
             if g.loss != "ce" or not fin:
                 continue
-            profile = str((fin[0].final or {}).get("imbalance"))
             label = g.setup or _model_label(fin[0])
             for key in keys:
-                if key[1] == profile:
+                ref = by_key[key]["ref"]
+                if _same_ratios(ref["class_counts"], (fin[0].final or {}).get("class_counts"), 1e-6):
                     series = by_key[key]["series"].setdefault(label, [])
                     if all(gamma != 0.0 for gamma, _ in series):
                         series.append((0.0, [r.final for r in fin]))
+        # Families of one loss whose profiles read alike (one string on different k) say their k.
+        names = [(by_key[key]["loss"], by_key[key]["profile"]) for key in keys]
+        for key, name in zip(keys, names, strict=True):
+            if names.count(name) > 1:
+                by_key[key]["profile"] += f", k={len(by_key[key]['ref']['class_counts'])}"
         ufm_series: dict[str, dict[float, list[dict[str, Any]]]] = {}
         if self.ufm is not None:
             for row in self.ufm["configs"]:
@@ -354,12 +374,21 @@ class ReportData:
         ufm_counts = None if self.ufm is None else self.ufm.get("class_counts")
         for loss, points in ufm_series.items():
             matching = [
-                k for k in keys if k[0] == loss and _same_ratios(by_key[k]["ref"]["class_counts"], ufm_counts)
+                k
+                for k in keys
+                if k[0] == loss
+                and by_key[k]["ref"] is not None
+                and _same_ratios(by_key[k]["ref"]["class_counts"], ufm_counts)
             ]
             if not matching:
-                key = (loss, str(self.ufm.get("profile")))
+                key = (loss, len(keys))
                 keys.append(key)
-                by_key[key] = {"loss": loss, "profile": key[1], "ref": None, "series": {}}
+                by_key[key] = {
+                    "loss": loss,
+                    "profile": str(self.ufm.get("profile")),
+                    "ref": None,
+                    "series": {},
+                }
                 matching = [key]
             for key in matching:
                 by_key[key]["ufm"] = points

@@ -248,7 +248,8 @@ def _gamma_figures(page: _Page, data: ReportData) -> None:
         "so a network's uncentred class-mean cosines cannot reach the theory's negative values.",
         "note",
     )
-    for fam in families:
+    per_loss = [fam["loss"] for fam in families]
+    for i, fam in enumerate(families):
         counts = np.asarray(fam["counts"], dtype=float)
         groups = None
         if fam["groups"]:
@@ -284,7 +285,8 @@ def _gamma_figures(page: _Page, data: ReportData) -> None:
         )
         page.figure(
             sec,
-            f"gamma-{fam['loss']}",
+            f"gamma-{fam['loss']}"
+            + (f"-{per_loss[:i].count(fam['loss']) + 1}" if per_loss.count(fam["loss"]) > 1 else ""),
             fig,
             f"{fam['loss'].upper()} over gamma in [{lo:g}, {hi:g}] ({fam['profile']}): theory curve, ETF "
             f"line, markers {', '.join(markers)}.",
