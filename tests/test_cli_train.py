@@ -405,3 +405,21 @@ def test_relative_csv_test_path_is_recorded_absolute(cli, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     r = cli("train", "--config", out / "config.toml", "--out", tmp_path / "again")
     assert r.code == 0, r.err
+
+
+def test_resume_with_normal_class_typed_on_the_command_line(cli, tmp_path):
+    """A run whose config holds normal_class = 0 (a sweep's TOML) resumes with --normal-class 0
+    (text on a command line); another class is still a different run."""
+    out = tmp_path / "run"
+    assert cli("train", *GAUSS, "--epochs", "1", "--out", out).code == 0
+    text = (out / "config.toml").read_text()
+    assert "normal_class" not in text
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text.replace("[data]\n", "[data]\nnormal_class = 0\n", 1).split("[provenance]")[0])
+    out2 = tmp_path / "run2"
+    assert cli("train", "--config", cfg, "--out", out2, "--no-progress").code == 0
+    assert "normal_class = 0\n" in (out2 / "config.toml").read_text()
+    r = cli("train", "--config", cfg, "--out", out2, "--resume", "--normal-class", "0", "--no-progress")
+    assert r.code == 0 and "finished already" in r.out, r.err
+    r = cli("train", "--config", cfg, "--out", out2, "--resume", "--normal-class", "1", "--no-progress")
+    assert r.code == 2 and "`data.normal_class` must match the run being resumed" in r.err, r.err

@@ -483,9 +483,16 @@ def config_differences(a: RunConfig, b: RunConfig) -> list[tuple[str, Any, Any]]
                 out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
+    def same(key: str, x: Any, y: Any) -> bool:
+        if key == "data.normal_class" and x is not None and y is not None:
+            # `--normal-class 0` arrives as text (a class name or an index); a config file's
+            # 0 is an index: the same setting for a resume, which keeps the recorded value.
+            return str(x) == str(y)
+        return x == y
+
     fa, fb = flat(to_dict(a)), flat(to_dict(b))
     keys = [k for k in dict.fromkeys([*fa, *fb]) if not k.startswith("runtime.")]
-    return [(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)]
+    return [(k, fa.get(k), fb.get(k)) for k in keys if not same(k, fa.get(k), fb.get(k))]
 
 
 def load_run_config(path: str | Path, param: str | None = None) -> RunConfig:
