@@ -194,6 +194,11 @@ def test_setup_source_with_options_of_another_source_is_refused_before_any_run(t
         (SWEEP + "\n[ufm]\nstep = 'k=4,R=4,rho=0.5'\nbogus = 2\n", None, r"unknown key `ufm\.bogus`"),
         (SWEEP + "\n[posthoc]\nmethods = 'magic'\n", None, r"unknown rebalancer 'magic'"),
         (SWEEP + "\n[posthoc]\nmetric = 'accuracy'\n", None, r"`posthoc\.metric` must be one of"),
+        (
+            SWEEP + "\n[posthoc]\nlosses = ['LDT']\n",
+            None,
+            r"`posthoc\.losses` must be names or labels of \[\[losses\]\] entries \(ce, ldt\); got 'LDT'",
+        ),
         (SWEEP + "\n[posthoc]\nlosse = ['ce']\n", None, r"unknown key `posthoc\.losse`"),
         (SWEEP, {"nosuch:data.source": "x"}, r"`--set` must be a setup name"),
         (SWEEP, {"epochs": 3}, r"`--set` must be KEY=VALUE or SETUP:KEY=VALUE"),

@@ -277,6 +277,14 @@ class SweepConfig:
             from .rebalance import SELECTION_METRICS, parse_methods
 
             parse_methods(self.posthoc.methods)
+            known = list(dict.fromkeys(n for spec in self.losses for n in (spec.name, spec.label) if n))
+            unknown = [n for n in self.posthoc.losses if n not in known]
+            if unknown:
+                raise fail(
+                    "posthoc.losses",
+                    f"names or labels of [[losses]] entries ({', '.join(known) or 'none'})",
+                    unknown[0],
+                )
             if self.posthoc.metric not in SELECTION_METRICS:
                 raise fail(
                     "posthoc.metric", "one of " + ", ".join(map(repr, SELECTION_METRICS)), self.posthoc.metric
