@@ -559,7 +559,8 @@ def _diff(a: float | None, b: float | None) -> str | None:
 def _secs(v: float | None) -> str:
     if v is None:
         return "–"
-    return f"{v:.2f} s" if v < 10 else f"{v:.0f} s" if v < 600 else f"{v / 60:.1f} min"
+    # three significant digits below 10 s, so that two short times and their ratio agree
+    return f"{v:.3g} s" if v < 10 else f"{v:.0f} s" if v < 600 else f"{v / 60:.1f} min"
 
 
 _PRETTY = {
@@ -587,6 +588,9 @@ def pretty(label: str) -> str:
 
 
 def _cap(text: str) -> str:
+    """Capitalise a sentence's first letter, leaving a loss's own spelling (wCE) alone."""
+    if any(text.startswith(name) for name in _PRETTY.values()):
+        return text
     return text[:1].upper() + text[1:] if text else text
 
 
