@@ -740,6 +740,10 @@ def test_npz_refuses_object_arrays_and_garbage(tmp_path):
     np.savez(p, x_train=np.array([[1, None]], dtype=object), y_train=np.array([0]))
     with pytest.raises(ValueError, match=r"must be an npz of plain arrays \(object arrays are refused\)"):
         load_dataset(f"npz:{p}")
+    # many references to one object pickle smaller than n * 8 bytes: still the object-array error
+    np.savez(p, x_train=np.array([None] * 10000, dtype=object).reshape(-1, 1), y_train=np.zeros(10000, int))
+    with pytest.raises(ValueError, match=r"must be an npz of plain arrays \(object arrays are refused\)"):
+        load_dataset(f"npz:{p}")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"this is not a zip file")
     with pytest.raises(

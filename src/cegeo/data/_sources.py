@@ -494,6 +494,8 @@ def _check_npz_sizes(spec: str, path: Path) -> None:
                     shape, _, dtype = read(member)
                 except ValueError:
                     continue  # not a .npy member: np.load returns its bytes, refused by the caller
+            if dtype.hasobject:
+                continue  # a pickled object array: np.load refuses it (allow_pickle=False)
             nbytes = math.prod(int(n) for n in shape) * dtype.itemsize
             if nbytes > min(info.file_size, _IDX_MAX_BYTES):
                 key = info.filename[: -len(".npy")]
