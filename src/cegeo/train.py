@@ -850,6 +850,11 @@ class Trainer:
             if self._graphs:
                 self._lr.fill_(lr)
             else:
+                if self._fused:
+                    # The graphs' fused SGD reads the rate as float32 from a device tensor; the
+                    # eager fused kernel would use the float as a double. Rounded alike, a run
+                    # with and one without graphs follow the same trajectory.
+                    lr = float(np.float32(lr))
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
             batch = order[s * B : (s + 1) * B]  # the global batch, identical on every rank
@@ -1131,7 +1136,9 @@ class Trainer:
             self._lr.zero_()
             pool = None
             for loss_fn in self._graph_losses(start_epoch):
-                for size in self.batch_sizes:
+                # largest first, in the order an epoch replays them (full batches, then the
+                # last partial one), as graphs sharing a memory pool should be
+                for size in sorted(self.batch_sizes, reverse=True):
                     step = lambda x, y, fn=loss_fn: self._train_step(fn, x, y, y)  # noqa: E731
                     g = _GraphStep(step, (self.x["train"][:size], self.y["train"][:size]), capture, pool)
                     g.warm_up()
