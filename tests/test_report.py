@@ -344,6 +344,27 @@ def test_figures_draw_names_with_dollar_signs_as_text():
     assert figure_png_bytes(fig)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_log_axis_ticks_keep_their_mathtext():
+    """Names are drawn as text, but matplotlib's own tick labels keep mathtext: a log axis's
+    $\\mathdefault{10^{0}}$ was drawn literally."""
+    import matplotlib.pyplot as plt
+
+    from cegeo.report.figures import _plain_text
+
+    fig, ax = plt.subplots()
+    ax.set_yscale("log")
+    ax.plot([1, 2, 3], [0.1, 1, 100], label="$x$ setup")
+    ax.set_title("$y$ loss")
+    ax.legend()
+    _plain_text(fig)
+    fig.canvas.draw()
+    ticks = [t for t in ax.yaxis.get_majorticklabels() if t.get_text()]
+    assert ticks and any("mathdefault" in t.get_text() for t in ticks)
+    assert all(t.get_parse_math() for t in ticks)
+    assert not ax.title.get_parse_math() and not ax.get_legend().get_texts()[0].get_parse_math()
+    plt.close(fig)
+
+
 def test_one_profile_string_on_different_class_counts_makes_two_theory_curves(tmp_path):
     """Setups on 4 and 6 classes with the same imbalance string are two families: each set of
     markers is drawn against the theory for its own counts (the k = 6 runs were drawn against

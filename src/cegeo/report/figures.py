@@ -114,9 +114,17 @@ def geometry_vs_gamma_figure(
 def _plain_text(fig: Figure) -> Figure:
     """Every text drawn as written: names from runs (a setup called ``$x$``, a loss label with a
     ``$``) are not parsed as mathtext, which could fail or mangle them. cegeo's own labels use
-    none."""
+    none. Tick labels and axis offsets are matplotlib's own and keep their mathtext (a log
+    axis writes 10^k as ``$\\mathdefault{10^{k}}$``)."""
     for text in fig.findobj(matplotlib.text.Text):
         text.set_parse_math(False)
+    fig.canvas.draw()  # lays out every tick label, then given its mathtext back
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.offsetText.set_parse_math(True)
+            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
+                tick.label1.set_parse_math(True)
+                tick.label2.set_parse_math(True)
     return fig
 
 
