@@ -254,9 +254,26 @@ def test_batch_size_one_with_batchnorm_is_an_error_and_writes_nothing(cli, tmp_p
     out = tmp_path / "bs1"
     r = cli("train", *GAUSS, "--batch-size", "1", "--epochs", "1", "--out", out)
     assert r.code == 2 and r.err.count("\n") == 1, r.err
-    assert "`train.batch_size` must be at least 2 (2 per process: the model's BatchNorm" in r.err
+    assert (
+        "`train.batch_size` must be at least 2 (the model's BatchNorm needs 2 samples per batch); got 1"
+        in r.err
+    )
     assert not out.exists() or list(out.iterdir()) == []
     assert cli("train", *GAUSS, "--batch-size", "2", "--epochs", "1", "--out", out).code == 0
+    # without BatchNorm one sample is a batch
+    r = cli(
+        "train",
+        *GAUSS,
+        "--model-option",
+        "batchnorm=false",
+        "--batch-size",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "nobn",
+    )
+    assert r.code == 0, r.err
 
 
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(cli, tmp_path, monkeypatch):

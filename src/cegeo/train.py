@@ -750,20 +750,28 @@ class Trainer:
         B = cfg.batch_size
         self.n_train = n
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
-        if has_bn and B < 2 * self.dist.world:
-            raise fail(
-                "train.batch_size",
-                f"at least {2 * self.dist.world} (2 per process: the model's BatchNorm needs 2 samples "
-                "per batch)",
-                B,
-            )
-        # A last batch smaller than 2 per rank is dropped: BatchNorm needs 2 samples per batch.
+        world = self.dist.world
+        # The epoch's batches do not depend on the number of processes, so N ranks train what
+        # one process trains (and a run may resume on another number): the last, short batch
+        # is kept when BatchNorm can use it (2 samples; 1 without BatchNorm) ...
+        smallest = 2 if has_bn else 1
         rest = n % B
-        self.steps_per_epoch = n // B + (1 if rest >= 2 * self.dist.world else 0)
+        self.steps_per_epoch = n // B + (1 if rest >= smallest else 0)
         if self.steps_per_epoch == 0:
+            raise fail("train.batch_size", f"at most the training split's size (n = {n})", B)
+        # ... and every process needs its share of each batch: one sample each (2 each when
+        # BatchNorm statistics are not synchronised over the processes).
+        per_rank = 2 if has_bn and not self.config.runtime.sync_bn else 1
+        need = max(smallest, per_rank * world)
+        if B < need:
+            why = [f"{per_rank} per process of {world}"] if world > 1 else []
+            why += ["the model's BatchNorm needs 2 samples per batch"] if has_bn else []
+            raise fail("train.batch_size", f"at least {need} ({'; '.join(why)})", B)
+        if world > 1 and smallest <= rest < need:
             raise fail(
                 "train.batch_size",
-                f"at most the training split's size with at least 2 samples per rank (n = {n})",
+                f"a size that divides the training split (n = {n}) or leaves a last batch of at least "
+                f"{need} samples for {world} processes (it leaves {rest}; one process would train on it)",
                 B,
             )
         self.batch_sizes = sorted({min(B, n - s * B) for s in range(self.steps_per_epoch)})
