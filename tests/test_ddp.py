@@ -148,6 +148,10 @@ def test_a_short_last_batch_is_trained_by_one_process_and_by_two(tmp_path):
     for key, value in a["model"].items():
         if value.is_floating_point():
             assert torch.allclose(value, b["model"][key], rtol=0, atol=1e-5), key
+    again = _torchrun("-m", "cegeo", "train", *REST, "--out", str(two), "--resume")
+    assert again.stdout.count("finished already") == 1 and again.stdout.count("run folder:") == 1, (
+        again.stdout
+    )
     cfg = (one / "config.toml").read_text().replace("sync_bn = true", "sync_bn = false")
     assert "sync_bn = false" in cfg
     (tmp_path / "c.toml").write_text(cfg.split("[provenance]")[0])

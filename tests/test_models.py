@@ -151,6 +151,8 @@ def test_cosine_classifier_is_scale_invariant():
         ("mlp", {"width": 0}, r"`width` must be an integer >= 1; got 0"),
         ("mlp", {"depth": 2.5}, r"`depth` must be an integer; got 2.5"),
         ("mlp", {"widths": []}, r"`widths` must be a non-empty sequence of positive integers"),
+        ("mlp", {"widths": [16, 8], "width": 512}, r"`widths` must be given without width and depth"),
+        ("mlp", {"widths": [16, 8], "depth": 9}, r"`widths` must be given without width and depth"),
         ("mlp", {"cosine_classifier": "maybe"}, r"`cosine_classifier` must be true or false; got 'maybe'"),
         ("resnet32", {"width": 5}, r"`width` must be an even number"),
     ],

@@ -440,6 +440,8 @@ def _build_mlp(
         if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or len(widths) == 0:
             raise fail("widths", "a non-empty sequence of positive integers", widths)
         hidden = tuple(check_int("widths", w, minimum=1) for w in widths)
+        if (width, depth) != (2048, 6):  # widths sets every layer: width/depth would be ignored
+            raise fail("widths", "given without width and depth (it sets every hidden layer)", list(widths))
     return MLP(
         math.prod(in_shape),
         num_classes,

@@ -207,7 +207,7 @@ def train_command(
     Example: cegeo train --data digits --imbalance step:R=10,rho=0.5 --model mlp --loss ldt
     --gamma 0.5 --epochs 30 --seed 0 --out runs/ldt. Imbalance ratio R = n_max/n_min >= 1.
     """
-    from ..train import Trainer
+    from ..train import Trainer, _env_world
 
     updates: dict[str, Any] = {}
     for key, value in (
@@ -273,10 +273,11 @@ def train_command(
     config = override(base, updates)
     target = writable_folder("--out", out if out is not None else _default_out(config, config_file))
     trainer = Trainer(config, target, resume=resume, force=force, progress=progress)
-    if trainer.action == "finished":
+    rank0 = _env_world()[1] == 0  # under torchrun only rank 0 reports
+    if trainer.action == "finished" and rank0:
         console.print(f"{target}: the run has finished already (nothing to do).")
     final = trainer.run()
-    if not final:  # a non-zero rank of a distributed run
+    if not final or not rank0:
         return
     _print_summary(final, target)
 
