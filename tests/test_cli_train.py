@@ -440,3 +440,16 @@ def test_resume_with_normal_class_typed_on_the_command_line(cli, tmp_path):
     assert r.code == 0 and "finished already" in r.out, r.err
     r = cli("train", "--config", cfg, "--out", out2, "--resume", "--normal-class", "1", "--no-progress")
     assert r.code == 2 and "`data.normal_class` must match the run being resumed" in r.err, r.err
+
+
+def test_a_file_name_config_toml_cannot_hold_is_refused_before_anything_is_cleared(cli, tmp_path):
+    """A non-UTF-8 file name (a lone surrogate in Python) cannot be recorded in config.toml: a
+    one-line error naming data.source, and --force leaves the old run in place (it was cleared,
+    then the run died with a UnicodeEncodeError traceback)."""
+    out = tmp_path / "run"
+    assert cli("train", *GAUSS, "--epochs", "1", "--out", out).code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = tmp_path / "w\udcff.csv"
+    r = cli("train", *GAUSS[2:], "--data", f"csv:{bad}", "--epochs", "1", "--out", out, "--force")
+    assert r.code == 2 and "`data.source` must be a path or text in UTF-8 (rename the file)" in r.err, r.err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -230,10 +230,18 @@ def _toml_value(v: Any) -> str:
         if math.isinf(f):
             return "inf" if f > 0 else "-inf"
         return repr(f)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
     if isinstance(v, Path):
-        return json.dumps(str(v))
+        v = str(v)
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: a file name in another encoding
+            raise InputError(
+                f"{v!r} cannot be written to a TOML file: it is not valid Unicode text (a file name "
+                "in another encoding than UTF-8? rename it)."
+            ) from None
+        # json escapes every control character TOML forbids but DEL
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple, np.ndarray)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")

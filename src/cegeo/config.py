@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._io import read_toml, to_toml
-from ._validation import InputError, check_finite
+from ._validation import InputError, check_finite, fail
 from .data.imbalance import SAMPLERS
 
 __all__ = [
@@ -211,6 +211,13 @@ class DataConfig:
 
         if not self.source.strip():
             raise InputError(f"`data.source` must be a source spec NAME[:PATH]; got {self.source!r}.")
+        for param, text in [("data.source", self.source)] + [
+            (f"data.options.{k}", v) for k, v in self.options.items() if isinstance(v, str)
+        ]:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a file name in another encoding: config.toml cannot hold it
+                raise fail(param, "a path or text in UTF-8 (rename the file)", text) from None
         from .data import get_dataset_info, parse_spec
 
         name, path = parse_spec(self.source)

@@ -1272,15 +1272,16 @@ class Trainer:
                     _rewrite_jsonl(self.out / "metrics.jsonl", self.records)
         elif writer:
             assert self.out is not None
+            env = environment_info()
+            env.update({"device": str(self.device), "world_size": self.dist.world})
+            text = _to_toml({**to_dict(cfg), "provenance": env})
             # The run this one replaces (--force, or one that died before its first checkpoint)
-            # is removed only now, once data, model and loss have been built without error.
+            # is removed only now, once data, model, loss and config.toml's text have been
+            # built without error.
             if self.out.exists():
                 _clear(self.out)
             self._started_folder = True
             self.out.mkdir(parents=True, exist_ok=True)
-            env = environment_info()
-            env.update({"device": str(self.device), "world_size": self.dist.world})
-            text = _to_toml({**to_dict(cfg), "provenance": env})
             with atomic_open(self.out / "config.toml", "w") as fh:
                 fh.write(text)
 
