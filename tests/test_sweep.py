@@ -194,6 +194,33 @@ def test_setup_source_with_options_of_another_source_is_refused_before_any_run(t
         (SWEEP + "\n[ufm]\nstep = 'k=4,R=4,rho=0.5'\nbogus = 2\n", None, r"unknown key `ufm\.bogus`"),
         (SWEEP + "\n[posthoc]\nmethods = 'magic'\n", None, r"unknown rebalancer 'magic'"),
         (SWEEP + "\n[posthoc]\nmetric = 'accuracy'\n", None, r"`posthoc\.metric` must be one of"),
+        # a trailing newline passed the name check ($ matches before it): jobs.txt broke apart
+        (SWEEP + '\n[[setups]]\nname = "a\\n"\n', None, r"`setups\.name` must be a name of at most 64"),
+        (
+            SWEEP.replace('name = "ldt"', 'name = "ldt"\nlabel = "L\\n"'),
+            None,
+            r"`losses\.label` must be a name",
+        ),
+        (
+            SWEEP + '\n[[setups]]\nname = "' + "a" * 65 + '"\n',
+            None,
+            r"`setups\.name` must be a name of at most 64",
+        ),
+        (
+            SWEEP + '\n[[setups]]\nname = "a"\nlabel = "_hidden"\n',
+            None,
+            r"`setups\.label` must be one line of text, not starting with '_'",
+        ),
+        (
+            SWEEP
+            + '\n[[setups]]\nname = "'
+            + "a" * 64
+            + '"\n[grid]\n"data.imbalance" = ["counts:'
+            + ",".join(["5"] * 80)
+            + '"]\n',
+            None,
+            r"sweep run name a{60}\.\.\. must be at most 200 characters \(a file name\); got \d+",
+        ),
         (
             SWEEP + "\n[posthoc]\nlosses = ['LDT']\n",
             None,

@@ -129,7 +129,8 @@ __all__ = [
     "write_summary",
 ]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: a run-name part
+_MAX_RUN_NAME = 200  # characters: a run's files (configs/NAME.toml, its temporary twin) stay under 255
 _RUN_TABLES = ("data", "model", "optim", "train", "runtime")
 _SWEEP_KEYS = ("seeds", "name", "description", "ufm", "posthoc")  # settable with --set KEY=VALUE
 
@@ -249,15 +250,26 @@ class SweepConfig:
             )
         names = [s.name for s in self.setups]
         for name in names:
-            if not isinstance(name, str) or not _NAME_RE.match(name) or "__" in name:
+            if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or "__" in name:
                 raise fail(
-                    "setups.name", "a name of letters, digits, '.', '-' or single '_' (a run-name part)", name
+                    "setups.name",
+                    "a name of at most 64 letters, digits, '.', '-' or single '_' (a run-name part)",
+                    name,
                 )
         if len(set(names)) != len(names):
             raise fail("setups.name", "distinct names", names)
         for spec in self.losses:
-            if spec.label is not None and (not _NAME_RE.match(spec.label) or "__" in spec.label):
-                raise fail("losses.label", "a name of letters, digits, '.', '-' or single '_'", spec.label)
+            if spec.label is not None and (not _NAME_RE.fullmatch(spec.label) or "__" in spec.label):
+                raise fail(
+                    "losses.label", "a name of at most 64 letters, digits, '.', '-' or single '_'", spec.label
+                )
+        for setup in self.setups:
+            label = setup.label
+            if label is not None and (
+                not isinstance(label, str) or not label.strip() or label.startswith("_") or "\n" in label
+            ):
+                # matplotlib leaves labels starting with '_' out of legends
+                raise fail("setups.label", "one line of text, not starting with '_'", label)
         for key, values in self.grid.items():
             if key.split(".")[0] not in _RUN_TABLES:
                 raise fail(
@@ -482,6 +494,12 @@ def expand(config: SweepConfig) -> list[SweepRun]:
                             raise InputError(
                                 f"sweep run {name} ({where}loss {spec.display!r}): {exc}"
                             ) from None
+                        if len(name) > _MAX_RUN_NAME:
+                            raise InputError(
+                                f"sweep run name {name[:60]}... must be at most {_MAX_RUN_NAME} characters "
+                                f"(a file name); got {len(name)}: shorten setup names or loss labels, or "
+                                "sweep fewer grid keys."
+                            )
                         if name in seen:
                             raise InputError(
                                 f"two grid points of the sweep are both named {name!r}: give the "
