@@ -453,3 +453,24 @@ def test_a_file_name_config_toml_cannot_hold_is_refused_before_anything_is_clear
     r = cli("train", *GAUSS[2:], "--data", f"csv:{bad}", "--epochs", "1", "--out", out, "--force")
     assert r.code == 2 and "`data.source` must be a path or text in UTF-8 (rename the file)" in r.err, r.err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_temporary_files_of_killed_writes_are_removed_on_force_and_resume(cli, tmp_path):
+    """A run killed mid-write leaves .checkpoint.pt.XXXX.tmp (as large as a checkpoint): --force
+    and --resume remove the temporaries of run files, and nothing else."""
+    out = tmp_path / "run"
+    assert cli("train", *GAUSS, "--epochs", "1", "--out", out).code == 0
+    stale = [out / ".checkpoint.pt.k3j9x2a1.tmp", out / ".metrics.jsonl.abcd1234.tmp"]
+    for p in stale:
+        p.write_bytes(b"x" * 100)
+    (out / ".my-notes.tmp").write_text("mine")
+    assert cli("train", *GAUSS, "--epochs", "2", "--out", out, "--force").code == 0
+    assert not any(p.exists() for p in stale) and (out / ".my-notes.tmp").exists()
+    # resume of an unfinished run (a finished one without final.json looks like one)
+    out2 = tmp_path / "run2"
+    assert cli("train", *GAUSS, "--epochs", "1", "--out", out2).code == 0
+    (out2 / ".checkpoint.pt.zz999999.tmp").write_bytes(b"x")
+    (out2 / "final.json").unlink()
+    r = cli("train", *GAUSS, "--epochs", "1", "--out", out2, "--resume")
+    assert r.code == 0, r.err
+    assert not (out2 / ".checkpoint.pt.zz999999.tmp").exists()

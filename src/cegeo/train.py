@@ -47,6 +47,7 @@ How it works (airbench / nanoGPT style):
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import time
@@ -291,6 +292,18 @@ def _clear(path: Path) -> None:
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             (path / name).unlink()
+    _remove_temporaries(path)
+
+
+def _remove_temporaries(path: Path) -> None:
+    """The temporary files of writes a killed run left behind (``.checkpoint.pt.XXXX.tmp``: as
+    large as a checkpoint); only names :func:`cegeo._io.atomic_open` gives run files."""
+    if _env_world()[1] != 0 or not path.is_dir():
+        return
+    for name in RUN_FILES:
+        for tmp in path.glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
@@ -1263,6 +1276,7 @@ class Trainer:
             # the weights and optimizer state to the model's device.
             ck = load_checkpoint(self.out / "checkpoint.pt")
             start_epoch, step, train_time, wall_before = self._restore(ck)
+            _remove_temporaries(self.out)
             if self.out is not None and (self.out / "metrics.jsonl").exists():
                 # Lines written after the checkpoint (a kill between probe and save) are redone.
                 self.records = [
