@@ -746,3 +746,12 @@ def test_a_budget_finer_than_validation_can_resolve_is_warned_and_overruns_are_m
     text = buf.getvalue()
     row = next(line for line in text.splitlines() if line.strip().startswith("posthoc_la"))
     assert row.rstrip().endswith("0.500 !") and "! = test false-alarm rate over the budget 0.001" in text
+
+
+@pytest.mark.parametrize("command", ["evaluate", "posthoc"])
+def test_a_truncated_logits_file_is_a_one_line_error(cli, run, command):
+    raw = (run / "logits_test.npz").read_bytes()
+    (run / "logits_test.npz").write_bytes(raw[:100])
+    r = cli(command, run, *(["--no-write"] if command == "posthoc" else []))
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "logits_test.npz` must be a readable .npz file" in r.err

@@ -157,3 +157,20 @@ def test_to_toml_strings_round_trip_every_character_toml_allows():
     assert tomllib.loads(to_toml(data)) == data
     with pytest.raises(ValueError, match=r"cannot be written to a TOML file: it is not valid Unicode"):
         to_toml({"t": {"s": "w\udcff.csv"}})
+
+
+def test_read_jsonl_lines_must_be_objects_with_the_integer_keys(tmp_path):
+    from cegeo._io import read_jsonl
+
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"epoch": 1}\n\n{"epoch": 2, "x": [1]}\n')
+    assert read_jsonl(p, ints=("epoch",)) == [{"epoch": 1}, {"epoch": 2, "x": [1]}]
+    for text, match in (
+        ("[1]\n", r"line 1 must be one JSON object; got '\[1\]'"),
+        ('{"epoch": 1}\n{"epoch": "x"}\n', r"line 2 must hold an integer 'epoch'; got 'x'"),
+        ('{"epoch": true}\n', r"line 1 must hold an integer 'epoch'; got True"),
+        ("{nope\n", r"line 1 must be one JSON object"),
+    ):
+        p.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            read_jsonl(p, ints=("epoch",))

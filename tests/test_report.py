@@ -403,3 +403,13 @@ grid = { gamma = [0.0, 0.5] }
     assert [f["profile"] for f in families] == ["step:R=4,rho=0.5, k=4", "step:R=4,rho=0.5, k=6"]
     rep = build_report(out)
     assert [f for f in rep.figures if f.startswith("gamma-")] == ["gamma-ldt-1", "gamma-ldt-2"]
+
+
+@pytest.mark.parametrize(
+    "index", ["[]", '{"runs": [{}]}', '{"runs": [{"name": "../elsewhere"}]}', '{"runs": "x"}']
+)
+def test_a_corrupt_sweep_index_is_a_one_line_error(cli, tmp_path, index):
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "sweep.json").write_text(index)
+    r = cli("report", tmp_path / "sw")
+    assert r.code == 2 and "sweep.json` must be the index cegeo sweep writes" in r.err, r.err

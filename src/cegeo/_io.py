@@ -168,15 +168,24 @@ def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> Non
     write_text(p, old + dumps_json(record, indent=None) + "\n")
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike[str], ints: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """One JSON object per non-blank line; each must hold an integer under every key in ``ints``
+    (e.g. ``epoch`` in ``metrics.jsonl``), else a one-line error naming the file and line."""
     p = Path(path)
     out = []
     for i, line in enumerate(p.read_text().splitlines(), 1):
         if line.strip():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise InputError(f"`{p}` line {i} must be one JSON object; got {line[:60]!r}.") from None
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                record = None
+            if not isinstance(record, dict):
+                raise InputError(f"`{p}` line {i} must be one JSON object; got {line[:60]!r}.")
+            for key in ints:
+                value = record.get(key)
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise InputError(f"`{p}` line {i} must hold an integer {key!r}; got {value!r}.")
+            out.append(record)
     return out
 
 

@@ -47,6 +47,7 @@ stops mistakes, not someone stripping the mark or reading the ``.npz`` file by h
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -384,10 +385,11 @@ class RunFolder:
                         f"`{f}` must hold the arrays {', '.join(keys)}; missing {', '.join(missing)}."
                     )
                 return {key: np.asarray(data[key]) for key in (*keys, *optional) if key in data.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             if isinstance(exc, InputError):
                 raise
-            raise InputError(f"`{f}` must be a readable .npz file; got: {exc}.") from None
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise InputError(f"`{f}` must be a readable .npz file; got: {detail}.") from None
 
     def classifier(self) -> np.ndarray:
         """The classifier weight ``W`` (k, d) from ``classifier.npz``."""

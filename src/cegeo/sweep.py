@@ -130,6 +130,7 @@ __all__ = [
 ]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: a run-name part
+_RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")  # what expand() makes: no '/', no '..'
 _MAX_RUN_NAME = 200  # characters: a run's files (configs/NAME.toml, its temporary twin) stay under 255
 _RUN_TABLES = ("data", "model", "optim", "train", "runtime")
 _SWEEP_KEYS = ("seeds", "name", "description", "ufm", "posthoc")  # settable with --set KEY=VALUE
@@ -1223,7 +1224,16 @@ def load_runs(folder: str | os.PathLike[str]) -> list[RunResult]:
     index = root / "sweep.json"
     if index.is_file():
         meta = read_json(index)
-        return [_read_run(root / "runs" / m["name"], m) for m in meta.get("runs", [])]
+        runs = meta.get("runs", []) if isinstance(meta, dict) else None
+        if not isinstance(runs, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("name"), str) and _RUN_NAME_RE.fullmatch(m["name"])
+            for m in runs
+        ):
+            raise InputError(
+                f"`{index}` must be the index cegeo sweep writes (a 'runs' list of {{'name': ...}}); "
+                "got another structure."
+            )
+        return [_read_run(root / "runs" / m["name"], m) for m in runs]
     if _is_run_folder(root):
         return _group_adhoc([_read_run(root, None)])
     found: list[Path] = []
@@ -1254,7 +1264,7 @@ def _read_run(path: Path, meta: Mapping[str, Any] | None) -> RunResult:
     records: list[dict[str, Any]] = []
     if (path / "metrics.jsonl").is_file():
         with contextlib.suppress(InputError):
-            records = read_jsonl(path / "metrics.jsonl")
+            records = read_jsonl(path / "metrics.jsonl", ints=("epoch",))
     config = None
     candidates = [path / "config.toml"]
     if meta is not None:  # a sweep run not started yet: the sweep wrote its config

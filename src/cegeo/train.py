@@ -1227,7 +1227,9 @@ class Trainer:
             assert self.out is not None
             self.final = read_json(self.out / "final.json")
             self.records = (
-                read_jsonl(self.out / "metrics.jsonl") if (self.out / "metrics.jsonl").exists() else []
+                read_jsonl(self.out / "metrics.jsonl", ints=("epoch",))
+                if (self.out / "metrics.jsonl").exists()
+                else []
             )
             return self.final
         try:
@@ -1280,7 +1282,9 @@ class Trainer:
             if self.out is not None and (self.out / "metrics.jsonl").exists():
                 # Lines written after the checkpoint (a kill between probe and save) are redone.
                 self.records = [
-                    r for r in read_jsonl(self.out / "metrics.jsonl") if r["epoch"] <= start_epoch
+                    r
+                    for r in read_jsonl(self.out / "metrics.jsonl", ints=("epoch",))
+                    if r["epoch"] <= start_epoch
                 ]
                 if writer:
                     _rewrite_jsonl(self.out / "metrics.jsonl", self.records)
