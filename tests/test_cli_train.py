@@ -144,6 +144,10 @@ BAD = [
     (["--model-option", "depth"], "`--model-option` must be name=value"),
     (["--model-option", "colour=red"], "`model.options` must be options of 'mlp'"),
     (["--data-option", "colour=red"], "`data.options` must be options of 'gaussian' (k, d, "),
+    (
+        ["--seed", "9223372036854775807"],
+        "`seed` must be an integer in [0, 2**32 - 1]; got 9223372036854775807.",
+    ),
     (["--model-option", "depth=0"], "`depth` must be an integer >= 1"),
     (["--sampler", "oversample"], "`train.sampler` must be one of 'none', 'class_balanced', 'sqrt'"),
     (["--epochs", "3", "--drw-epoch", "3"], "`train.drw_epoch` must be an integer in 1..2"),

@@ -243,8 +243,8 @@ class DataConfig:
         _in_range("data.test_fraction", self.test_fraction, 1e-12, 1 - 1e-12, "a number in (0, 1)")
         if self.n_max is not None and self.n_max < 1:
             raise InputError(f"`data.n_max` must be an integer >= 1; got {self.n_max!r}.")
-        if self.split_seed is not None and self.split_seed < 0:
-            raise InputError(f"`data.split_seed` must be an integer >= 0; got {self.split_seed!r}.")
+        if self.split_seed is not None and not 0 <= self.split_seed < 2**32:
+            raise InputError(f"`data.split_seed` must be an integer in [0, 2**32 - 1]; got {self.split_seed!r}.")
         if isinstance(self.normal_class, int) and self.normal_class < 0:
             raise InputError(f"`data.normal_class` must be a class index >= 0; got {self.normal_class!r}.")
         if isinstance(self.normal_class, str) and not self.normal_class.strip():
@@ -420,8 +420,8 @@ class RunConfig:
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
     def __post_init__(self) -> None:
-        if self.seed < 0:
-            raise InputError(f"`seed` must be an integer >= 0; got {self.seed!r}.")
+        if not 0 <= self.seed < 2**32:  # the trainer derives its generators' seeds from it
+            raise InputError(f"`seed` must be an integer in [0, 2**32 - 1]; got {self.seed!r}.")
         late = [m for m in self.optim.milestones if m >= self.train.epochs]
         if late:
             raise InputError(

@@ -221,7 +221,8 @@ def group_summary(G_W: np.ndarray, G_H: np.ndarray, M: np.ndarray | None, grp: G
     out: dict[str, float] = {}
     for tag, G in (("W", G_W), ("H", G_H)):
         sq = np.diag(G)
-        with np.errstate(over="ignore"):  # a ratio beyond 1e308 is inf
+        # a ratio beyond 1e308 is inf; zero norms (a network whose features died) give NaN
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             out[f"{tag}_ratio"] = float(np.mean(sq[maj]) / np.mean(sq[mino])) if mino.size else float("nan")
         C = _cos(G)
         out[f"{tag}_cos_maj_maj"] = _mean_offdiag(C, maj, maj)
