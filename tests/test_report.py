@@ -329,6 +329,11 @@ def test_summary_md_text_is_one_line_without_raw_html():
     assert _md("a <script>x</script>\n# H1") == "a &lt;script&gt;x&lt;/script&gt; # H1"
     assert _md_table(["n|ame"], [["<b>x</b>\ny"]]).splitlines()[2] == "| &lt;b&gt;x&lt;/b&gt; y |"
     assert "\\|" in _md_table(["n|ame"], [])
+    # links, emphasis, code and entities from a sweep's name or a label are shown as written
+    assert _md("[y](http://evil.example) *x* _u_ `c` &lt;") == (
+        "\\[y\\](http://evil.example) \\*x\\* \\_u\\_ \\`c\\` &amp;lt;"
+    )
+    assert _md("class_balanced ce__seed0 ldt (gamma=0.5)") == "class_balanced ce__seed0 ldt (gamma=0.5)"
 
 
 def test_figures_draw_names_with_dollar_signs_as_text():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -118,9 +119,16 @@ def _html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], selected:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+# Markdown's inline syntax: code, emphasis, links and images need these; '_' only where it
+# can open or close emphasis (at a word's edge: class_balanced stays as it is).
+_MD_SPECIAL = re.compile(r"[\\`*\[\]]|(?<!\w)_|_(?!\w)")
+
+
 def _md(text: Any) -> str:
-    """Text from runs (names, labels, errors) for summary.md: one line, no raw HTML."""
-    return " ".join(str(text).split()).replace("<", "&lt;").replace(">", "&gt;")
+    """Text from runs (names, labels, errors) for summary.md: one line, drawn as written (no raw
+    HTML, entities, links or emphasis)."""
+    t = " ".join(str(text).split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), t)
 
 
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
