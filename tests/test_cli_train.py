@@ -89,6 +89,12 @@ def test_experiment_config_with_a_user_data_path(cli, tmp_path, tiny_mnist):
         2,
     )
     assert used.loss.name == "ldt" and used.loss.hyper == {"gamma": 0.5}  # from the file
+    # without --data the file's placeholder path is named as the config key and the option
+    r = cli("train", "--config", exp, "--out", tmp_path / "none", "--no-progress")
+    assert r.code == 2 and r.err.strip() == (
+        "error: `data.source` must be 'idx:DIR' with an existing directory; got 'idx:/path/to/mnist' "
+        "(set it with --data NAME:PATH)."
+    ), r.err
 
 
 def test_experiment_configs_parse_and_follow_the_paper():

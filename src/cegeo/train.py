@@ -646,7 +646,15 @@ class Trainer:
         if self._splits_in is not None:
             splits = self._splits_in
         else:
-            ds = load_dataset(cfg.data.source, seed=cfg.split_seed, **cfg.data.options)
+            try:
+                ds = load_dataset(cfg.data.source, seed=cfg.split_seed, **cfg.data.options)
+            except InputError as err:
+                if not str(err).startswith("`data` "):
+                    raise
+                # the source spec, named as a run config holds it (and as the CLI sets it)
+                raise InputError(
+                    f"`data.source`{str(err)[len('`data`') :].rstrip('.')} (set it with --data NAME:PATH)."
+                ) from None
             splits = make_splits(
                 ds,
                 cfg.data.imbalance,
