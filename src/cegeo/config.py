@@ -244,7 +244,9 @@ class DataConfig:
         if self.n_max is not None and self.n_max < 1:
             raise InputError(f"`data.n_max` must be an integer >= 1; got {self.n_max!r}.")
         if self.split_seed is not None and not 0 <= self.split_seed < 2**32:
-            raise InputError(f"`data.split_seed` must be an integer in [0, 2**32 - 1]; got {self.split_seed!r}.")
+            raise InputError(
+                f"`data.split_seed` must be an integer in [0, 2**32 - 1]; got {self.split_seed!r}."
+            )
         if isinstance(self.normal_class, int) and self.normal_class < 0:
             raise InputError(f"`data.normal_class` must be a class index >= 0; got {self.normal_class!r}.")
         if isinstance(self.normal_class, str) and not self.normal_class.strip():
