@@ -368,6 +368,11 @@ def test_log_axis_ticks_keep_their_mathtext():
     assert all(t.get_parse_math() for t in ticks)
     assert not ax.title.get_parse_math() and not ax.get_legend().get_texts()[0].get_parse_math()
     plt.close(fig)
+    # tick labels the caller gives (class names) stay plain text
+    from cegeo.report.figures import figure_png_bytes, grouped_bars_figure
+
+    fig = grouped_bars_figure(["a$^$b", "$5-$10"], {"ce": ([0.9, 0.4], None)})
+    assert figure_png_bytes(fig)[:4] == b"\x89PNG"
 
 
 def test_one_profile_string_on_different_class_counts_makes_two_theory_curves(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.text
+import matplotlib.ticker
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt
@@ -118,13 +119,20 @@ def _plain_text(fig: Figure) -> Figure:
     axis writes 10^k as ``$\\mathdefault{10^{k}}$``)."""
     for text in fig.findobj(matplotlib.text.Text):
         text.set_parse_math(False)
-    fig.canvas.draw()  # lays out every tick label, then given its mathtext back
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
             axis.offsetText.set_parse_math(True)
-            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
-                tick.label1.set_parse_math(True)
-                tick.label2.set_parse_math(True)
+            for ticks, formatter in (
+                (axis.get_major_ticks(), axis.get_major_formatter()),
+                (axis.get_minor_ticks(), axis.get_minor_formatter()),
+            ):
+                if not isinstance(
+                    formatter, (matplotlib.ticker.ScalarFormatter, matplotlib.ticker.LogFormatter)
+                ):
+                    continue  # labels the caller gave (class names, methods): plain text
+                for tick in ticks:  # get_*_ticks() makes the ticks the next draw uses
+                    tick.label1.set_parse_math(True)
+                    tick.label2.set_parse_math(True)
     return fig
 
 
