@@ -170,7 +170,17 @@ def test_read_jsonl_lines_must_be_objects_with_the_integer_keys(tmp_path):
         ('{"epoch": 1}\n{"epoch": "x"}\n', r"line 2 must hold an integer 'epoch'; got 'x'"),
         ('{"epoch": true}\n', r"line 1 must hold an integer 'epoch'; got True"),
         ("{nope\n", r"line 1 must be one JSON object"),
+        ('{"epoch": ' + "1" * 5000 + "}\n", r"line 1 must be one JSON object"),
     ):
         p.write_text(text)
         with pytest.raises(ValueError, match=match):
             read_jsonl(p, ints=("epoch",))
+
+
+def test_read_json_with_a_huge_integer_is_a_one_line_error(tmp_path):
+    from cegeo._io import read_json
+
+    p = tmp_path / "sweep.json"
+    p.write_text('{"runs": ' + "1" * 5000 + "}")
+    with pytest.raises(ValueError, match=r"sweep.json` must be valid JSON; got Exceeds the limit"):
+        read_json(p)

@@ -263,6 +263,27 @@ def test_resume_redoes_epochs_logged_after_the_checkpoint(tmp_path):
         assert torch.equal(resumed[key], value), key
 
 
+def test_resume_refuses_a_checkpoint_counted_with_other_batches_per_epoch(tmp_path):
+    """The lr schedule is a function of the step: a checkpoint whose step count does not fit
+    this run's batches per epoch (an earlier cegeo dropped other last batches) is refused, not
+    resumed with a shifted schedule; the folder is left as it was."""
+    config = cfg(GAUSS, train__epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        _CrashAfterProbe(config, tmp_path / "r", progress=False).run()
+    path = tmp_path / "r" / "checkpoint.pt"
+    ck = load_checkpoint(path)
+    assert ck["step"] == ck["epoch"] * ck["steps_per_epoch"]
+    ck["step"] += 1  # as if one more batch per epoch had been trained
+    del ck["steps_per_epoch"]
+    torch.save(ck, path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    with pytest.raises(
+        ValueError, match=r"checkpoint.pt` must come from a run of \d+ steps per epoch, as this one has; got"
+    ):
+        Trainer(None, tmp_path / "r", resume=True, progress=False).run()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
+
+
 def test_resume_of_a_finished_run_does_nothing(digits_run):
     _, final, out = digits_run
     before = (out / "checkpoint.pt").stat().st_mtime_ns

@@ -159,6 +159,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise InputError(f"`{p}` must be valid JSON; got a parse error at line {exc.lineno}.") from None
     except RecursionError:
         raise InputError(f"`{p}` must be JSON of reasonable nesting; got one nested too deeply.") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise InputError(f"`{p}` must be valid JSON; got {' '.join(str(exc).split())}.") from None
 
 
 def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
@@ -177,7 +179,7 @@ def read_jsonl(path: str | os.PathLike[str], ints: Sequence[str] = ()) -> list[d
         if line.strip():
             try:
                 record = json.loads(line)
-            except (json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # JSONDecodeError is a ValueError, as are huge ints
                 record = None
             if not isinstance(record, dict):
                 raise InputError(f"`{p}` line {i} must be one JSON object; got {line[:60]!r}.")

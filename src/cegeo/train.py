@@ -289,7 +289,9 @@ def prepare_run_folder(
 def _clear(path: Path) -> None:
     if _env_world()[1] != 0:
         return  # under torchrun only rank 0 touches the folder (it may be writing already)
-    for name in RUN_FILES:
+    # config.toml last: a clear that is interrupted leaves a folder that is still a cegeo run
+    # folder (--force can clear it again), never run files without their config.toml
+    for name in [n for n in RUN_FILES if n != "config.toml"] + ["config.toml"]:
         with contextlib.suppress(FileNotFoundError):
             (path / name).unlink()
     _remove_temporaries(path)
@@ -1065,6 +1067,7 @@ class Trainer:
             "normalization": dict(self.norm_stats),
             "num_classes": self.k,
             "world_size": self.dist.world,
+            "steps_per_epoch": self.steps_per_epoch,
         }
 
     def _save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -1074,6 +1077,16 @@ class Trainer:
         self._checkpointed = True
 
     def _restore(self, ck: dict[str, Any]) -> tuple[int, int, float, float]:
+        epoch, step = int(ck["epoch"]), int(ck["step"])
+        if step != epoch * self.steps_per_epoch:
+            # The schedule is a function of the step: a checkpoint counted with other batches per
+            # epoch (an earlier cegeo's rule for the last batch) would shift it.
+            assert self.out is not None
+            raise InputError(
+                f"`{self.out / 'checkpoint.pt'}` must come from a run of {self.steps_per_epoch} steps per "
+                f"epoch, as this one has; got {step} steps after {epoch} epochs (a checkpoint of an "
+                "earlier cegeo): pass --force to start the run over."
+            )
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         for group in self.optimizer.param_groups:  # this run's kernel choice, not the saved run's
@@ -1084,7 +1097,7 @@ class Trainer:
         self.g_aug.set_state(rng["aug"])
         if self.device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
-        return int(ck["epoch"]), int(ck["step"]), float(ck["train_time_s"]), float(ck["wall_time_s"])
+        return epoch, step, float(ck["train_time_s"]), float(ck["wall_time_s"])
 
     # ------------------------------------------------------------------------------- CUDA graphs
 
