@@ -376,9 +376,9 @@ def test_log_axis_ticks_keep_their_mathtext():
 
 
 def test_one_profile_string_on_different_class_counts_makes_two_theory_curves(tmp_path):
-    """Setups on 4 and 6 classes with the same imbalance string are two families: each set of
-    markers is drawn against the theory for its own counts (the k = 6 runs were drawn against
-    the k = 4 curve: W cosine -1/3 where -1/5 is right)."""
+    """Setups on 4 and 6 classes with the same imbalance string are separate families: each set
+    of markers is drawn against the theory for its own counts (the k = 6 runs were drawn
+    against the k = 4 curve: W cosine -1/3 where -1/5 is right)."""
     text = """
 seeds = [0]
 [base.data]
@@ -398,6 +398,9 @@ data.options = { k = 4, d = 6, n_per_class = 24, n_test_per_class = 4 }
 [[setups]]
 name = "g6"
 data.options = { k = 6, d = 6, n_per_class = 24, n_test_per_class = 4 }
+[[setups]]
+name = "g4b"
+data.options = { k = 4, d = 6, n_per_class = 32, n_test_per_class = 4 }
 [[losses]]
 name = "ce"
 [[losses]]
@@ -408,11 +411,16 @@ grid = { gamma = [0.0, 0.5] }
     out = tmp_path / "sw"
     run_sweep(load_sweep(tmp_path / "s.toml"), out)
     families = collect(out).gamma_families()
-    assert [len(f["counts"]) for f in families] == [4, 6]
-    assert [list(f["markers"]) for f in families] == [["g4"], ["g6"]]
-    assert [f["profile"] for f in families] == ["step:R=4,rho=0.5, k=4", "step:R=4,rho=0.5, k=6"]
+    assert [len(f["counts"]) for f in families] == [4, 6, 4]
+    assert [list(f["markers"]) for f in families] == [["g4"], ["g6"], ["g4b"]]
+    # two on k = 4 with other counts: the labels give the counts (the figures told apart)
+    labels = [f["profile"] for f in families]
+    assert len(set(labels)) == 3 and all(lab.startswith("step:R=4,rho=0.5, counts ") for lab in labels), (
+        labels
+    )
+    assert labels[0].endswith(",".join(f"{c:g}" for c in families[0]["counts"]))
     rep = build_report(out)
-    assert [f for f in rep.figures if f.startswith("gamma-")] == ["gamma-ldt-1", "gamma-ldt-2"]
+    assert [f for f in rep.figures if f.startswith("gamma-")] == ["gamma-ldt-1", "gamma-ldt-2", "gamma-ldt-3"]
 
 
 @pytest.mark.parametrize(

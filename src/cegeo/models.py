@@ -440,8 +440,6 @@ def _build_mlp(
         if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or len(widths) == 0:
             raise fail("widths", "a non-empty sequence of positive integers", widths)
         hidden = tuple(check_int("widths", w, minimum=1) for w in widths)
-        if (width, depth) != (2048, 6):  # widths sets every layer: width/depth would be ignored
-            raise fail("widths", "given without width and depth (it sets every hidden layer)", list(widths))
     return MLP(
         math.prod(in_shape),
         num_classes,
@@ -625,6 +623,12 @@ def create_model(name: str, *, in_shape: Sequence[int], num_classes: int, **opti
     if unknown:
         valid = ", ".join(repr(o) for o in info.options)
         raise fail("options", f"options of model {name!r} (valid: {valid})", unknown[0])
+    given = [o for o in ("width", "depth") if o in options]
+    if name == "mlp" and options.get("widths") is not None and given:
+        # widths sets every hidden layer: width and depth would be ignored
+        raise fail(
+            "widths", f"given without {' and '.join(given)} (it sets every hidden layer)", options["widths"]
+        )
     model = info.build(shape, k, **options)
     model.in_shape = shape  # type: ignore[assignment]
     return model

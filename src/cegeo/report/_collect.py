@@ -359,11 +359,20 @@ class ReportData:
                     series = by_key[key]["series"].setdefault(label, [])
                     if all(gamma != 0.0 for gamma, _ in series):
                         series.append((0.0, [r.final for r in fin]))
-        # Families of one loss whose profiles read alike (one string on different k) say their k.
+        # Families of one loss whose profiles read alike (one string on different data) say their
+        # k, or where k is the same too, their class counts.
         names = [(by_key[key]["loss"], by_key[key]["profile"]) for key in keys]
         for key, name in zip(keys, names, strict=True):
             if names.count(name) > 1:
-                by_key[key]["profile"] += f", k={len(by_key[key]['ref']['class_counts'])}"
+                counts = by_key[key]["ref"]["class_counts"]
+                same_k = [o for o, n in zip(keys, names, strict=True) if n == name]
+                if len({len(by_key[o]["ref"]["class_counts"]) for o in same_k}) == len(same_k):
+                    by_key[key]["profile"] += f", k={len(counts)}"
+                else:
+                    shown = counts if len(counts) <= 6 else [*counts[:3], "…", *counts[-2:]]
+                    by_key[key]["profile"] += ", counts " + ",".join(
+                        f"{c:g}" if not isinstance(c, str) else c for c in shown
+                    )
         ufm_series: dict[str, dict[float, list[dict[str, Any]]]] = {}
         if self.ufm is not None:
             for row in self.ufm["configs"]:
