@@ -1075,6 +1075,14 @@ def test_folder_16_bit_images_share_one_scale(tmp_path):
     Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(tmp_path / "a" / "2.tif")
     ds = load_dataset(f"folder:{tmp_path}", mode="L")
     assert ds.x_train[2, 0, 0, 0] == 128
+    # 32-bit integer images whose values look 8-bit: read as 16-bit, with one warning
+    (tmp_path / "a" / "2.tif").unlink()
+    Image.fromarray(np.full((4, 4), 200, np.int32), "I").save(tmp_path / "a" / "2.tif")
+    with pytest.warns(
+        UserWarning, match=r"1 image\(s\) of 32-bit integers hold values of at most 255 \(e.g. 2.tif\)"
+    ):
+        ds = load_dataset(f"folder:{tmp_path}", mode="L")
+    assert ds.x_train[2, 0, 0, 0] == round(200 * 255 / 65535)
     Image.fromarray(np.full((4, 4), 300.0, np.float32)).save(tmp_path / "a" / "2.tif")
     with pytest.raises(
         ValueError, match=r"2.tif` must be a float image with values in 0..1 or 0..255; got a maximum of 300"

@@ -828,6 +828,7 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
 
     # Pass 2: decode straight into one preallocated uint8 array per split.
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    dim: list[Path] = []  # 32-bit integer images whose values look 8-bit
     for split, items in files.items():
         x = np.empty((len(items), channels, height, width), dtype=np.uint8)  # (n, C, H, W)
         for i, (f, _) in enumerate(items):
@@ -837,26 +838,34 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
                 except (OSError, SyntaxError, ValueError) as exc:
                     detail = " ".join(str(exc).split()) or type(exc).__name__
                     raise InputError(f"`{f}` is not a readable image ({detail}).") from None
-                out = _to_mode(im, mode, f)
+                out = _to_mode(im, mode, f, dim)
                 if hw is not None and out.size != (width, height):
                     out = out.resize((width, height), Image.BILINEAR)
                 arr = np.asarray(out, dtype=np.uint8)
             x[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         arrays[split] = (x, np.array([label for _, label in items], dtype=np.int64))
+    if dim:
+        warnings.warn(
+            f"{spec}: {len(dim)} image(s) of 32-bit integers hold values of at most 255 (e.g. {dim[0].name}); "
+            "they are read as 16-bit (0..65535) and come out nearly black: save 8-bit data as 8-bit images.",
+            UserWarning,
+            stacklevel=2,
+        )
     x_tr, y_tr = arrays["train"]
     x_te, y_te = arrays.get("test", (None, None))
     k = len(class_names)
     return _checked(spec, lambda: Dataset(spec, "image", x_tr, y_tr, x_te, y_te, k, tuple(class_names)))
 
 
-def _to_mode(im: Any, mode: str, path: Path | None = None) -> Any:
+def _to_mode(im: Any, mode: str, path: Path | None = None, dim: list[Path] | None = None) -> Any:
     """``im`` as an 8-bit ``mode`` image ("L" or "RGB").
 
-    High-depth grey images are scaled to 0..255 by one fixed range for every image, never by
-    each image's own maximum (which would make a dark image as bright as a light one): 16-bit
-    integers (PNG ``I;16``, PGM/TIFF ``I``; Pillow maps a PGM's maxval to 65535) by 65535,
-    floats by 1 when their values lie in 0..1, else by 255. The 8-bit grey result is then
-    converted to RGB where the folder is colour.
+    High-depth grey images are scaled to 0..255 by a fixed range, never by each image's own
+    maximum (which would make a dark image as bright as a light one): integers (PNG ``I;16``,
+    PGM/TIFF ``I``; Pillow maps a PGM's maxval to 65535) by 65535, the same for every image
+    (an ``I`` image with values of at most 255 is added to ``dim``, for a warning); floats by
+    1 when the image's values lie in 0..1, else by 255 (above 255 is an error). The 8-bit grey
+    result is then converted to RGB where the folder is colour.
     """
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         from PIL import Image
@@ -875,6 +884,8 @@ def _to_mode(im: Any, mode: str, path: Path | None = None) -> Any:
             top = 65535.0
             if hi > top:
                 raise fail(str(path), "an image of 8 or 16 bits per pixel", described(f"a value of {hi:g}"))
+            if im.mode == "I" and 0 < hi <= 255 and dim is not None and path is not None:
+                dim.append(path)
         grey = Image.fromarray(np.clip(np.rint(arr * 255.0 / top), 0, 255).astype(np.uint8), "L")
         return grey if mode == "L" else grey.convert(mode)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
