@@ -195,16 +195,16 @@ def test_setup_source_with_options_of_another_source_is_refused_before_any_run(t
         (SWEEP + "\n[posthoc]\nmethods = 'magic'\n", None, r"unknown rebalancer 'magic'"),
         (SWEEP + "\n[posthoc]\nmetric = 'accuracy'\n", None, r"`posthoc\.metric` must be one of"),
         # a trailing newline passed the name check ($ matches before it): jobs.txt broke apart
-        (SWEEP + '\n[[setups]]\nname = "a\\n"\n', None, r"`setups\.name` must be a name of at most 64"),
+        (SWEEP + '\n[[setups]]\nname = "a\\n"\n', None, r"`setups\.name` must be a name of letters"),
         (
             SWEEP.replace('name = "ldt"', 'name = "ldt"\nlabel = "L\\n"'),
             None,
             r"`losses\.label` must be a name",
         ),
         (
-            SWEEP + '\n[[setups]]\nname = "' + "a" * 65 + '"\n',
+            SWEEP.replace('name = "ce"\n', 'name = "la"\n') + "\n[posthoc]\n",
             None,
-            r"`setups\.name` must be a name of at most 64",
+            r"`posthoc\.losses` must be names or labels of \[\[losses\]\] entries \(la, ldt\): set it in \[posthoc\], its default is \['ce'\]; got 'ce'",
         ),
         (
             SWEEP + '\n[[setups]]\nname = "a"\nlabel = "_hidden"\n',

@@ -129,7 +129,7 @@ __all__ = [
     "write_summary",
 ]
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: a run-name part
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: a run-name part
 _RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")  # what expand() makes: no '/', no '..'
 _MAX_RUN_NAME = 200  # characters: a run's files (configs/NAME.toml, its temporary twin) stay under 255
 _RUN_TABLES = ("data", "model", "optim", "train", "runtime")
@@ -195,6 +195,10 @@ class Setup:
     train: dict[str, Any] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.label is not None and isinstance(self.label, str) and not self.label.strip():
+            object.__setattr__(self, "label", None)  # an empty label: the name, as documented
+
 
 @dataclass(frozen=True)
 class PosthocSpec:
@@ -254,21 +258,17 @@ class SweepConfig:
             if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or "__" in name:
                 raise fail(
                     "setups.name",
-                    "a name of at most 64 letters, digits, '.', '-' or single '_' (a run-name part)",
+                    "a name of letters, digits, '.', '-' or single '_' (a run-name part)",
                     name,
                 )
         if len(set(names)) != len(names):
             raise fail("setups.name", "distinct names", names)
         for spec in self.losses:
             if spec.label is not None and (not _NAME_RE.fullmatch(spec.label) or "__" in spec.label):
-                raise fail(
-                    "losses.label", "a name of at most 64 letters, digits, '.', '-' or single '_'", spec.label
-                )
+                raise fail("losses.label", "a name of letters, digits, '.', '-' or single '_'", spec.label)
         for setup in self.setups:
             label = setup.label
-            if label is not None and (
-                not isinstance(label, str) or not label.strip() or label.startswith("_") or "\n" in label
-            ):
+            if label is not None and (not isinstance(label, str) or label.startswith("_") or "\n" in label):
                 # matplotlib leaves labels starting with '_' out of legends
                 raise fail("setups.label", "one line of text, not starting with '_'", label)
         for key, values in self.grid.items():
@@ -293,9 +293,11 @@ class SweepConfig:
             known = list(dict.fromkeys(n for spec in self.losses for n in (spec.name, spec.label) if n))
             unknown = [n for n in self.posthoc.losses if n not in known]
             if unknown:
+                default = self.posthoc.losses == PosthocSpec().losses
                 raise fail(
                     "posthoc.losses",
-                    f"names or labels of [[losses]] entries ({', '.join(known) or 'none'})",
+                    f"names or labels of [[losses]] entries ({', '.join(known) or 'none'})"
+                    + (": set it in [posthoc], its default is ['ce']" if default else ""),
                     unknown[0],
                 )
             if self.posthoc.metric not in SELECTION_METRICS:
