@@ -554,3 +554,40 @@ def test_probe_theory_uses_the_counts_the_sampler_shows_the_loss(tmp_path, sampl
 
     np.testing.assert_allclose(unit(got), unit(G_W), atol=1e-7)
     assert np.abs(unit(got) - unit(G_W_true)).max() > 1e-3  # the true counts would differ
+
+
+def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path):
+    """Another process holding the folder's lock (a second sweep on the same --out, a re-run while
+    old workers still train): a one-line error naming `out`, and nothing in the folder changes.
+    The lock file is gone once a run ends."""
+    from cegeo.sweep import run_one
+    from cegeo.train import RunBusyError, _lock_run_folder
+
+    config = cfg(GAUSS, train__epochs=2)
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        _CrashAfterProbe(cfg(GAUSS, train__epochs=3), out, progress=False).run()
+    held = _lock_run_folder(out)  # as another process would hold it
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    try:
+        with pytest.raises(
+            RunBusyError, match=r"^`out` must be a run folder no other process is training; got .*r, which"
+        ):
+            Trainer(None, out, resume=True, progress=False).run()
+        with pytest.raises(RunBusyError):
+            Trainer(config, out, force=True, progress=False).run()
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        status = run_one(cfg(GAUSS, train__epochs=3), out)
+        assert status["status"] == "busy" and not (out / "error.json").exists()
+        # a new run in a new folder someone else is starting
+        (tmp_path / "n").mkdir()
+        other = _lock_run_folder(tmp_path / "n")
+        with pytest.raises(RunBusyError):
+            Trainer(config, tmp_path / "n", progress=False).run()
+        assert [p.name for p in (tmp_path / "n").iterdir()] == [".lock"]
+        other.close()
+    finally:
+        held.close()
+    (out / ".lock").unlink()
+    Trainer(None, out, resume=True, progress=False).run()
+    assert (out / "final.json").is_file() and not (out / ".lock").exists()

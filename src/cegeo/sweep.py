@@ -78,8 +78,10 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -538,6 +540,7 @@ class SweepOutcome:
     finished: list[str] = field(default_factory=list)  # trained to the end in this call
     skipped: list[str] = field(default_factory=list)  # finished before this call
     failed: dict[str, str] = field(default_factory=dict)  # name -> one-line error
+    busy: list[str] = field(default_factory=list)  # trained by another process during this call
     ufm: str | None = None  # "done", "skipped" or None (no [ufm] block or not asked)
     posthoc: dict[str, str] = field(default_factory=dict)  # run name -> "done" | "skipped" | error
     summary: list[dict[str, Any]] = field(default_factory=list)
@@ -611,10 +614,10 @@ def run_one(config: RunConfig, out: str | os.PathLike[str], *, progress: bool = 
     dict
         ``{"status": "finished" | "skipped" | "failed", "error": message or None}``.
     """
-    from .train import Trainer
+    from .train import RunBusyError, Trainer
 
     path = Path(out)
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):  # missing, or a folder we cannot write: found out below
         (path / "error.json").unlink()
     try:
         trainer = Trainer(config, path, resume=True, progress=progress)
@@ -622,11 +625,22 @@ def run_one(config: RunConfig, out: str | os.PathLike[str], *, progress: bool = 
             return {"status": "skipped", "error": None}
         trainer.run()
         return {"status": "finished", "error": None}
+    except RunBusyError as exc:  # trained by another process right now: not a failure of this run
+        return {"status": "busy", "error": str(exc)}
     except Exception as exc:
         record = _error_record(exc)
+        _write_error(path, record)
+        return {"status": "failed", "error": record["error"]}
+
+
+def _write_error(path: Path, record: dict[str, Any]) -> None:
+    """error.json of a failed run; where even that cannot be written (a read-only folder, a full
+    disk) the message says so, and the sweep goes on with its other runs."""
+    try:
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / "error.json", record)
-        return {"status": "failed", "error": record["error"]}
+    except OSError as exc:
+        record["error"] += f" (and error.json could not be written: {' '.join(str(exc).split())})"
 
 
 def check_sweep_out(path: Path) -> None:
@@ -826,6 +840,9 @@ def run_sweep(
         for run in runs:
             if (runs_dir / run.name / "final.json").is_file():
                 outcome.skipped.append(run.name)
+                # a worker that died after finishing left an error.json that is not true
+                with contextlib.suppress(OSError):
+                    (runs_dir / run.name / "error.json").unlink()
             else:
                 pending.append(run)
         if outcome.skipped:
@@ -882,6 +899,9 @@ def _record(
     elif status["status"] == "skipped":
         outcome.skipped.append(run.name)
         say(f"{prefix} {run.name}: finished before, skipped")
+    elif status["status"] == "busy":
+        outcome.busy.append(run.name)
+        say(f"{prefix} {run.name}: being trained by another process, skipped")
     else:
         outcome.finished.append(run.name)
         final = read_json(runs_dir / run.name / "final.json")
@@ -928,13 +948,20 @@ def _run_workers(
     free = list(range(jobs))
     running: dict[int, tuple[subprocess.Popen[bytes], SweepRun, Any]] = {}
     done = 0
+    # `kill PARENT` (SIGTERM) or a closed terminal (SIGHUP) stops the workers too, as Ctrl-C
+    # does, instead of leaving them training as orphans.
+    handlers: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            if hasattr(signal, name):
+                handlers[getattr(signal, name)] = signal.signal(getattr(signal, name), _interrupt)
     try:
         while queue or running:
             while queue and free:
                 slot = free.pop(0)
                 run = queue.popleft()
-                (runs_dir / run.name).mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):  # a folder we cannot write: the worker says so
+                    (runs_dir / run.name).mkdir(parents=True, exist_ok=True)
                     (runs_dir / run.name / "error.json").unlink()
                 fh = open(logs / f"{run.name}.log", "wb")  # closed when the worker ends
                 cmd = _worker_command(out / "configs" / f"{run.name}.toml", runs_dir / run.name)
@@ -954,6 +981,8 @@ def _run_workers(
                 status = _worker_status(run, code, runs_dir, logs)
                 _record(run, status, runs_dir, outcome, say, f"[{done}/{len(pending)}]")
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         for proc, _, _fh in running.values():
             proc.terminate()
         for proc, _, fh in running.values():
@@ -965,6 +994,13 @@ def _run_workers(
             fh.close()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+_BUSY_EXIT = 75  # a worker's exit status for "the run is being trained by another process"
+
+
 def _worker_command(config_file: Path, run_dir: Path) -> list[str]:
     """The worker process of one run (this interpreter, this cegeo)."""
     return [sys.executable, "-m", "cegeo.sweep", str(config_file), str(run_dir)]
@@ -972,11 +1008,13 @@ def _worker_command(config_file: Path, run_dir: Path) -> list[str]:
 
 def _worker_status(run: SweepRun, code: int, runs_dir: Path, logs: Path) -> dict[str, Any]:
     folder = runs_dir / run.name
-    if code == 0 and (folder / "final.json").is_file():
+    if (folder / "final.json").is_file():  # finished, even if the worker died on its way out
         return {"status": "finished", "error": None}
     error_file = folder / "error.json"
     if error_file.is_file():
         return {"status": "failed", "error": read_json(error_file).get("error", "unknown error")}
+    if code == _BUSY_EXIT:
+        return {"status": "busy", "error": "trained by another process"}
     # The worker died without writing error.json (killed, out of memory, crashed interpreter).
     tail = ""
     log_file = logs / f"{run.name}.log"
@@ -988,8 +1026,7 @@ def _worker_status(run: SweepRun, code: int, runs_dir: Path, logs: Path) -> dict
         "type": "WorkerDied",
         "traceback": tail,
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(error_file, record)
+    _write_error(folder, record)
     return {"status": "failed", "error": record["error"]}
 
 
@@ -1007,14 +1044,16 @@ def _worker_main(argv: Sequence[str]) -> int:
     try:
         config = load_run_config(argv[0])
     except Exception as exc:
-        Path(argv[1]).mkdir(parents=True, exist_ok=True)
-        write_json(Path(argv[1]) / "error.json", _error_record(exc))
+        _write_error(Path(argv[1]), _error_record(exc))
         print(f"error: {exc}", file=sys.stderr)
         return 2
     status = run_one(config, argv[1])
     if status["status"] == "failed":
         print(f"error: {status['error']}", file=sys.stderr)
         return 1
+    if status["status"] == "busy":
+        print(f"note: {status['error']}", file=sys.stderr)
+        return _BUSY_EXIT
     return 0
 
 

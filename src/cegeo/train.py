@@ -55,7 +55,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -284,6 +284,38 @@ def prepare_run_folder(
     if not (path / "checkpoint.pt").exists():
         return "new", old
     return "resume", old
+
+
+class RunBusyError(InputError):
+    """Another process is training in this run folder right now (it holds ``.lock``)."""
+
+
+def _lock_run_folder(path: Path) -> IO[str] | None:
+    """Hold ``path/.lock`` (an exclusive, non-blocking ``flock``) while this process trains in
+    the folder: two trainers in one folder (two sweeps on one --out, a re-run while old workers
+    still run) would interleave metrics.jsonl and remove each other's temporary files. The OS
+    releases it when the process dies. Only rank 0 writes, so only rank 0 locks; where there is
+    no ``fcntl`` (Windows) nothing is locked."""
+    if _env_world()[1] != 0:
+        return None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    lock = path / ".lock"
+    fh = open(lock, "a")  # held until the run ends
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # the holder before us removes the file as it lets go: ours must still be the file there
+        if os.fstat(fh.fileno()).st_ino != os.stat(lock).st_ino:
+            raise OSError("lock file replaced")
+    except OSError:
+        fh.close()
+        raise RunBusyError(
+            f"`out` must be a run folder no other process is training; got {path}, which another "
+            "cegeo process is training right now (wait for it, or stop it first)."
+        ) from None
+    return fh
 
 
 def _clear(path: Path) -> None:
@@ -608,8 +640,11 @@ class Trainer:
             raise fail("config", "a cegeo.config.RunConfig", type(config).__name__)
         self.out = None if out is None else Path(out)
         self.action = "new"
+        self._lock: IO[str] | None = None
+        self._had_run = False  # whether --out held a run when this trainer looked at it
         if self.out is not None:
             writable_folder("out", self.out)
+            self._had_run = (self.out / "config.toml").is_file()
             self.action, config = prepare_run_folder(self.out, config, resume=resume, force=force)
         elif config is None:
             raise InputError("`config` must be given when there is no run folder (`out`) to resume.")
@@ -1264,6 +1299,12 @@ class Trainer:
                 _clear(self.out)
             raise
         finally:
+            if self._lock is not None:
+                assert self.out is not None
+                with contextlib.suppress(OSError):
+                    (self.out / ".lock").unlink()  # while still held (see _lock_run_folder)
+                self._lock.close()  # releases the flock
+                self._lock = None
             if getattr(self, "dist", None) is not None and self.dist.owner:
                 import torch.distributed as dist
 
@@ -1295,6 +1336,11 @@ class Trainer:
         start_epoch, step, train_time, wall_before = 0, 0, 0.0, 0.0
         if self.action == "resume":
             assert self.out is not None
+            self._lock = _lock_run_folder(self.out)
+            if (self.out / "final.json").is_file():  # another process finished it meanwhile
+                self.final = read_json(self.out / "final.json")
+                self.records = read_jsonl(self.out / "metrics.jsonl", ints=("epoch",))
+                return self.final
             # Loaded on the CPU (generator states must be CPU byte tensors); load_state_dict copies
             # the weights and optimizer state to the model's device.
             ck = load_checkpoint(self.out / "checkpoint.pt")
@@ -1314,13 +1360,18 @@ class Trainer:
             env = environment_info()
             env.update({"device": str(self.device), "world_size": self.dist.world})
             text = _to_toml({**to_dict(cfg), "provenance": env})
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock_run_folder(self.out)
+            if (self.out / "config.toml").is_file() != self._had_run:
+                raise RunBusyError(
+                    f"`out` must be the folder this run looked at; got {self.out}, where another "
+                    "process has started or removed a run since: run the command again."
+                )
             # The run this one replaces (--force, or one that died before its first checkpoint)
             # is removed only now, once data, model, loss and config.toml's text have been
             # built without error.
-            if self.out.exists():
-                _clear(self.out)
+            _clear(self.out)
             self._started_folder = True
-            self.out.mkdir(parents=True, exist_ok=True)
             with atomic_open(self.out / "config.toml", "w") as fh:
                 fh.write(text)
 

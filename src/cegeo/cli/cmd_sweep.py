@@ -126,8 +126,9 @@ def sweep_command(
     )
     if outcome.summary:
         print_summary(outcome.summary)
+    busy = f", {len(outcome.busy)} being trained elsewhere" if outcome.busy else ""
     out_console.print(
-        f"{len(outcome.finished)} trained, {len(outcome.skipped)} skipped, {len(outcome.failed)} failed "
+        f"{len(outcome.finished)} trained, {len(outcome.skipped)} skipped, {len(outcome.failed)} failed{busy} "
         f"in {outcome.wall_time_s:.1f} s · {target / 'summary.csv'} · report: cegeo report {target}"
     )
     if outcome.failed:
