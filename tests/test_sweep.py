@@ -702,3 +702,20 @@ def test_out_must_be_new_empty_or_a_sweep_folder(tmp_path):
     assert (out / "summary.csv").read_text() == "my numbers" and sorted(p.name for p in out.iterdir()) == [
         "summary.csv"
     ]
+
+
+def test_list_names_the_posthoc_step_to_run_after_the_runs(cli, tmp_path, monkeypatch):
+    """--list prints one line per run; a [posthoc] block needs every run finished, so the hint
+    gives its command (with the --set options) rather than leaving it out."""
+    monkeypatch.chdir(tmp_path)
+    cfg = write(tmp_path, SWEEP.replace("seeds = [0, 1]", "seeds = [0]") + "\n[posthoc]\nlosses = ['ce']\n")
+    r = cli("sweep", cfg, "--out", "sw", "--list", "--set", "train.epochs=2")
+    assert r.code == 0, r.err
+    hint = f"when the runs have finished: cegeo sweep {cfg} --out sw --only posthoc --set train.epochs=2, then cegeo report sw"
+    assert hint in r.err, r.err
+    for line in r.out.strip().splitlines():
+        assert cli(*shlex.split(line)[1:]).code == 0
+    posthoc = shlex.split(hint.split("finished: ")[1].split(", then")[0])
+    res = cli(*posthoc[1:])
+    assert res.code == 0, res.err
+    assert (tmp_path / "sw" / "runs" / "ce__seed0" / "posthoc.json").is_file()

@@ -10,6 +10,7 @@ Examples::
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,13 @@ def sweep_command(
             check_sources(expand(config))
         except InputError as exc:  # the scheduler's machines may see other paths: a note, not an error
             typer.echo(f"note: {exc}", err=True)
-        typer.echo(f"configs written to {target / 'configs'}; then: cegeo report {target}", err=True)
+        then = f"cegeo report {target}"
+        if config.posthoc is not None:  # it needs the finished runs: after every line above
+            args = ["cegeo", "sweep", str(config_file), "--out", str(target), "--only", "posthoc"]
+            for item in set_ or []:
+                args += ["--set", item]
+            then = f"{shlex.join(args)}, then {then}"
+        typer.echo(f"configs written to {target / 'configs'}; when the runs have finished: {then}", err=True)
         return
     out_console = wide_console()
     outcome = run_sweep(
