@@ -117,6 +117,7 @@ def test_ufm_config_with_overrides(cli, tmp_path):
         (["--counts", "4,2", "--milestones", "30,20"], "`--milestones` must be strictly increasing"),
         (["--counts", "4,2", "--seeds", "a"], "`--seeds` must be comma-separated integers"),
         (["--counts", "4,2", "--seeds", "-1"], "`--seeds` must be an integer >= 0"),
+        (["--counts", "4,2", "--seeds", "0,0"], "`--seeds` must be distinct seeds; got [0, 0]"),
         (["--counts", "4,2", "--batch-size", "-2"], "`--batch-size` must be an integer >= 0"),
         (["--counts", "4,2", "--dtype", "float16"], "`--dtype` must be 'float32' or 'float64'"),
         (["--counts", "4,2", "--device", "tpu"], "`--device` must be"),

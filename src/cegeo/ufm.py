@@ -1736,6 +1736,8 @@ class UFMExperiment:
             raise fail("weight_decay", "a number >= 0", self.weight_decay)
         for seed in self.seeds:
             check_int("seeds", seed, minimum=0)
+        if len(set(self.seeds)) != len(self.seeds):  # a repeated seed is the same run twice
+            raise fail("seeds", "distinct seeds", list(self.seeds))
         self.configs()
         check_int("d", self.d, minimum=1)
         check_int("epochs", self.epochs, minimum=1)

@@ -233,7 +233,8 @@ def _mean_std(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[st
         v = np.array([r[key] for r in rows], dtype=float)
         v = v[np.isfinite(v)]  # NaN where a group has one class, or a run diverged
         mean[key] = float(v.mean()) if v.size else float("nan")
-        std[key] = float(v.std()) if v.size else float("nan")
+        # the sample std over seeds (ddof = 1, as summary.csv's), undefined for one seed
+        std[key] = float(v.std(ddof=1)) if v.size > 1 else float("nan")
     return mean, std
 
 
