@@ -272,10 +272,10 @@ def test_errors(cli, tmp_path, sweep_dir):
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
     with pytest.raises(
-        ValueError, match=r"`DIR` must be a run folder, a sweep folder or a folder of run folders"
+        ValueError, match=r"`FOLDER` must be a run folder, a sweep folder or a folder of run folders"
     ):
         build_report(empty)
-    with pytest.raises(ValueError, match=r"`DIR` must be an existing run folder or sweep folder"):
+    with pytest.raises(ValueError, match=r"`FOLDER` must be an existing run folder or sweep folder"):
         build_report(tmp_path / "nope")
     with pytest.raises(ValueError, match=r"`--out` must be an \.html file path"):
         build_report(sweep_dir, tmp_path / "report.txt")

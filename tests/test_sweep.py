@@ -638,7 +638,7 @@ def test_load_runs_groups_folders_outside_sweeps(finished_sweep, tmp_path):
     assert [(r["label"], r["n_finished"]) for r in rows] == [("ce", 2), ("ldt (gamma=0.5)", 1)]
     single = load_runs(adhoc / "ok__ce__seed0")
     assert len(single) == 1 and single[0].status == "finished"
-    with pytest.raises(ValueError, match=r"`DIR` must be an existing run folder"):
+    with pytest.raises(ValueError, match=r"`FOLDER` must be an existing run folder"):
         load_runs(tmp_path / "nothing")
 
 

@@ -1261,7 +1261,7 @@ def load_runs(folder: str | os.PathLike[str]) -> list[RunResult]:
     """
     root = Path(folder)
     if not root.is_dir():
-        raise fail("DIR", "an existing run folder or sweep folder", str(folder))
+        raise fail("FOLDER", "an existing run folder or sweep folder", str(folder))
     index = root / "sweep.json"
     if index.is_file():
         meta = read_json(index)

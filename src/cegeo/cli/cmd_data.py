@@ -130,7 +130,8 @@ def data_command(
         "none",
         "--imbalance",
         help=f"Imbalance profile of the training subset: step:R=10,rho=0.5 | longtail:R=100 | "
-        f"counts:n1,n2,... | none ({_R_HELP}; STEP majorities are classes 0..k_maj-1).",
+        f"counts:n1,n2,... | none ({_R_HELP}; STEP majorities are classes 0..k_maj-1; rho, the share of "
+        "minority classes, defaults to 0.5).",
     ),
     val_fraction: float = typer.Option(
         0.1, "--val-fraction", help="Share of each class of the subset held out for validation."

@@ -20,7 +20,7 @@ from ._common import console
 @app.command("report")
 def report_command(
     folder: Path = typer.Argument(..., help="A run folder, a sweep folder, or a folder of run folders."),
-    out: Path | None = typer.Option(None, "--out", help="The HTML file (default: DIR/report.html)."),
+    out: Path | None = typer.Option(None, "--out", help="The HTML file (default: FOLDER/report.html)."),
     markdown: Path | None = typer.Option(
         None, "--markdown", help="The Markdown summary (default: summary.md beside the HTML file)."
     ),

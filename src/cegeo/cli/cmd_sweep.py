@@ -98,7 +98,8 @@ def sweep_command(
 ) -> None:
     """Run a grid of losses x hyperparameters x seeds (x setups) as independent run folders.
 
-    Finished runs are skipped on restart; a failing run writes error.json and the others go on;
+    Finished runs are skipped on restart; a failing run writes error.json and the others go on
+    (exit status 1 when a run failed: the same command retries it; 2 for bad input);
     summary.csv holds mean ± std over seeds and the cost of each loss. Imbalance ratio
     R = n_max/n_min >= 1.
     """

@@ -100,7 +100,8 @@ def train_command(
         None,
         "--imbalance",
         help=f"Imbalance profile of the training subset: step:R=10,rho=0.5 | longtail:R=100 | "
-        f"counts:n1,n2,... | none ({_R_HELP}; STEP majorities are classes 0..k_maj-1). (default none)",
+        f"counts:n1,n2,... | none ({_R_HELP}; STEP majorities are classes 0..k_maj-1; rho, the share of "
+        "minority classes, defaults to 0.5). (default none)",
     ),
     n_max: int | None = typer.Option(
         None, "--n-max", help="Size of the largest class (default: all the source has)."

@@ -613,12 +613,12 @@ def collect(folder: str | Path) -> ReportData:
     """
     root = Path(folder)
     if not root.is_dir():
-        raise fail("DIR", "an existing run folder or sweep folder", str(folder))
+        raise fail("FOLDER", "an existing run folder or sweep folder", str(folder))
     runs = load_runs(root)
     ufm = load_ufm(root / "ufm") or load_ufm(root)
     if not runs and ufm is None:
         raise InputError(
-            f"`DIR` must be a run folder, a sweep folder or a folder of run folders; got {str(root)!r}, "
+            f"`FOLDER` must be a run folder, a sweep folder or a folder of run folders; got {str(root)!r}, "
             "which holds no run (no final.json, config.toml, metrics.jsonl or error.json found)."
         )
     kind = (
