@@ -591,3 +591,17 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path):
     (out / ".lock").unlink()
     Trainer(None, out, resume=True, progress=False).run()
     assert (out / "final.json").is_file() and not (out / ".lock").exists()
+
+
+def test_a_file_system_without_locks_trains_unlocked(tmp_path, monkeypatch):
+    """flock failing with ENOLCK (some network mounts) is not 'busy': the run trains, warned."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(RuntimeWarning, match=r"the run folder cannot be locked .*No locks available"):
+        Trainer(cfg(GAUSS, train__epochs=1), tmp_path / "r", progress=False).run()
+    assert (tmp_path / "r" / "final.json").is_file() and not (tmp_path / "r" / ".lock").exists()

@@ -47,6 +47,7 @@ How it works (airbench / nanoGPT style):
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import math
 import os
@@ -306,11 +307,28 @@ def _lock_run_folder(path: Path) -> IO[str] | None:
     fh = open(lock, "a")  # held until the run ends
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # the holder before us removes the file as it lets go: ours must still be the file there
-        if os.fstat(fh.fileno()).st_ino != os.stat(lock).st_ino:
-            raise OSError("lock file replaced")
-    except OSError:
+    except OSError as exc:
         fh.close()
+        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            # a file system without locks (some network mounts): train unlocked, as before
+            warnings.warn(
+                f"{path}: the run folder cannot be locked ({exc}); training without a lock",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            return None
+        busy = True
+    else:
+        # the holder before us removes the file as it lets go: ours must still be the file there
+        try:
+            busy = os.fstat(fh.fileno()).st_ino != os.stat(lock).st_ino
+        except FileNotFoundError:
+            busy = True
+        if busy:
+            fh.close()
+    if busy:
         raise RunBusyError(
             f"`out` must be a run folder no other process is training; got {path}, which another "
             "cegeo process is training right now (wait for it, or stop it first)."
