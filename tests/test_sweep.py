@@ -719,3 +719,85 @@ def test_list_names_the_posthoc_step_to_run_after_the_runs(cli, tmp_path, monkey
     res = cli(*posthoc[1:])
     assert res.code == 0, res.err
     assert (tmp_path / "sw" / "runs" / "ce__seed0" / "posthoc.json").is_file()
+
+
+def test_a_run_another_process_trains_is_skipped_as_busy(cli, tmp_path):
+    """A run whose folder another process holds: the sweep skips it (no error.json, not counted
+    as trained or failed), says so, and exits 1 (its summary lacks that run)."""
+    from cegeo.sweep import _BUSY_EXIT, _worker_status
+    from cegeo.train import _lock_run_folder
+
+    cfg = write(tmp_path, SWEEP.replace("seeds = [0, 1]", "seeds = [0]"))
+    assert cli("sweep", cfg, "--out", tmp_path / "sw", "--list").code == 0
+    folder = tmp_path / "sw" / "runs" / "ce__seed0"
+    folder.mkdir(parents=True, exist_ok=True)
+    held = _lock_run_folder(folder)
+    try:
+        r = cli("sweep", cfg, "--out", tmp_path / "sw")
+    finally:
+        held.close()
+    assert r.code == 1 and "ce__seed0: being trained by another process, skipped" in r.out, (r.out, r.err)
+    assert "2 trained, 0 skipped, 0 failed, 1 being trained elsewhere" in r.out
+    assert "error: 1 run(s) are being trained by another process" in r.err
+    assert not (folder / "error.json").exists()
+    # a worker that found the run busy (exit 75) is busy even if the other process has finished
+    (folder / "final.json").write_text("{}")
+    run = expand(load_sweep(cfg))[0]
+    assert (
+        _worker_status(run, _BUSY_EXIT, tmp_path / "sw" / "runs", tmp_path / "sw" / "logs")["status"]
+        == "busy"
+    )
+
+
+def _workers_of(out: Path) -> list[int]:
+    """PIDs of live `python -m cegeo.sweep` workers writing into ``out`` (Linux /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if b"cegeo.sweep" in cmd and any(str(out).encode() in c for c in cmd) and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_signal_to_the_sweep_stops_its_workers_unless_ignored(tmp_path, sig):
+    """`kill PARENT` (or a closed terminal) stops the --jobs workers too instead of leaving them
+    training as orphans; under nohup (SIGHUP ignored) the sweep and its workers go on."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    text = SWEEP.replace("seeds = [0, 1]", "seeds = [0]").replace("epochs = 3", "epochs = 100000")
+    cfg = write(tmp_path, text)
+    out = tmp_path / "sw"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for ignored in [False, True] if sig == "SIGHUP" else [False]:
+        cmd = [sys.executable, "-m", "cegeo", "sweep", str(cfg), "--out", str(out), "--jobs", "2"]
+        pre = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None
+        parent = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pre
+        )
+        deadline = time.time() + 60
+        while len(_workers_of(out)) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        workers = _workers_of(out)
+        assert len(workers) == 2
+        parent.send_signal(getattr(signal, sig))
+        time.sleep(3)
+        if ignored:
+            assert parent.poll() is None and len(_workers_of(out)) == 2
+            parent.terminate()
+        assert parent.wait(timeout=30) != 0
+        deadline = time.time() + 20
+        while _workers_of(out) and time.time() < deadline:
+            time.sleep(0.2)
+        assert _workers_of(out) == []

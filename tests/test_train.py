@@ -605,3 +605,26 @@ def test_a_file_system_without_locks_trains_unlocked(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"the run folder cannot be locked .*No locks available"):
         Trainer(cfg(GAUSS, train__epochs=1), tmp_path / "r", progress=False).run()
     assert (tmp_path / "r" / "final.json").is_file() and not (tmp_path / "r" / ".lock").exists()
+
+
+def test_the_folder_is_looked_at_again_under_the_lock(tmp_path):
+    """What to do is decided before the lock (in the constructor); if another process trains in
+    the folder before this one takes the lock (finishes it, or writes a checkpoint), this one
+    refuses instead of clearing that work."""
+    from cegeo.train import RunBusyError
+
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        _CrashAfterProbe(cfg(GAUSS, train__epochs=3), out, progress=False).run()
+    late = Trainer(None, out, resume=True, progress=False)  # decides: resume from epoch 1
+    Trainer(None, out, resume=True, progress=False).run()  # meanwhile another one finishes it
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(RunBusyError, match=r"where another process has trained since: run the command again"):
+        late.run()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # a new run decided on an empty folder where someone has started one since
+    fresh = Trainer(cfg(GAUSS, train__epochs=1), tmp_path / "n", progress=False)
+    Trainer(cfg(GAUSS, train__epochs=1), tmp_path / "n", progress=False).run()
+    with pytest.raises(RunBusyError):
+        fresh.run()
+    assert (tmp_path / "n" / "final.json").is_file()

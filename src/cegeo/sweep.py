@@ -953,8 +953,10 @@ def _run_workers(
     handlers: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for name in ("SIGTERM", "SIGHUP"):
-            if hasattr(signal, name):
-                handlers[getattr(signal, name)] = signal.signal(getattr(signal, name), _interrupt)
+            sig = getattr(signal, name, None)
+            # only where the default (die) would apply: nohup's ignored SIGHUP stays ignored
+            if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+                handlers[sig] = signal.signal(sig, _interrupt)
     try:
         while queue or running:
             while queue and free:
@@ -1008,13 +1010,13 @@ def _worker_command(config_file: Path, run_dir: Path) -> list[str]:
 
 def _worker_status(run: SweepRun, code: int, runs_dir: Path, logs: Path) -> dict[str, Any]:
     folder = runs_dir / run.name
+    if code == _BUSY_EXIT:  # another process trains it (or has just finished it): not ours
+        return {"status": "busy", "error": "trained by another process"}
     if (folder / "final.json").is_file():  # finished, even if the worker died on its way out
         return {"status": "finished", "error": None}
     error_file = folder / "error.json"
     if error_file.is_file():
         return {"status": "failed", "error": read_json(error_file).get("error", "unknown error")}
-    if code == _BUSY_EXIT:
-        return {"status": "busy", "error": "trained by another process"}
     # The worker died without writing error.json (killed, out of memory, crashed interpreter).
     tail = ""
     log_file = logs / f"{run.name}.log"

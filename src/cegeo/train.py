@@ -336,6 +336,17 @@ def _lock_run_folder(path: Path) -> IO[str] | None:
     return fh
 
 
+def _folder_state(path: Path) -> tuple[Any, ...]:
+    """Which run files ``path`` holds and when they last changed (a run's progress)."""
+    state = []
+    for name in ("config.toml", "checkpoint.pt", "final.json"):
+        try:
+            state.append((name, (path / name).stat().st_mtime_ns))
+        except OSError:
+            state.append((name, None))
+    return tuple(state)
+
+
 def _clear(path: Path) -> None:
     if _env_world()[1] != 0:
         return  # under torchrun only rank 0 touches the folder (it may be writing already)
@@ -659,10 +670,10 @@ class Trainer:
         self.out = None if out is None else Path(out)
         self.action = "new"
         self._lock: IO[str] | None = None
-        self._had_run = False  # whether --out held a run when this trainer looked at it
+        self._seen: tuple[Any, ...] = ()  # --out's run files when this trainer looked at it
         if self.out is not None:
             writable_folder("out", self.out)
-            self._had_run = (self.out / "config.toml").is_file()
+            self._seen = _folder_state(self.out)
             self.action, config = prepare_run_folder(self.out, config, resume=resume, force=force)
         elif config is None:
             raise InputError("`config` must be given when there is no run folder (`out`) to resume.")
@@ -1135,10 +1146,12 @@ class Trainer:
             # The schedule is a function of the step: a checkpoint counted with other batches per
             # epoch (an earlier cegeo's rule for the last batch) would shift it.
             assert self.out is not None
+            made = ck.get("steps_per_epoch")
             raise InputError(
                 f"`{self.out / 'checkpoint.pt'}` must come from a run of {self.steps_per_epoch} steps per "
-                f"epoch, as this one has; got {step} steps after {epoch} epochs (a checkpoint of an "
-                "earlier cegeo): pass --force to start the run over."
+                f"epoch, as this one has; got {step} steps after {epoch} epochs ("
+                + (f"{made} per epoch: other data" if made else "a checkpoint of an earlier cegeo")
+                + "): pass --force to start the run over."
             )
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -1352,13 +1365,19 @@ class Trainer:
         writer = self.out is not None and self.dist.rank == 0
 
         start_epoch, step, train_time, wall_before = 0, 0, 0.0, 0.0
+        if writer:
+            assert self.out is not None
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock_run_folder(self.out)
+            # What to do (start, resume) was decided from the folder before the lock: another
+            # process may have started, advanced or finished the run since.
+            if _folder_state(self.out) != self._seen:
+                raise RunBusyError(
+                    f"`out` must hold the run this command looked at; got {self.out}, where another "
+                    "process has trained since: run the command again."
+                )
         if self.action == "resume":
             assert self.out is not None
-            self._lock = _lock_run_folder(self.out)
-            if (self.out / "final.json").is_file():  # another process finished it meanwhile
-                self.final = read_json(self.out / "final.json")
-                self.records = read_jsonl(self.out / "metrics.jsonl", ints=("epoch",))
-                return self.final
             # Loaded on the CPU (generator states must be CPU byte tensors); load_state_dict copies
             # the weights and optimizer state to the model's device.
             ck = load_checkpoint(self.out / "checkpoint.pt")
@@ -1378,13 +1397,6 @@ class Trainer:
             env = environment_info()
             env.update({"device": str(self.device), "world_size": self.dist.world})
             text = _to_toml({**to_dict(cfg), "provenance": env})
-            self.out.mkdir(parents=True, exist_ok=True)
-            self._lock = _lock_run_folder(self.out)
-            if (self.out / "config.toml").is_file() != self._had_run:
-                raise RunBusyError(
-                    f"`out` must be the folder this run looked at; got {self.out}, where another "
-                    "process has started or removed a run since: run the command again."
-                )
             # The run this one replaces (--force, or one that died before its first checkpoint)
             # is removed only now, once data, model, loss and config.toml's text have been
             # built without error.

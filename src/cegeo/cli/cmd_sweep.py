@@ -99,7 +99,8 @@ def sweep_command(
     """Run a grid of losses x hyperparameters x seeds (x setups) as independent run folders.
 
     Finished runs are skipped on restart; a failing run writes error.json and the others go on
-    (exit status 1 when a run failed: the same command retries it; 2 for bad input);
+    (exit status 1 when a run failed or another process is training one: the same command
+    retries them; 2 for bad input);
     summary.csv holds mean ± std over seeds and the cost of each loss. Imbalance ratio
     R = n_max/n_min >= 1.
     """
@@ -144,6 +145,13 @@ def sweep_command(
         typer.echo(
             f"error: {len(outcome.failed)} run(s) failed (error.json in their folders); "
             "re-run the same command to retry them.",
+            err=True,
+        )
+        raise typer.Exit(1)
+    if outcome.busy:  # the summary lacks them: not a success to chain `cegeo report` on
+        typer.echo(
+            f"error: {len(outcome.busy)} run(s) are being trained by another process; re-run the "
+            "same command when it has finished.",
             err=True,
         )
         raise typer.Exit(1)
