@@ -782,7 +782,12 @@ def test_a_signal_to_the_sweep_stops_its_workers_unless_ignored(tmp_path, sig):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for ignored in [False, True] if sig == "SIGHUP" else [False]:
         cmd = [sys.executable, "-m", "cegeo", "sweep", str(cfg), "--out", str(out), "--jobs", "2"]
-        pre = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None
+
+        def pre(ignored=ignored):
+            # as a terminal's shell would start it (the test itself may run under nohup)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN if ignored else signal.SIG_DFL)
+
         parent = subprocess.Popen(
             cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pre
         )
