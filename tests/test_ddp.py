@@ -34,6 +34,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
 
 
+def _one_process(*args: str) -> None:
+    """``cegeo train ARGS`` in one process, which must succeed."""
+    cmd = [sys.executable, "-m", "cegeo", "train", *args]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
 def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
@@ -42,14 +49,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    single = subprocess.run(
-        [sys.executable, "-m", "cegeo", "train", *ARGS, "--out", str(one)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert single.returncode == 0, single.stderr
+    _one_process(*ARGS, "--out", str(one))
     ddp = _torchrun("-m", "cegeo", "train", *ARGS, "--out", str(two))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stdout.count("run folder:") == 1  # only rank 0 reports (and writes)
@@ -133,14 +133,7 @@ def test_a_short_last_batch_is_trained_by_one_process_and_by_two(tmp_path):
     against 5). Then the weights agree as in the test above. Without synchronised BatchNorm each
     rank needs 2 samples of it: an error naming the batch size, not a different run."""
     one, two = tmp_path / "one", tmp_path / "two"
-    single = subprocess.run(
-        [sys.executable, "-m", "cegeo", "train", *REST, "--out", str(one)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert single.returncode == 0, single.stderr
+    _one_process(*REST, "--out", str(one))
     ddp = _torchrun("-m", "cegeo", "train", *REST, "--out", str(two))
     assert (two / "final.json").is_file(), ddp.stderr[-3000:]
     a, b = load_checkpoint(one / "checkpoint.pt"), load_checkpoint(two / "checkpoint.pt")
