@@ -6,6 +6,7 @@ so every test trains for real.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
@@ -791,22 +792,25 @@ def test_a_signal_to_the_sweep_stops_its_workers_unless_ignored(tmp_path, sig):
         parent = subprocess.Popen(
             cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pre
         )
-        deadline = time.time() + 60
-        while len(_workers_of(out)) < 2 and time.time() < deadline:
-            time.sleep(0.2)
-        workers = _workers_of(out)
-        assert len(workers) == 2
-        parent.send_signal(getattr(signal, sig))
-        time.sleep(3)
-        if ignored:  # nothing stopped; clean up by hand
-            assert parent.poll() is None and sorted(_workers_of(out)) == sorted(workers)
+        try:
+            deadline = time.time() + 60
+            while len(_workers_of(out)) < 2 and time.time() < deadline:
+                time.sleep(0.2)
+            workers = _workers_of(out)
+            assert len(workers) == 2
+            parent.send_signal(getattr(signal, sig))
+            time.sleep(3)
+            if ignored:  # nothing stopped (cleaned up below)
+                assert parent.poll() is None and sorted(_workers_of(out)) == sorted(workers)
+                continue
+            assert parent.wait(timeout=60) != 0
+            deadline = time.time() + 20
+            while _workers_of(out) and time.time() < deadline:
+                time.sleep(0.2)
+            assert _workers_of(out) == []
+        finally:  # never leave a sweep training (100,000 epochs) behind a failed assertion
             parent.kill()
             parent.wait(timeout=30)
-            for pid in workers:
-                os.kill(pid, signal.SIGKILL)
-            continue
-        assert parent.wait(timeout=60) != 0
-        deadline = time.time() + 20
-        while _workers_of(out) and time.time() < deadline:
-            time.sleep(0.2)
-        assert _workers_of(out) == []
+            for pid in _workers_of(out):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
