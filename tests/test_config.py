@@ -64,3 +64,24 @@ def test_non_finite_loss_hyperparameters_are_refused(value, tmp_path):
     path.write_text(f'[loss]\nname = "ldt"\nhyper = {{gamma = {value}}}\n')
     with pytest.raises(ValueError, match=r"`loss\.hyper\.gamma` must be a finite number"):
         load_run_config(path)
+
+
+def test_numpy_scalars_and_whole_floats_are_plain_values():
+    """A loop over np.arange or a TOML `epochs = 5.0` gives a valid config (of Python values)."""
+    import numpy as np
+
+    from cegeo.config import RunConfig, override
+
+    cfg = override(
+        RunConfig(),
+        {"seed": np.int64(1), "train.epochs": 5.0, "loss.name": "ldt", "loss.hyper.gamma": np.float32(0.5)},
+    )
+    assert (cfg.seed, cfg.train.epochs, cfg.loss.hyper["gamma"]) == (1, 5, 0.5)
+    assert type(cfg.seed) is int and type(cfg.train.epochs) is int and type(cfg.loss.hyper["gamma"]) is float
+    for bad, match in (
+        ({"train.epochs": 5.5}, r"`train.epochs` must be an integer; got 5.5"),
+        ({"train.epochs": True}, r"`train.epochs` must be an integer; got True"),
+        ({"train.epochs": float("nan")}, r"`train.epochs` must be an integer; got nan"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            override(RunConfig(), bad)

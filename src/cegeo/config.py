@@ -13,12 +13,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import numbers
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import numpy as np
 
 from ._io import read_toml, to_toml
 from ._validation import InputError, check_finite, fail
@@ -80,18 +83,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise InputError(f"`{where}` must be a table; got {value!r}.")
         vt = args[1] if len(args) == 2 else Any
         return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    # numpy scalars (a loop over np.arange) and whole floats (5.0 epochs) are taken as the
+    # plain Python values they stand for
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
             raise InputError(f"`{where}` must be a number; got {value!r}.")
         return float(value)
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, (bool, np.bool_)) or not (
+            isinstance(value, (numbers.Integral, np.integer))
+            or (isinstance(value, (float, np.floating)) and math.isfinite(value) and value == int(value))
+        ):
             raise InputError(f"`{where}` must be an integer; got {value!r}.")
-        return value
+        return int(value)
     if tp is bool:
-        if not isinstance(value, bool):
+        if not isinstance(value, (bool, np.bool_)):
             raise InputError(f"`{where}` must be true or false; got {value!r}.")
-        return value
+        return bool(value)
     if tp is str:
         if not isinstance(value, str):
             raise InputError(f"`{where}` must be a string; got {value!r}.")
