@@ -628,3 +628,33 @@ def test_the_folder_is_looked_at_again_under_the_lock(tmp_path):
     with pytest.raises(RunBusyError):
         fresh.run()
     assert (tmp_path / "n" / "final.json").is_file()
+
+
+def test_training_on_splits_in_memory_checks_them_and_names_their_source():
+    """Trainer(splits=) / train(splits=) take arrays already in memory: checked like
+    make_splits' own (a wrong class_counts trained silently, a label out of range crashed), and
+    final.json names their source and profile, not the config's."""
+    import dataclasses
+
+    from cegeo.data import Dataset, make_splits
+    from cegeo.train import train
+
+    y = np.repeat(np.arange(3), 60)
+    X = np.random.default_rng(0).normal(size=(180, 6)).astype(np.float32)
+    sp = make_splits(Dataset("mine", "tabular", X, y, None, None, 3, ("a", "b", "c")), "counts:40,20,5")
+    config = cfg({"model.options": {"width": 8, "depth": 1}}, train__epochs=1)
+    final = train(config, None, progress=False, splits=sp)
+    assert (final["data"], final["imbalance"]) == ("mine", "counts:40,20,5")
+    with pytest.raises(
+        ValueError,
+        match=r"`class_counts` must be the training labels' counts \[36, 18, 4\]; got \[4, 18, 36\]",
+    ):
+        dataclasses.replace(sp, class_counts=sp.class_counts[::-1].copy())
+    with pytest.raises(ValueError, match=r"`y_train` must be labels in 0..2; got 3"):
+        dataclasses.replace(sp, y_train=sp.y_train + 1)
+    with pytest.raises(
+        ValueError, match=r"`splits` must be a cegeo.data.Splits \(e.g. from make_splits\); got 'Dataset'"
+    ):
+        Trainer(
+            config, splits=Dataset("mine", "tabular", X, y, None, None, 3, ("a", "b", "c")), progress=False
+        )

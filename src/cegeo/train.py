@@ -667,6 +667,10 @@ class Trainer:
     ) -> None:
         if config is not None and not isinstance(config, RunConfig):
             raise fail("config", "a cegeo.config.RunConfig", type(config).__name__)
+        from .data import Splits
+
+        if splits is not None and not isinstance(splits, Splits):
+            raise fail("splits", "a cegeo.data.Splits (e.g. from make_splits)", type(splits).__name__)
         self.out = None if out is None else Path(out)
         self.action = "new"
         self._lock: IO[str] | None = None
@@ -1516,8 +1520,9 @@ class Trainer:
             "groups": self.splits.groups.as_dict(),
             "loss": {"name": cfg.loss.name, "hyper": dict(getattr(self.loss_base, "spec", None).hyper)},
             "model": cfg.model.name,
-            "data": cfg.data.source,
-            "imbalance": cfg.data.imbalance,
+            # arrays given in memory name their own source and profile, not the config's
+            "data": cfg.data.source if self._splits_in is None else self.splits.dataset,
+            "imbalance": cfg.data.imbalance if self._splits_in is None else self.splits.profile,
             "seed": cfg.seed,
             "device": str(self.device),
             "world_size": self.dist.world,
@@ -1638,6 +1643,8 @@ def train(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    splits: Any = None,
 ) -> dict[str, Any]:
-    """Train one run and return ``final.json``'s content (see :class:`Trainer`)."""
-    return Trainer(config, out, resume=resume, force=force, progress=progress).run()
+    """Train one run and return ``final.json``'s content (see :class:`Trainer`; ``splits`` are
+    arrays already in memory, a :class:`cegeo.data.Splits`)."""
+    return Trainer(config, out, resume=resume, force=force, progress=progress, splits=splits).run()

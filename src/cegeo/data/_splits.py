@@ -92,6 +92,28 @@ class Splits:
     test_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     class_names: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # Splits made in code (a trainer given arrays already in memory) are checked like the
+        # ones make_splits builds: labels in 0..k-1, counts that are the training labels' own.
+        k = check_int("num_classes", self.num_classes, minimum=2)
+        for name in ("train", "val", "test"):
+            x, y = getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+            if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+                raise fail(f"x_{name}/y_{name}", "numpy arrays", f"{type(x).__name__}/{type(y).__name__}")
+            if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or x.shape[0] != y.shape[0]:
+                raise fail(f"y_{name}", f"a 1-D integer array of one label per row of x_{name}", y.shape)
+            if y.size and (y.min() < 0 or y.max() >= k):
+                raise fail(f"y_{name}", f"labels in 0..{k - 1}", int(y.min() if y.min() < 0 else y.max()))
+        counts = np.bincount(self.y_train, minlength=k)
+        if np.shape(self.class_counts) != (k,) or not np.array_equal(self.class_counts, counts):
+            raise fail(
+                "class_counts",
+                f"the training labels' counts {counts.tolist()}",
+                np.asarray(self.class_counts).tolist(),
+            )
+        if not isinstance(self.groups, Groups) or len(self.groups.labels) != k:
+            raise fail("groups", f"a Groups labelling the {k} classes", self.groups)
+
     @property
     def in_shape(self) -> tuple[int, ...]:
         """Shape of one sample: ``(C, H, W)`` or ``(d,)``."""
