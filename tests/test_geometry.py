@@ -205,3 +205,31 @@ def test_nc1_of_overflowed_features_is_nan_not_an_error():
     assert np.isnan(_nc1(means, np.array([3, 2, 1]), np.eye(2)))
     means[0, 0] = 1.0
     assert np.isnan(_nc1(means, np.array([3, 2, 1]), np.full((2, 2), np.inf)))
+
+
+def test_natural_misuse_is_a_one_line_error():
+    """Fractional or text labels (0.7 was truncated to class 0), a loss given by name (the
+    theory was silently switched off), a Geometry where a Gram matrix is expected."""
+    from cegeo.geometry import feature_stats, measure
+    from cegeo.theory import distance, predict
+
+    for labels, match in (
+        (np.array([0.7, 1.7, 1.2]), r"`labels` must be integer class labels; got 'float64'"),
+        (np.array(["a", "b", "a"]), r"`labels` must be integer class labels"),
+        (np.array([0, 1]), r"`labels` must be a 1-D array of 3 labels"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            feature_stats(np.eye(3), labels, 2)
+    assert feature_stats(np.eye(3), np.array([0.0, 1.0, 1.0]), 2).counts.tolist() == [1.0, 2.0]
+    rng = np.random.default_rng(0)
+    h, y, W = rng.normal(size=(12, 4)), np.repeat([0, 1, 2], 4), rng.normal(size=(3, 4))
+    with pytest.raises(
+        ValueError, match=r"`loss` must be the training loss module \(cegeo.losses.create_loss"
+    ):
+        measure(feature_stats(h, y, 3), W, loss="ldt")
+    g = predict(None, [5, 1])
+    with pytest.raises(
+        ValueError,
+        match=r"`G` must be a \(k, k\) Gram matrix, e.g. geometry.G_W or geometry.G_H; got a Geometry",
+    ):
+        distance(g, g)

@@ -189,9 +189,21 @@ def feature_stats(features: Any, labels: Any, num_classes: int, *, scatter: bool
     ([1.0, 2.0], [[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
     """
     h = torch.as_tensor(np.asarray(features) if not isinstance(features, Tensor) else features)
-    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
+    if not isinstance(labels, Tensor):
+        raw = np.asarray(labels)
+        whole = (
+            raw.dtype.kind == "f" and bool(np.all(np.isfinite(raw))) and bool(np.all(raw == np.round(raw)))
+        )
+        if raw.dtype.kind not in "iu" and not whole:  # 0.7 would be truncated to class 0
+            raise fail("labels", "integer class labels", raw.dtype.name)
+        labels = raw.astype(np.int64)
+    elif labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise fail("labels", "integer class labels", str(labels.dtype))
+    y = torch.as_tensor(labels)
     if h.ndim != 2:
         raise fail("features", "a 2-D array of shape (n, d)", tuple(h.shape))
+    if y.ndim != 1 or y.shape[0] != h.shape[0]:
+        raise fail("labels", f"a 1-D array of {h.shape[0]} labels (one per row of features)", tuple(y.shape))
     k = check_int("num_classes", num_classes, minimum=1)
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
         raise fail("labels", f"labels in 0..{k - 1}", int(y.max()) if int(y.max()) >= k else int(y.min()))
@@ -336,8 +348,10 @@ class GeometryProbe:
 def _theory_for(loss: Any, counts: np.ndarray, grp: Groups) -> Geometry | None:
     from .losses import LDAMLoss, ParametricCE
 
-    if loss is None or isinstance(loss, LDAMLoss) or not isinstance(loss, ParametricCE):
+    if loss is None or isinstance(loss, LDAMLoss):
         return None
+    if not isinstance(loss, ParametricCE):  # e.g. the name "ldt": dist_* would be None silently
+        raise fail("loss", "the training loss module (cegeo.losses.create_loss(name, counts)) or None", loss)
     return predict(loss, counts, grp)
 
 

@@ -183,6 +183,11 @@ def distance(G: Any, G_ref: Any) -> float:
     >>> round(distance(3 * np.eye(2), np.eye(2)), 12)
     0.0
     """
+    for param, value in (("G", G), ("G_ref", G_ref)):
+        if isinstance(value, Geometry):  # which Gram? the classifiers' or the class means'
+            raise fail(
+                param, "a (k, k) Gram matrix, e.g. geometry.G_W or geometry.G_H", described("a Geometry")
+            )
     A = np.asarray(G, dtype=np.float64)
     B = np.asarray(G_ref, dtype=np.float64)
     if A.shape != B.shape or A.ndim != 2:
