@@ -388,3 +388,19 @@ def test_cuda_matches_cpu(rng):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = create_loss("vs", counts).cuda()(z.cuda() @ torch.eye(3, device="cuda"), y.cuda())
     assert out.dtype == torch.float32 and torch.isfinite(out)
+
+
+def test_create_loss_takes_a_reduction_as_nn_cross_entropy_does():
+    """A drop-in for nn.CrossEntropyLoss takes reduction=; a bad one set later is an error
+    (it averaged silently)."""
+    logits, y = torch.randn(5, 2), torch.tensor([0, 1, 0, 0, 1])
+    per_sample = create_loss("la", [5, 1], reduction="none")(logits, y)
+    assert per_sample.shape == (5,)
+    assert torch.allclose(create_loss("la", [5, 1], reduction="sum")(logits, y), per_sample.sum())
+    assert torch.allclose(create_loss("la", [5, 1])(logits, y), per_sample.mean())
+    with pytest.raises(ValueError, match=r"`reduction` must be one of 'mean', 'sum', 'none'; got 'avg'"):
+        create_loss("la", [5, 1], reduction="avg")
+    loss = create_loss("la", [5, 1])
+    loss.reduction = "bogus"
+    with pytest.raises(ValueError, match=r"`reduction` must be one of 'mean', 'sum', 'none'; got 'bogus'"):
+        loss(logits, y)

@@ -85,6 +85,7 @@ def _check_inputs(logits: Tensor, target: Tensor, k: int | None) -> None:
 
 
 def _reduce(per_sample: Tensor, weight: Tensor | None, reduction: str) -> Tensor:
+    _check_reduction(reduction)  # also when set on the module after construction
     if reduction == "none":
         return per_sample
     if reduction == "sum":
@@ -537,7 +538,7 @@ def get_loss_info(name: str) -> LossInfo:
     return _LOSSES.get(name)
 
 
-def create_loss(name: str, class_counts: Any = None, **hyper: Any) -> nn.Module:
+def create_loss(name: str, class_counts: Any = None, *, reduction: str = "mean", **hyper: Any) -> nn.Module:
     """Build a registered loss for the given training class counts.
 
     Parameters
@@ -546,6 +547,9 @@ def create_loss(name: str, class_counts: Any = None, **hyper: Any) -> nn.Module:
         One of :func:`list_losses`.
     class_counts : array-like of shape (k,)
         Per-class training counts (positive integers). Required by every loss but ``ce``.
+    reduction : {"mean", "sum", "none"}
+        As in :class:`torch.nn.CrossEntropyLoss` (a weighted mean divides by the targets'
+        weights).
     **hyper
         The entry's hyperparameters (see ``get_loss_info(name).defaults``), e.g. ``gamma``,
         ``tau``. Unknown names are an error.
@@ -582,6 +586,7 @@ def create_loss(name: str, class_counts: Any = None, **hyper: Any) -> nn.Module:
         counts = check_class_counts(class_counts)
         module = info.make(counts.astype(np.float64), params)
     module.spec = LossSpec(name, dict(params), tuple(int(c) for c in counts) if counts is not None else ())
+    module.reduction = _check_reduction(reduction)
     return module
 
 
