@@ -173,3 +173,10 @@ def test_summary_against_sklearn_and_imbalanced_learn(seed):
     assert summary_from_confusion(confusion_matrix(y, pred, k), grp, normal_class=0) == s
     if seed % 2:
         assert summary_from_confusion(confusion_matrix(y, pred, k), None, 5)["false_alarm"] is None
+
+
+def test_group_recall_needs_a_groups_object():
+    from cegeo.metrics import group_recall_score
+
+    with pytest.raises(ValueError, match=r"`groups` must be a cegeo.data.imbalance.Groups .*; got 'list'"):
+        group_recall_score([0, 1, 2, 3], [0, 1, 2, 0], [[0, 1], [2, 3]])

@@ -174,6 +174,12 @@ def group_recall_score(
     >>> group_recall_score([0, 1, 2, 3], [0, 1, 2, 0], g)
     {'majority': 1.0, 'minority': 0.5}
     """
+    if not isinstance(groups, Groups):
+        raise fail(
+            "groups",
+            "a cegeo.data.imbalance.Groups (e.g. groups(class_counts), or Groups(names, labels))",
+            type(groups).__name__,
+        )
     k = len(groups.labels)
     if num_classes is not None and check_int("num_classes", num_classes) != k:
         raise fail("groups", f"groups for {num_classes} classes", k)
