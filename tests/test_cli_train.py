@@ -150,6 +150,12 @@ BAD = [
     (["--model-option", "depth"], "`--model-option` must be name=value"),
     (["--model-option", "colour=red"], "`model.options` must be options of 'mlp'"),
     (["--data-option", "colour=red"], "`data.options` must be options of 'gaussian' (k, d, "),
+    # sizes beyond any machine overflowed numpy or torch with a traceback
+    (["--model-option", "width=9223372036854775808"], "`width` must be an integer in [1, 2,147,483,647]"),
+    (
+        ["--data-option", "n_per_class=10000000000000000000000000000000"],
+        "`n_per_class` must be an integer in [1, 2,147,483,647]",
+    ),
     (
         ["--seed", "9223372036854775807"],
         "`seed` must be an integer in [0, 2**32 - 1]; got 9223372036854775807.",
@@ -239,7 +245,8 @@ def test_diverging_run_is_one_line_naming_the_learning_rate(cli, tmp_path):
     assert r.err.count("\n") == 1 and "Traceback" not in r.err
     m = re.match(
         r"error: `optim.lr` must be a learning rate at which training stays finite \(the "
-        r"(train loss became (nan|inf)|weights became non-finite) in epoch (\d+); the last checkpoint",
+        r"(train loss became (nan|inf)|weights became non-finite) in epoch (\d+); "
+        r"(the last checkpoint is from before it|nothing of the run was kept)\)",
         r.err,
     )
     assert m, r.err
@@ -247,6 +254,13 @@ def test_diverging_run_is_one_line_naming_the_learning_rate(cli, tmp_path):
     bad_epoch = int(m.group(3))
     if (out / "checkpoint.pt").exists():
         assert load_checkpoint(out / "checkpoint.pt")["epoch"] < bad_epoch
+    else:
+        assert bad_epoch == 1 and m.group(4) == "nothing of the run was kept"
+    # a weight decay of order 1/lr is named as the cause, not the learning rate
+    r = cli("train", *GAUSS, "--weight-decay", "1e30", "--epochs", "2", "--out", tmp_path / "wd")
+    assert r.code == 2 and r.err.startswith(
+        "error: `optim.weight_decay` must be a weight decay with lr * weight_decay < 1 ("
+    ), r.err
 
 
 def test_force_with_an_invalid_config_keeps_the_old_run(cli, tmp_path):

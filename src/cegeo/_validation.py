@@ -99,8 +99,14 @@ def check_fraction(param: str, value: Any, *, low_open: bool = True, high_open: 
     return out
 
 
-def check_int(param: str, value: Any, *, minimum: int | None = None) -> int:
-    """Return ``value`` as an int (integral floats accepted), optionally ``>= minimum``."""
+#: The largest integer a size, count or epoch number may be unless a caller says otherwise: a
+#: huge one (10**30, 2**63) would otherwise overflow numpy or torch with a traceback.
+INT_MAX = 2**31 - 1
+
+
+def check_int(param: str, value: Any, *, minimum: int | None = None, maximum: int | None = INT_MAX) -> int:
+    """Return ``value`` as an int (integral floats accepted), optionally ``>= minimum``, and at
+    most ``maximum`` (default :data:`INT_MAX`; ``None``: unbounded)."""
     if isinstance(value, bool):
         raise fail(param, "an integer", value)
     if isinstance(value, (int, np.integer)):
@@ -111,6 +117,9 @@ def check_int(param: str, value: Any, *, minimum: int | None = None) -> int:
         raise fail(param, "an integer", value)
     if minimum is not None and out < minimum:
         raise fail(param, f"an integer >= {minimum}", value)
+    if maximum is not None and out > maximum:
+        lo = f"in [{minimum}, {maximum:_}]".replace("_", ",") if minimum is not None else f"<= {maximum:,}"
+        raise fail(param, f"an integer {lo}", value)
     return out
 
 

@@ -1444,11 +1444,22 @@ class Trainer:
                         if not math.isfinite(train_loss)
                         else ("the weights became non-finite")
                     )
+                    # A weight decay of order 1/lr diverges as surely as a large rate does.
+                    big_wd = cfg.optim.weight_decay >= 1 and cfg.optim.weight_decay * cfg.optim.lr >= 1
                     raise fail(
-                        "optim.lr",
-                        f"a learning rate at which training stays finite ({what} in epoch {done}; the "
-                        "last checkpoint is from before it)",
-                        cfg.optim.lr,
+                        "optim.weight_decay" if big_wd else "optim.lr",
+                        (
+                            "a weight decay with lr * weight_decay < 1"
+                            if big_wd
+                            else "a learning rate at which training stays finite"
+                        )
+                        + f" ({what} in epoch {done}; "
+                        + (
+                            "the last checkpoint is from before it)"
+                            if self._checkpointed or start_epoch > 0
+                            else "nothing of the run was kept)"
+                        ),
+                        cfg.optim.weight_decay if big_wd else cfg.optim.lr,
                     )
                 final = done == epochs
                 line = None

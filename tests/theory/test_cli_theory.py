@@ -177,6 +177,10 @@ def test_plot_writes_a_figure(cli, tmp_path):
             r"`--plot` must be a file name ending",
         ),
         ([], r"give exactly one of --step \| --longtail \| --counts; got 0"),
+        (
+            ["--step", "k=1000000000000000000000000000000,R=10,rho=0.5"],
+            r"`k` must be an integer in \[2, 2,147,483,647\]",
+        ),
         (["--step", "k=4,R=2,rho=0.5", "--counts", "5,1"], r"give exactly one of .*; got 2"),
     ],
 )

@@ -168,7 +168,7 @@ def load_dataset(spec: str, *, seed: int = 0, **options: Any) -> Dataset:
     """
     name, path = parse_spec(spec)
     info = _SOURCES.get(name)
-    seed = check_int("seed", seed, minimum=0)
+    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
     if info.path == "none" and path is not None:
         raise fail("data", f"'{name}' without a path (it is built in)", spec)
     if info.path != "none" and not path:

@@ -267,7 +267,7 @@ def make_splits(
     profile = imbalance if isinstance(imbalance, Profile) else parse_profile(imbalance)
     val_fraction = check_fraction("val_fraction", val_fraction)
     test_fraction = check_fraction("test_fraction", test_fraction)
-    seed = check_int("seed", seed, minimum=0)
+    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
     k = dataset.num_classes
 
     # 1. Test: as given, or the fixed stratified split (seed-independent).

@@ -366,7 +366,7 @@ def solve_sample_level(
     n = check_class_counts(class_counts)
     if n.size < 2:
         raise fail("class_counts", "at least 2 classes", class_counts)
-    total = check_int("sum(class_counts)", int(n.sum()))
+    total = check_int("sum(class_counts)", int(n.sum()), maximum=None)
     if total > MAX_SAMPLES:
         raise fail("class_counts", f"tiny counts summing to <= {MAX_SAMPLES} (sample-level SDP)", n.tolist())
     dc, dl = _temperatures(loss_or_params, n.size)
