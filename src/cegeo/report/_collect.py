@@ -321,18 +321,17 @@ class ReportData:
         out: list[dict[str, Any]] = []
         # A family is a loss and the shape of the class counts its theory curve is drawn for
         # (the same imbalance string on 4 and on 6 classes are two families, two curves).
-        keys: list[tuple[str, int]] = []
-        by_key: dict[tuple[str, int], dict[str, Any]] = {}
+        families: list[dict[str, Any]] = []
 
-        def family(loss: str, final: dict[str, Any]) -> tuple[str, int] | None:
-            for key in keys:
-                ref = by_key[key]["ref"]
+        def family(loss: str, final: dict[str, Any]) -> dict[str, Any] | None:
+            for fam in families:
+                ref = fam["ref"]
                 if (
-                    key[0] == loss
+                    fam["loss"] == loss
                     and ref is not None
                     and _same_ratios(ref["class_counts"], final["class_counts"], 1e-6)
                 ):
-                    return key
+                    return fam
             return None
 
         for g in self.groups:
@@ -340,37 +339,35 @@ class ReportData:
             if g.loss not in GAMMA_LOSSES or not fin or "gamma" not in g.hyper:
                 continue
             ref = fin[0].final or {}
-            key = family(g.loss, ref)
-            if key is None:
-                key = (g.loss, len(keys))
-                keys.append(key)
-                by_key[key] = {"loss": g.loss, "profile": str(ref.get("imbalance")), "ref": ref, "series": {}}
+            fam = family(g.loss, ref)
+            if fam is None:
+                fam = {"loss": g.loss, "profile": str(ref.get("imbalance")), "ref": ref, "series": {}}
+                families.append(fam)
             label = g.setup or _model_label(fin[0])
-            by_key[key]["series"].setdefault(label, []).append((g.hyper["gamma"], [r.final for r in fin]))
+            fam["series"].setdefault(label, []).append((g.hyper["gamma"], [r.final for r in fin]))
         # CE is the gamma = 0 member of every temperature family: its runs mark gamma = 0.
         for g in self.groups:
             fin = [r for r in g.finished if (r.final or {}).get("geometry")]
             if g.loss != "ce" or not fin:
                 continue
             label = g.setup or _model_label(fin[0])
-            for key in keys:
-                ref = by_key[key]["ref"]
-                if _same_ratios(ref["class_counts"], (fin[0].final or {}).get("class_counts"), 1e-6):
-                    series = by_key[key]["series"].setdefault(label, [])
+            for fam in families:
+                if _same_ratios(fam["ref"]["class_counts"], (fin[0].final or {}).get("class_counts"), 1e-6):
+                    series = fam["series"].setdefault(label, [])
                     if all(gamma != 0.0 for gamma, _ in series):
                         series.append((0.0, [r.final for r in fin]))
         # Families of one loss whose profiles read alike (one string on different data) say their
         # k, or where k is the same too, their class counts.
-        names = [(by_key[key]["loss"], by_key[key]["profile"]) for key in keys]
-        for key, name in zip(keys, names, strict=True):
+        names = [(fam["loss"], fam["profile"]) for fam in families]
+        for fam, name in zip(families, names, strict=True):
             if names.count(name) > 1:
-                counts = by_key[key]["ref"]["class_counts"]
-                same_k = [o for o, n in zip(keys, names, strict=True) if n == name]
-                if len({len(by_key[o]["ref"]["class_counts"]) for o in same_k}) == len(same_k):
-                    by_key[key]["profile"] += f", k={len(counts)}"
+                counts = fam["ref"]["class_counts"]
+                alike = [o for o, n in zip(families, names, strict=True) if n == name]
+                if len({len(o["ref"]["class_counts"]) for o in alike}) == len(alike):
+                    fam["profile"] += f", k={len(counts)}"
                 else:
                     shown = counts if len(counts) <= 6 else [*counts[:3], "…", *counts[-2:]]
-                    by_key[key]["profile"] += ", counts " + ",".join(
+                    fam["profile"] += ", counts " + ",".join(
                         f"{c:g}" if not isinstance(c, str) else c for c in shown
                     )
         ufm_series: dict[str, dict[float, list[dict[str, Any]]]] = {}
@@ -383,34 +380,26 @@ class ReportData:
         ufm_counts = None if self.ufm is None else self.ufm.get("class_counts")
         for loss, points in ufm_series.items():
             matching = [
-                k
-                for k in keys
-                if k[0] == loss
-                and by_key[k]["ref"] is not None
-                and _same_ratios(by_key[k]["ref"]["class_counts"], ufm_counts)
+                fam
+                for fam in families
+                if fam["loss"] == loss
+                and fam["ref"] is not None
+                and _same_ratios(fam["ref"]["class_counts"], ufm_counts)
             ]
             if not matching:
-                key = (loss, len(keys))
-                keys.append(key)
-                by_key[key] = {
-                    "loss": loss,
-                    "profile": str(self.ufm.get("profile")),
-                    "ref": None,
-                    "series": {},
-                }
-                matching = [key]
-            for key in matching:
-                by_key[key]["ufm"] = points
-        for key in keys:
-            entry = by_key[key]
+                fam = {"loss": loss, "profile": str(self.ufm.get("profile")), "ref": None, "series": {}}
+                families.append(fam)
+                matching = [fam]
+            for fam in matching:
+                fam["ufm"] = points
+        for entry in families:
             markers: dict[str, tuple[list[float], list[dict[str, float]], list[dict[str, float]]]] = {}
             gammas_all: set[float] = set()
             for label, pts in entry["series"].items():
                 pts = sorted(pts, key=lambda p: p[0])
                 gs = [p[0] for p in pts]
-                means = [_summary_stats([f["geometry"]["summary"] for f in finals])[0] for _, finals in pts]
-                stds = [_summary_stats([f["geometry"]["summary"] for f in finals])[1] for _, finals in pts]
-                markers[label] = (gs, means, stds)
+                stats = [_summary_stats([f["geometry"]["summary"] for f in finals]) for _, finals in pts]
+                markers[label] = (gs, [s[0] for s in stats], [s[1] for s in stats])
                 gammas_all.update(gs)
             ufm_pts = entry.get("ufm")
             if ufm_pts:
