@@ -102,6 +102,8 @@ def check_fraction(param: str, value: Any, *, low_open: bool = True, high_open: 
 #: The largest integer a size, count or epoch number may be unless a caller says otherwise: a
 #: huge one (10**30, 2**63) would otherwise overflow numpy or torch with a traceback.
 INT_MAX = 2**31 - 1
+#: The largest seed (numpy's generators take 32 bits; the trainer derives its own from it).
+SEED_MAX = 2**32 - 1
 
 
 def check_int(param: str, value: Any, *, minimum: int | None = None, maximum: int | None = INT_MAX) -> int:

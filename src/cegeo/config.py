@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ._io import read_toml, to_toml
-from ._validation import InputError, check_finite, fail
+from ._validation import SEED_MAX, InputError, check_finite, check_int, fail
 from .data.imbalance import SAMPLERS
 
 __all__ = [
@@ -90,12 +90,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise InputError(f"`{where}` must be a number; got {value!r}.")
         return float(value)
     if tp is int:
-        if isinstance(value, (bool, np.bool_)) or not (
-            isinstance(value, (numbers.Integral, np.integer))
-            or (isinstance(value, (float, np.floating)) and math.isfinite(value) and value == int(value))
-        ):
-            raise InputError(f"`{where}` must be an integer; got {value!r}.")
-        return int(value)
+        return check_int(where, value, maximum=None)  # each setting checks its own range
     if tp is bool:
         if not isinstance(value, (bool, np.bool_)):
             raise InputError(f"`{where}` must be true or false; got {value!r}.")
@@ -251,7 +246,7 @@ class DataConfig:
         _in_range("data.test_fraction", self.test_fraction, 1e-12, 1 - 1e-12, "a number in (0, 1)")
         if self.n_max is not None and self.n_max < 1:
             raise InputError(f"`data.n_max` must be an integer >= 1; got {self.n_max!r}.")
-        if self.split_seed is not None and not 0 <= self.split_seed < 2**32:
+        if self.split_seed is not None and not 0 <= self.split_seed <= SEED_MAX:
             raise InputError(
                 f"`data.split_seed` must be an integer in [0, 2**32 - 1]; got {self.split_seed!r}."
             )
@@ -430,7 +425,7 @@ class RunConfig:
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.seed < 2**32:  # the trainer derives its generators' seeds from it
+        if not 0 <= self.seed <= SEED_MAX:  # the trainer derives its generators' seeds from it
             raise InputError(f"`seed` must be an integer in [0, 2**32 - 1]; got {self.seed!r}.")
         late = [m for m in self.optim.milestones if m >= self.train.epochs]
         if late:

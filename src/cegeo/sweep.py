@@ -198,8 +198,12 @@ class Setup:
     runtime: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.label is not None and isinstance(self.label, str) and not self.label.strip():
+        label = self.label
+        if isinstance(label, str) and not label.strip():
             object.__setattr__(self, "label", None)  # an empty label: the name, as documented
+        elif label is not None and (not isinstance(label, str) or label.startswith("_") or "\n" in label):
+            # matplotlib leaves labels starting with '_' out of legends
+            raise fail("setups.label", "one line of text, not starting with '_'", label)
 
 
 @dataclass(frozen=True)
@@ -268,11 +272,6 @@ class SweepConfig:
         for spec in self.losses:
             if spec.label is not None and (not _NAME_RE.fullmatch(spec.label) or "__" in spec.label):
                 raise fail("losses.label", "a name of letters, digits, '.', '-' or single '_'", spec.label)
-        for setup in self.setups:
-            label = setup.label
-            if label is not None and (not isinstance(label, str) or label.startswith("_") or "\n" in label):
-                # matplotlib leaves labels starting with '_' out of legends
-                raise fail("setups.label", "one line of text, not starting with '_'", label)
         for key, values in self.grid.items():
             if key.split(".")[0] not in _RUN_TABLES:
                 raise fail(

@@ -68,7 +68,7 @@ import torch
 from torch import Tensor
 
 from ._io import write_csv
-from ._validation import InputError, check_class_counts, check_finite, check_int, fail
+from ._validation import SEED_MAX, InputError, check_class_counts, check_finite, check_int, fail
 from .data.imbalance import Groups
 from .data.imbalance import groups as make_groups
 from .losses import ParametricCE, create_loss, get_loss_info
@@ -215,7 +215,7 @@ class UFMConfig:
         ms = [check_int("milestones", m, minimum=1) for m in self.milestones]
         if ms != sorted(set(ms)):
             raise fail("milestones", "strictly increasing epochs", list(self.milestones))
-        check_int("seed", self.seed, minimum=0, maximum=2**32 - 1)
+        check_int("seed", self.seed, minimum=0, maximum=SEED_MAX)
         if not isinstance(self.hyper, Mapping):
             raise fail("hyper", "a mapping of hyperparameter names to numbers", self.hyper)
         return self
@@ -1735,7 +1735,7 @@ class UFMExperiment:
         if check_finite("weight_decay", self.weight_decay) < 0:
             raise fail("weight_decay", "a number >= 0", self.weight_decay)
         for seed in self.seeds:
-            check_int("seeds", seed, minimum=0, maximum=2**32 - 1)
+            check_int("seeds", seed, minimum=0, maximum=SEED_MAX)
         if len(set(self.seeds)) != len(self.seeds):  # a repeated seed is the same run twice
             raise fail("seeds", "distinct seeds", list(self.seeds))
         self.configs()

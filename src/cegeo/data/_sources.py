@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .._registry import Registry
-from .._validation import InputError, check_choice, check_finite, check_int, fail
+from .._validation import SEED_MAX, InputError, check_choice, check_finite, check_int, fail
 from ._dataset import Dataset, described
 from ._formats import _IDX_MAX_BYTES, read_idx, safe_unpickle
 
@@ -168,7 +168,7 @@ def load_dataset(spec: str, *, seed: int = 0, **options: Any) -> Dataset:
     """
     name, path = parse_spec(spec)
     info = _SOURCES.get(name)
-    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
+    seed = check_int("seed", seed, minimum=0, maximum=SEED_MAX)
     if info.path == "none" and path is not None:
         raise fail("data", f"'{name}' without a path (it is built in)", spec)
     if info.path != "none" and not path:

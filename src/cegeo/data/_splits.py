@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import InputError, check_fraction, check_int, fail
+from .._validation import SEED_MAX, InputError, check_fraction, check_int, fail
 from ._dataset import Dataset
 from .imbalance import Groups, Profile, groups, parse_profile
 
@@ -267,7 +267,7 @@ def make_splits(
     profile = imbalance if isinstance(imbalance, Profile) else parse_profile(imbalance)
     val_fraction = check_fraction("val_fraction", val_fraction)
     test_fraction = check_fraction("test_fraction", test_fraction)
-    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
+    seed = check_int("seed", seed, minimum=0, maximum=SEED_MAX)
     k = dataset.num_classes
 
     # 1. Test: as given, or the fixed stratified split (seed-independent).
