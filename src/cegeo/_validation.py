@@ -11,7 +11,7 @@ The CLI prints that line and exits with status 2. Internal invariants use ``asse
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ __all__ = [
     "check_int",
     "check_positive",
     "fail",
+    "renamed",
 ]
 
 
@@ -44,6 +45,23 @@ class OutOfRangeError(InputError):
     def __init__(self, param: str, expected: str, got: Any) -> None:
         super().__init__(str(fail(param, expected, got)))
         self.param = param
+
+
+def renamed(err: InputError, names: Mapping[str, str]) -> InputError:
+    """``err`` with its leading parameter named as the user set it: with ``{"lr": "--lr"}``,
+    "`lr` must be ..." becomes "`--lr` must be ..."; an error about another parameter is
+    returned as it is.
+
+    Examples
+    --------
+    >>> str(renamed(InputError("`tau` must be a number; got 'x'."), {"tau": "--tau"}))
+    "`--tau` must be a number; got 'x'."
+    """
+    message = str(err)
+    end = message.find("`", 1)
+    if not message.startswith("`") or end < 0 or message[1:end] not in names:
+        return err
+    return InputError(f"`{names[message[1:end]]}`" + message[end + 1 :])
 
 
 def _short(value: Any, limit: int = 80) -> str:

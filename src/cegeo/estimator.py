@@ -42,7 +42,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._validation import InputError, check_choice, check_finite, check_int, check_positive, fail
+from ._validation import InputError, check_choice, check_finite, check_int, check_positive, fail, renamed
 from .data._splits import _split_rule, _stratified_take
 from .losses import create_loss, get_loss_info, list_losses
 
@@ -162,12 +162,7 @@ def _labels_text(classes: np.ndarray, limit: int = 10) -> str:
 def _posthoc_error(exc: InputError, method: str) -> InputError:
     """A rebalancer's error about one of its parameters, named as the user sets it: the message
     "`tau` must be ..." becomes "`posthoc_params['tau']` must be ..."."""
-    message = str(exc)
-    for key in _posthoc_keys(method):
-        tick = f"`{key}`"
-        if message.startswith(tick):
-            return InputError(f"`posthoc_params[{key!r}]`" + message[len(tick) :])
-    return exc
+    return renamed(exc, {key: f"posthoc_params[{key!r}]" for key in _posthoc_keys(method)})
 
 
 def _label_index(param: str, label: Any, classes: np.ndarray, needed_for: str) -> int:

@@ -75,7 +75,7 @@ from ._io import (
     write_npz,
 )
 from ._io import to_toml as _to_toml
-from ._validation import InputError, fail
+from ._validation import InputError, fail, renamed
 from .config import OptimConfig, RunConfig, config_differences, load_run_config, to_dict
 from .data.imbalance import effective_counts, sampling_probabilities
 from .geometry import FeatureStats, classifier_weight, measure
@@ -719,12 +719,11 @@ class Trainer:
             try:
                 ds = load_dataset(cfg.data.source, seed=cfg.split_seed, **cfg.data.options)
             except InputError as err:
-                if not str(err).startswith("`data` "):
-                    raise
                 # the source spec, named as a run config holds it (and as the CLI sets it)
-                raise InputError(
-                    f"`data.source`{str(err)[len('`data`') :].rstrip('.')} (set it with --data NAME:PATH)."
-                ) from None
+                named = renamed(err, {"data": "data.source"})
+                if named is err:
+                    raise
+                raise InputError(f"{str(named).rstrip('.')} (set it with --data NAME:PATH).") from None
             splits = make_splits(
                 ds,
                 cfg.data.imbalance,

@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from .._io import dumps_json, writable_file
-from .._validation import InputError, OutOfRangeError, fail
+from .._validation import InputError, OutOfRangeError, fail, renamed
 from ..data.imbalance import Groups, step_groups
 from ..losses import get_loss_info
 from ..theory import (
@@ -387,9 +387,9 @@ def _hyper_error(
 ) -> InputError:
     """Name the option behind a hyperparameter error: --gamma or --tau when given that way."""
     given = {name: v for name, v in shortcuts.items() if v is not None}
-    for name in given:
-        if str(err).startswith(f"`{name}` "):  # the hyperparameter --gamma / --tau sets
-            return InputError(str(err).replace(f"`{name}`", f"`--{name}`", 1))
+    named = renamed(err, {name: f"--{name}" for name in given})  # the hyperparameter --gamma sets
+    if named is not err:
+        return named
     if isinstance(err, OutOfRangeError) and err.param == "loss":  # the Grams overflow, not the vectors
         if len(given) == 1 and not hyper:
             (name, value), what = next(iter(given.items())), "a value"

@@ -39,7 +39,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from .._io import environment_info, read_json, read_toml, writable_folder, write_json, write_text
-from .._validation import InputError, check_finite, check_int, fail
+from .._validation import InputError, check_finite, check_int, fail, renamed
 from ..config import from_dict, to_dict, to_toml_text
 from ..data._dataset import described
 from ..theory import predict
@@ -204,19 +204,11 @@ def build_experiment(config: Path | None, opts: dict[str, Any]) -> UFMExperiment
 def _as_flag_error(err: InputError, over: dict[str, Any]) -> InputError:
     """An experiment error about a setting given on the command line, named by its flag:
     "`lr` must be ..." becomes "`--lr` must be ..." (a setting from --config keeps its key)."""
-    message = str(err)
-    if not message.startswith("`"):
-        return err
-    name = message[1 : message.find("`", 1)]
-    if name in ("loss", "losses") and "losses" in over:
-        flag = "--loss"
-    elif name in over.get("hyper", {}):
-        flag = f"--hyper {name}"
-    elif name in over:
-        flag = "--" + name.replace("_", "-")
-    else:
-        return err
-    return InputError(f"`{flag}`" + message[len(name) + 2 :])
+    flags = {key: "--" + key.replace("_", "-") for key in over}
+    flags.update({name: f"--hyper {name}" for name in over.get("hyper", {})})
+    if "losses" in over:
+        flags.update(loss="--loss", losses="--loss")
+    return renamed(err, flags)
 
 
 # --------------------------------------------------------------------------------- comparisons
