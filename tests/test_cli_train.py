@@ -180,6 +180,9 @@ BAD = [
     (["--normal-class", "7"], "`data.normal_class` must be a class name or index (0, 1, 2); got '7'"),
     (["--normal-class", "ok"], "`data.normal_class` must be a class name or index (0, 1, 2); got 'ok'"),
     (["--config", "/nonexistent/run.toml"], "file not found"),
+    # a hyperparameter given twice was silently taken from --gamma
+    (["--loss", "ldt", "--gamma", "0.5", "--hyper", "gamma=1"], "give gamma once: --gamma or --hyper gamma"),
+    (["--loss", "la", "--tau", "1", "--hyper", "tau=2"], "give tau once: --tau or --hyper tau"),
 ]
 
 

@@ -178,6 +178,27 @@ def parse_hyper(pairs: list[str] | None, option: str = "--hyper") -> dict[str, f
     return out
 
 
+def loss_hyper(pairs: list[str] | None, **shortcuts: float | None) -> dict[str, float]:
+    """``--hyper name=value`` pairs merged with shortcut flags such as ``--gamma``.
+
+    A hyperparameter set both ways is an error, not a silent override:
+
+    >>> loss_hyper(["tau=1"], gamma=0.5)
+    {'tau': 1.0, 'gamma': 0.5}
+    >>> loss_hyper(["gamma=1"], gamma=0.5)
+    Traceback (most recent call last):
+    ...
+    cegeo._validation.InputError: give gamma once: --gamma or --hyper gamma=...; got both.
+    """
+    out = parse_hyper(pairs)
+    for name, value in shortcuts.items():
+        if value is not None:
+            if name in out:
+                raise InputError(f"give {name} once: --{name} or --hyper {name}=...; got both.")
+            out[name] = value
+    return out
+
+
 def _num(text: str, name: str) -> float:
     try:
         return float(text)

@@ -37,9 +37,9 @@ from ._common import (
     err_console,
     exactly_one,
     longtail_float_counts,
+    loss_hyper,
     parse_counts,
     parse_grid,
-    parse_hyper,
     parse_longtail,
     parse_step,
 )
@@ -263,13 +263,8 @@ def theory_command(
     info = get_loss_info(loss)
     if not info.theory:
         raise fail("--loss", f"a loss the theory covers ({', '.join(map(repr, theory_losses()))})", loss)
-    extra = parse_hyper(hyper)
     shortcuts = {"gamma": gamma, "tau": tau}
-    for name, value in shortcuts.items():
-        if value is not None:
-            if name in extra:
-                raise InputError(f"give {name} once: --{name} or --hyper {name}=...; got both.")
-            extra[name] = value
+    extra = loss_hyper(hyper, **shortcuts)
     param = info.family_param
     grid = None
     if gamma_grid is not None or plot is not None:

@@ -19,7 +19,7 @@ from .._io import read_toml, writable_folder
 from .._validation import fail
 from ..config import RunConfig, from_dict, load_run_config, override
 from . import app
-from ._common import console, parse_hyper
+from ._common import console, loss_hyper
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -262,14 +262,10 @@ def train_command(
         base = load_run_config(out / "config.toml")
     else:
         base = RunConfig()
-    loss_hyper = parse_hyper(hyper)
-    if gamma is not None:
-        loss_hyper["gamma"] = gamma
-    if tau is not None:
-        loss_hyper["tau"] = tau
+    hyper_given = loss_hyper(hyper, gamma=gamma, tau=tau)
     if loss is not None and loss != base.loss.name:
         updates["loss.hyper"] = {}  # another loss than the base's: start from its own defaults
-    for key, value in loss_hyper.items():
+    for key, value in hyper_given.items():
         updates[f"loss.hyper.{key}"] = value
     config = override(base, updates)
     target = writable_folder("--out", out if out is not None else _default_out(config, config_file))
