@@ -154,7 +154,7 @@ def test_help_states_the_ratio_convention(cli):
         (["digits", "--val-fraction", "1.5"], r"`val_fraction` must be a number in \(0, 1\); got 1.5"),
         (["digits", "--seed", "-1"], r"`seed` must be an integer >= 0; got -1"),
         (["digits", "--data-option", "k"], r"`--data-option` must be name=value"),
-        (["digits", "--data-option", "k=3"], r"`options` must be options of 'digits'"),
+        (["digits", "--data-option", "k=3"], r"`--data-option` must be options of 'digits'"),
         (
             ["digits", "--imbalance", "counts:500,5,5,5,5,5,5,5,5,5"],
             r"`imbalance` must be counts the training",

@@ -149,7 +149,7 @@ BAD = [
     (["--hyper", "gamma"], "`--hyper` must be name=value"),
     (["--model-option", "depth"], "`--model-option` must be name=value"),
     (["--model-option", "colour=red"], "`model.options` must be options of 'mlp'"),
-    (["--data-option", "colour=red"], "`data.options` must be options of 'gaussian' (k, d, "),
+    (["--data-option", "colour=red"], "`data.options` must be options of 'gaussian' ('k', 'd', "),
     # sizes beyond any machine overflowed numpy or torch with a traceback
     (["--model-option", "width=9223372036854775808"], "`width` must be an integer in [1, 2,147,483,647]"),
     (

@@ -147,7 +147,7 @@ def test_cosine_classifier_is_scale_invariant():
         ("mlp", {"in_shape": (0, 3)}, r"`in_shape` must be a sequence of positive integers; got \(0, 3\)"),
         ("mlp", {"in_shape": "64"}, r"`in_shape` must be a non-empty sequence of positive integers"),
         ("mlp", {"num_classes": 1}, r"`num_classes` must be an integer >= 2; got 1"),
-        ("mlp", {"dropout": 0.1}, r"`options` must be options of model 'mlp' \(valid: 'width', 'depth'"),
+        ("mlp", {"dropout": 0.1}, r"`options` must be options of model 'mlp' \('width', 'depth'"),
         ("mlp", {"width": 0}, r"`width` must be an integer >= 1; got 0"),
         ("mlp", {"depth": 2.5}, r"`depth` must be an integer; got 2.5"),
         ("mlp", {"widths": []}, r"`widths` must be a non-empty sequence of positive integers"),

@@ -64,6 +64,23 @@ def renamed(err: InputError, names: Mapping[str, str]) -> InputError:
     return InputError(f"`{names[message[1:end]]}`" + message[end + 1 :])
 
 
+def check_options(param: str, given: Iterable[str], valid: Iterable[str], owner: str) -> None:
+    """Refuse option names that ``owner`` does not take (``valid``), naming the first unknown one.
+
+    Examples
+    --------
+    >>> check_options("model.options", {"width": 8, "dropout": 0.1}, ["width", "depth"], "'mlp'")
+    Traceback (most recent call last):
+    ...
+    cegeo._validation.InputError: `model.options` must be options of 'mlp' ('width', 'depth'); got 'dropout'.
+    """
+    valid = list(valid)
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        names = ", ".join(repr(o) for o in valid) or "none"
+        raise fail(param, f"options of {owner} ({names})", unknown[0])
+
+
 def _short(value: Any, limit: int = 80) -> str:
     if isinstance(value, str):
         limit = 300  # what the user typed (a path, a spec) is shown whole unless absurdly long

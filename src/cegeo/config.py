@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ._io import read_toml, to_toml
-from ._validation import SEED_MAX, InputError, check_finite, check_int, fail
+from ._validation import SEED_MAX, InputError, check_finite, check_int, check_options, fail
 from .data.imbalance import SAMPLERS
 
 __all__ = [
@@ -225,10 +225,7 @@ class DataConfig:
 
         name, path = parse_spec(self.source)
         info = get_dataset_info(name)
-        unknown = sorted(set(self.options) - set(info.options))
-        if unknown:
-            valid = ", ".join(info.options) or "none"
-            raise InputError(f"`data.options` must be options of {name!r} ({valid}); got {unknown[0]!r}.")
+        check_options("data.options", self.options, info.options, repr(name))
         # A relative path is relative to where the command ran: config.toml records it absolute,
         # so `--config run/config.toml` reproduces the run from anywhere. The same holds for
         # options that name files (csv's `test`).
@@ -269,12 +266,7 @@ class ModelConfig:
         from .models import get_model_info
 
         info = get_model_info(self.name)
-        unknown = sorted(set(self.options) - set(info.options))
-        if unknown:
-            valid = ", ".join(info.options)
-            raise InputError(
-                f"`model.options` must be options of {self.name!r} ({valid}); got {unknown[0]!r}."
-            )
+        check_options("model.options", self.options, info.options, repr(self.name))
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._registry import Registry
-from ._validation import InputError, check_int, fail
+from ._validation import InputError, check_int, check_options, fail
 
 __all__ = [
     "CNN",
@@ -619,10 +619,7 @@ def create_model(name: str, *, in_shape: Sequence[int], num_classes: int, **opti
             raise fail("in_shape", f"(C, H, W) for the image model {name!r}", shape)
         if min(shape[1:]) < info.min_size:
             raise fail("in_shape", f"images of at least {info.min_size}x{info.min_size} for {name!r}", shape)
-    unknown = sorted(set(options) - set(info.options))
-    if unknown:
-        valid = ", ".join(repr(o) for o in info.options)
-        raise fail("options", f"options of model {name!r} (valid: {valid})", unknown[0])
+    check_options("options", options, info.options, f"model {name!r}")
     given = [o for o in ("width", "depth") if o in options]
     if name == "mlp" and options.get("widths") is not None and given:
         # widths sets every hidden layer: width and depth would be ignored

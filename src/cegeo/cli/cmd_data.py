@@ -19,6 +19,7 @@ from rich import box
 from rich.table import Table
 
 from .._io import dumps_json
+from .._validation import InputError, renamed
 from ..data import imbalance_ratio, load_dataset, make_splits
 from . import app
 from ._common import console
@@ -156,15 +157,18 @@ def data_command(
     Imbalance ratio R = n_max/n_min >= 1.
     Example: cegeo data digits --imbalance step:R=10,rho=0.5
     """
-    info = describe_data(
-        spec,
-        imbalance=imbalance,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        n_max=n_max,
-        options=parse_options(data_option, "--data-option"),
-    )
+    try:
+        info = describe_data(
+            spec,
+            imbalance=imbalance,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            n_max=n_max,
+            options=parse_options(data_option, "--data-option"),
+        )
+    except InputError as err:
+        raise renamed(err, {"options": "--data-option"}) from None
     if as_json:
         typer.echo(dumps_json(info))
     else:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .._registry import Registry
-from .._validation import SEED_MAX, InputError, check_choice, check_finite, check_int, fail
+from .._validation import SEED_MAX, InputError, check_choice, check_finite, check_int, check_options, fail
 from ._dataset import Dataset, described
 from ._formats import _IDX_MAX_BYTES, read_idx, safe_unpickle
 
@@ -174,10 +174,7 @@ def load_dataset(spec: str, *, seed: int = 0, **options: Any) -> Dataset:
     if info.path != "none" and not path:
         what = "directory" if info.path == "dir" else "file"
         raise fail("data", f"'{name}:PATH' with the {what} to read", spec)
-    unknown = sorted(set(options) - set(info.options))
-    if unknown:
-        valid = ", ".join(repr(o) for o in info.options) or "none"
-        raise fail("options", f"options of '{name}' (valid: {valid})", unknown[0])
+    check_options("options", options, info.options, repr(name))
     resolved = {
         key: _coerce(key, options.get(key, default), default) for key, default in info.options.items()
     }
