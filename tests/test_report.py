@@ -11,6 +11,7 @@ import base64
 import io
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -247,7 +248,48 @@ def test_report_of_a_single_run_folder(sweep_dir, tmp_path):
         "provenance",
     ]
     assert rep.headline[0].startswith("LDT (gamma=0.5): test balanced accuracy")
+    # normal_class = 0: the false-alarm rate is in the headline of one run too (README)
+    g = rep.data.groups[0]
+    assert f"false-alarm rate {g.pm('test_false_alarm')} (1 seed)" in rep.headline[0]
     assert len(images(rep.html_path.read_text())) == 3
+
+
+def test_headline_says_each_losss_seeds_and_the_runs_not_finished(sweep_dir, tmp_path):
+    """A seed that failed or has not finished leaves its loss with fewer seeds: the headline says
+    so per loss (not the largest count for all), and that the sweep is not complete."""
+    folder = tmp_path / "half"
+    shutil.copytree(sweep_dir, folder, ignore=shutil.ignore_patterns("report.html", "summary.md"))
+    (folder / "runs" / "ok__ce__seed1" / "final.json").unlink()  # resumable: unfinished
+    shutil.rmtree(folder / "runs" / "ok__ldt_gamma=1__seed1")  # not started
+    rep = build_report(folder)
+    first = rep.headline[0]
+    assert "(test set, mean ± std over seeds: " in first and re.search(r"\bCE 1\b", first), first
+    assert "over 2 seeds" not in first
+    assert rep.headline[-1] == (
+        "Only 6 of 16 runs have finished (1 unfinished, 1 not started, 8 failed): "
+        "the numbers above come from the finished runs alone."
+    )
+    # a complete sweep says nothing of the kind
+    assert not any(line.startswith("Only ") for line in build_report(sweep_dir).headline)
+
+
+def test_a_tie_gives_each_tied_losss_own_balanced_accuracy():
+    from types import SimpleNamespace
+
+    from cegeo.report._collect import Group, ReportData
+
+    def group(loss, bal):
+        run = SimpleNamespace(
+            status="finished", loss_label=loss, posthoc=None, final={}, metric=lambda m: None
+        )
+        row = {"test_minority_recall_mean": 0.0, "test_balanced_accuracy_mean": bal}
+        return Group(key=loss, setup="", loss=loss, label=loss, runs=[run, run], row=row)
+
+    groups = [group("ce", 0.484), group("ldt", 0.486)]
+    data = ReportData(Path("."), "folder", "t", "", [r for g in groups for r in g.runs], groups, None, [""])
+    first = data.headline()[0]
+    assert first.startswith("CE and LDT tied for the minority classes: minority recall 0.000")
+    assert "balanced accuracy CE 0.484, LDT 0.486" in first and "(test set, mean ± std over 2 seeds)" in first
 
 
 def test_report_of_a_ufm_folder_alone(sweep_dir):

@@ -144,6 +144,20 @@ class ReportData:
             )
         if self.failures:
             out.append(f"{len(self.failures)} run(s) failed; their errors are listed under Failures.")
+        if self.unfinished:  # a half-done sweep: the headline compares what has finished so far
+            parts = [
+                f"{n} {what}"
+                for n, what in (
+                    (sum(r.status == "unfinished" for r in self.unfinished), "unfinished"),
+                    (sum(r.status == "pending" for r in self.unfinished), "not started"),
+                    (len(self.failures), "failed"),
+                )
+                if n
+            ]
+            out.append(
+                f"Only {len(self.finished)} of {len(self.runs)} runs have finished ({', '.join(parts)}): "
+                "the numbers above come from the finished runs alone."
+            )
         return out
 
     def _setup_headline(self, setup: str) -> list[str]:
@@ -151,15 +165,16 @@ class ReportData:
         if not best:
             return []
         where = f" on {setup}" if setup else ""
-        n = max(len(g.finished) for g in best)
-        seeds = f"{n} seed{'s' if n != 1 else ''}"
         if len(best) == 1:
             g = best[0]
+            alarm = ""
+            if g.mean("test_false_alarm") is not None:  # a normal class is set: what the recall costs
+                alarm = f", false-alarm rate {g.pm('test_false_alarm')}"
             text = (
                 f"{_cap(pretty(g.label))}{where}: test balanced accuracy {g.pm('test_balanced_accuracy')}, "
                 f"minority recall {g.pm('test_minority_recall')}, worst-class recall "
-                f"{g.pm('test_worst_class_recall')} ({seeds}); training took {_secs(g.mean('train_time_s'))} "
-                f"per run."
+                f"{g.pm('test_worst_class_recall')}{alarm} ({_seeds([g])}); training took "
+                f"{_secs(g.mean('train_time_s'))} per run."
             )
             return [text, *self._posthoc_headline(setup, g)]
         ranked = sorted(best, key=lambda g: -(g.mean("test_minority_recall") or -1.0))
@@ -172,6 +187,10 @@ class ReportData:
         tied = [g for g in ranked if g.mean("test_minority_recall") == winner.mean("test_minority_recall")]
         if len(tied) > 1:
             names = ", ".join(pretty(g.label) for g in tied[:-1]) + f" and {pretty(tied[-1].label)}"
+            # each tied loss's own balanced accuracy (and false-alarm rate): they tie on one metric only
+            balanced = "; balanced accuracy " + ", ".join(
+                f"{pretty(g.label)} {_f(g.mean('test_balanced_accuracy'))}" for g in tied
+            )
             alarms = ""
             if all(g.mean("test_false_alarm") is not None for g in tied):
                 alarms = "; false-alarm rates " + ", ".join(
@@ -179,8 +198,8 @@ class ReportData:
                 )
             return [
                 f"{names} tied for the minority classes{where}: minority recall "
-                f"{winner.pm('test_minority_recall')}, balanced accuracy "
-                f"{_f(winner.mean('test_balanced_accuracy'))}{alarms} (test set, mean ± std over {seeds}).",
+                f"{winner.pm('test_minority_recall')}{balanced}{alarms} (test set, mean ± std over "
+                f"{_seeds(tied)}).",
                 *[line for g in best for line in self._posthoc_headline(setup, g)],
             ]
         d_min = _diff(winner.mean("test_minority_recall"), baseline.mean("test_minority_recall"))
@@ -197,7 +216,7 @@ class ReportData:
         fa1, fa0 = winner.mean("test_false_alarm"), baseline.mean("test_false_alarm")
         if fa1 is not None and fa0 is not None:  # a normal class is set: what the recall costs
             text += f"; false-alarm rate {winner.pm('test_false_alarm')} against {baseline.pm('test_false_alarm')}"
-        text += f" (test set, mean ± std over {seeds})."
+        text += f" (test set, mean ± std over {_seeds([winner, baseline])})."
         t1, t0 = winner.mean("train_time_s"), baseline.mean("train_time_s")
         cost = f"Cost: {_secs(t1)} of training per run against {_secs(t0)}"
         if t1 and t0:
@@ -507,6 +526,15 @@ def _summary_stats(summaries: Sequence[Mapping[str, Any]]) -> tuple[dict[str, fl
     return mean, std
 
 
+def _seeds(groups: Sequence[Group]) -> str:
+    """How many seeds the numbers of a sentence average: ``2 seeds``, or each group's count where
+    they differ (a failed or unfinished seed leaves one group with fewer)."""
+    counts = [len(g.finished) for g in groups]
+    if len(set(counts)) == 1:
+        return f"{counts[0]} seed{'s' if counts[0] != 1 else ''}"
+    return "seeds: " + ", ".join(f"{pretty(g.label)} {n}" for g, n in zip(groups, counts, strict=True))
+
+
 def _group_mean(g: Group, index: int) -> float | None:
     """Mean test recall of group number ``index`` (0 = majority) over the finished runs."""
     values = []
@@ -578,11 +606,12 @@ def pretty(label: str) -> str:
 
     Examples
     --------
-    >>> pretty("ldt (gamma=0.5)"), pretty("balanced_softmax"), pretty("mine")
-    ('LDT (gamma=0.5)', 'Balanced Softmax', 'mine')
+    >>> pretty("ldt (gamma=0.5)"), pretty("balanced_softmax"), pretty("mine"), pretty("ce#2")
+    ('LDT (gamma=0.5)', 'Balanced Softmax', 'mine', 'CE#2')
     """
     head, sep, rest = label.partition(" ")
-    return _PRETTY.get(head, head) + sep + rest
+    name, hash_, number = head.partition("#")  # ce#2: a second CE configuration in one folder
+    return _PRETTY.get(name, name) + hash_ + number + sep + rest
 
 
 def _cap(text: str) -> str:
