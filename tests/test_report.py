@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -415,6 +417,58 @@ def test_log_axis_ticks_keep_their_mathtext():
 
     fig = grouped_bars_figure(["a$^$b", "$5-$10"], {"ce": ([0.9, 0.4], None)})
     assert figure_png_bytes(fig)[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("names", "n_series"),
+    [
+        ([str(c) for c in range(10)], 5),  # the demo's per-class recall: 10 classes x 5 losses
+        (
+            [
+                "raw (argmax)",
+                "posthoc_la",
+                "tau_norm",
+                "geometry",
+                "geometry_tuned",
+                "lws",
+                "operating_point",
+            ],
+            2,
+        ),
+        ([f"class {c}" for c in range(100)], 3),
+    ],
+)
+def test_bar_charts_fit_the_page_and_their_names_do_not_overlap(names, n_series):
+    """The report shows a figure at the page's width (about 1200 px): the per-class chart of the
+    demo was 29.5 inches wide, drawn at 40% (illegible ticks and legend), and post-hoc method
+    names ran into one another (geometrygeometry_tuned)."""
+    import matplotlib.pyplot as plt
+
+    from cegeo.report.figures import grouped_bars_figure
+
+    series = {f"loss {i}": (np.linspace(0.2, 0.9, len(names)), None) for i in range(n_series)}
+    fig = grouped_bars_figure(names, series)
+    assert fig.get_size_inches()[0] <= 14.0
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert 2 <= len(boxes) <= 40
+    for a, b in itertools.pairwise(boxes):
+        assert not a.overlaps(b), (a, b)
+    plt.close(fig)
+
+
+def test_learning_curve_bands_stay_within_the_rates_range():
+    """mean ± std of a false-alarm rate near 0 drew a band below 0."""
+    import matplotlib.pyplot as plt
+
+    from cegeo.report.figures import band_curves_figure
+
+    curve = {"ce": {"fa": ([1, 2, 3], [0.01, 0.02, 0.98], [0.05, 0.05, 0.05])}}
+    fig = band_curves_figure(curve, [("fa", "false-alarm rate")], clip=(0.0, 1.0))
+    band = fig.axes[0].collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() >= 0.0 and band.max() <= 1.0
+    plt.close(fig)
 
 
 def test_one_profile_string_on_different_class_counts_makes_two_theory_curves(tmp_path):

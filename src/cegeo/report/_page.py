@@ -334,7 +334,7 @@ def _learning_curves(page: _Page, data: ReportData) -> None:
                 series[g.label] = s
         if not series:
             continue
-        fig = band_curves_figure(series, panels, title=_setup_title(setup) if setup else "")
+        fig = band_curves_figure(series, panels, title=_setup_title(setup) if setup else "", clip=(0.0, 1.0))
         page.figure(sec, f"curves-{setup or 'all'}", fig, f"Learning curves{': ' + setup if setup else ''}.")
 
 
