@@ -367,6 +367,26 @@ def test_report_of_a_folder_holding_a_sweep_folder_includes_its_runs(sweep_dir, 
     }
 
 
+def test_tables_scroll_inside_the_page_and_ids_have_no_spaces(sweep_dir, tmp_path):
+    """Wide tables (the results with a false-alarm column, a failure's long error) widened the
+    whole page; a setup label with spaces made figure ids that are not HTML ids."""
+    html = build_report(sweep_dir).html_path.read_text()
+    assert html.count("<table>") == html.count('<div class="scroll"><table>') > 0
+    assert ".scroll{overflow-x:auto" in html
+    failures = html[html.index('<section id="failures"') :]
+    assert '<td class="text">failed</td>' in failures
+    # a folder of two setups, whose labels have spaces ("mlp · gaussian · step:R=4,rho=0.5")
+    folder = tmp_path / "runs"
+    shutil.copytree(sweep_dir / "runs" / "ok__ce__seed0", folder / "a")
+    shutil.copytree(sweep_dir / "runs" / "ok__ce__seed0", folder / "b")
+    cfg = folder / "b" / "config.toml"
+    cfg.write_text(cfg.read_text().replace('"step:R=4,rho=0.5"', '"step:R=4, rho=0.5"'))
+    rep = build_report(folder)
+    ids = re.findall(r'id="([^"]*)"', rep.html_path.read_text())
+    assert any(" · " in s for s in rep.data.setups) and len(ids) > 5
+    assert not [i for i in ids if re.search(r"\s", i)]
+
+
 def test_summary_md_text_is_one_line_without_raw_html():
     from cegeo.report._page import _md, _md_table
 

@@ -141,3 +141,27 @@ def test_screenshot_is_a_non_blank_png(report, tmp_path):
     pixels = np.asarray(im.convert("RGB"), dtype=np.float64)
     assert pixels.std() > 10.0  # not one flat colour
     assert len(np.unique(pixels.reshape(-1, 3)[::7], axis=0)) > 50  # text, tables and plots drew
+
+
+def test_page_is_no_wider_than_a_1280_pixel_window(report, tmp_path):
+    """A long error message (one line in a nowrap cell) made the page 2231 px wide; tables now
+    scroll inside the page and prose cells wrap."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(
+        report.html_path.parent, sweep, ignore=shutil.ignore_patterns("report.html", "summary.md")
+    )
+    run = sweep / "runs" / "ce__seed1"
+    (run / "final.json").unlink()
+    (run / "error.json").write_text(
+        '{"error": "' + "a long error message, " * 30 + '", "type": "InputError", "traceback": ""}'
+    )
+    rep = build_report(sweep)
+    probe = """<script>window.addEventListener('load', function () {
+      document.body.setAttribute('data-sw', String(document.documentElement.scrollWidth));
+    });</script>"""
+    probed = tmp_path / "probed.html"
+    probed.write_text(rep.html_path.read_text().replace("</body>", probe + "</body>"))
+    res = chromium("--window-size=1280,2000", "--dump-dom", probed.as_uri(), user_dir=tmp_path / "profile")
+    assert res.returncode == 0, res.stderr[-2000:]
+    width = int(re.search(r'data-sw="(\d+)"', res.stdout).group(1))
+    assert width <= 1280, width

@@ -55,6 +55,8 @@ h3{margin-top:1.4em;color:#38465a}
 nav{font-size:0.92em;margin:8px 0 0}nav a{margin-right:14px;color:#2f6fd6;text-decoration:none}
 table{border-collapse:collapse;margin:10px 0 16px;font-size:0.88em;background:#fff}
 th,td{border:1px solid #d5dbe3;padding:4px 8px;text-align:right;white-space:nowrap}
+th{white-space:normal;vertical-align:bottom}td.text{text-align:left;white-space:normal;min-width:6em}
+.scroll{overflow-x:auto;max-width:100%}
 th{background:#f0f3f7}td:first-child,th:first-child{text-align:left}
 tr.selected td{background:#f3fbf1}
 figure{margin:14px 0 22px;background:#fff;border:1px solid #e3e8ee;padding:8px}
@@ -96,6 +98,7 @@ class _Page:
         return s
 
     def figure(self, sec: _Section, fig_id: str, fig: Any, caption: str, dpi: int = 90) -> None:
+        fig_id = re.sub(r"\s+", "_", fig_id)  # an HTML id has no spaces (setup labels have some)
         png = figure_png_bytes(fig, dpi=dpi)
         data = base64.b64encode(png).decode("ascii")
         sec.html.append(
@@ -110,13 +113,25 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], selected: Sequence[bool] = ()) -> str:
+def _html_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    selected: Sequence[bool] = (),
+    text_cols: Sequence[int] = (),
+) -> str:
+    """A table that scrolls sideways inside the page when it is wider (the results table with a
+    false-alarm column is wider than a 1280-pixel window); ``text_cols`` (prose, such as error
+    messages) are left-aligned and wrap."""
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):
         cls = ' class="selected"' if i < len(selected) and selected[i] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        cells = "".join(
+            f'<td class="text">{_e(c)}</td>' if j in text_cols else f"<td>{_e(c)}</td>"
+            for j, c in enumerate(row)
+        )
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 # Markdown's inline syntax: code, emphasis, links and images need these; '_' only where it
@@ -142,9 +157,13 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _table(
-    sec: _Section, headers: Sequence[str], rows: Sequence[Sequence[Any]], selected: Sequence[bool] = ()
+    sec: _Section,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    selected: Sequence[bool] = (),
+    text_cols: Sequence[int] = (),
 ) -> None:
-    sec.html.append(_html_table(headers, rows, selected))
+    sec.html.append(_html_table(headers, rows, selected, text_cols))
     sec.md.append(_md_table(headers, rows))
 
 
@@ -614,7 +633,7 @@ def _failures(page: _Page, data: ReportData) -> None:
         for r in bad:
             err = r.error or {}
             rows.append([r.name, r.status, err.get("type", ""), err.get("error", "")])
-        _table(sec, ["run", "status", "type", "error"], rows)
+        _table(sec, ["run", "status", "type", "error"], rows, text_cols=(1, 2, 3))
         _para(
             sec,
             "Tracebacks are in each run's error.json; re-running the sweep retries failed runs and resumes "
