@@ -277,6 +277,24 @@ def test_force_with_an_invalid_config_keeps_the_old_run(cli, tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_force_then_divergence_in_the_first_epoch_says_the_old_run_is_gone(cli, tmp_path):
+    """--force removes the old run once the new one is built; a new run that diverges in its
+    first epoch leaves neither, and its error line says so (it used to say only "nothing of the
+    run was kept", as if the folder were as it was found)."""
+    digits = ["--data", "digits", "--imbalance", "step:R=10,rho=0.5", "--epochs", "1", *TINY]
+    out = tmp_path / "old"
+    assert cli("train", *digits, "--out", out).code == 0
+    r = cli("train", *digits, "--lr", "1e8", "--out", out, "--force")  # nan in epoch 1
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert (
+        "in epoch 1; nothing of the run was kept; the run it replaced was removed before training)" in r.err
+    )
+    assert list(out.iterdir()) == []
+    # a first run in a new folder says nothing about a replaced run
+    r = cli("train", *digits, "--lr", "1e8", "--out", tmp_path / "new")
+    assert r.code == 2 and "in epoch 1; nothing of the run was kept); got" in r.err, r.err
+
+
 def test_batch_size_one_with_batchnorm_is_an_error_and_writes_nothing(cli, tmp_path):
     out = tmp_path / "bs1"
     r = cli("train", *GAUSS, "--batch-size", "1", "--epochs", "1", "--out", out)

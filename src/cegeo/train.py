@@ -692,6 +692,7 @@ class Trainer:
         self._final_probed = False
         self._checkpointed = False  # by this process, in this run
         self._started_folder = False  # this new run has cleared --out and begun writing it
+        self._replaced = False  # ... and the folder held a run (--force) that it removed
 
     # ------------------------------------------------------------------------------- setup
 
@@ -1403,6 +1404,7 @@ class Trainer:
             # The run this one replaces (--force, or one that died before its first checkpoint)
             # is removed only now, once data, model, loss and config.toml's text have been
             # built without error.
+            self._replaced = any((self.out / n).exists() for n in ("checkpoint.pt", "final.json"))
             _clear(self.out)
             self._started_folder = True
             with atomic_open(self.out / "config.toml", "w") as fh:
@@ -1456,7 +1458,12 @@ class Trainer:
                         + (
                             "the last checkpoint is from before it)"
                             if self._checkpointed or start_epoch > 0
-                            else "nothing of the run was kept)"
+                            else "nothing of the run was kept"
+                            + (
+                                "; the run it replaced was removed before training)"
+                                if self._replaced
+                                else ")"
+                            )
                         ),
                         cfg.optim.weight_decay if big_wd else cfg.optim.lr,
                     )
