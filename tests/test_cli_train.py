@@ -266,6 +266,18 @@ def test_diverging_run_is_one_line_naming_the_learning_rate(cli, tmp_path):
     ), r.err
 
 
+@pytest.mark.parametrize(
+    "option, value", [("--lr", "1e39"), ("--weight-decay", "1e300"), ("--lr-decay", "1e300")]
+)
+def test_optimiser_numbers_beyond_float32_are_one_line(cli, tmp_path, option, value):
+    """They were a torch RuntimeError traceback in the first training step."""
+    out = tmp_path / "x"
+    r = cli("train", *GAUSS, "--epochs", "3", "--milestones", "1,2", option, value, "--out", out)
+    assert r.code == 2 and r.err.count("\n") == 1 and "Traceback" not in r.err, r.err
+    assert r.err.startswith(f"error: `optim.{option[2:].replace('-', '_')}` must be "), r.err
+    assert not out.exists()
+
+
 def test_force_with_an_invalid_config_keeps_the_old_run(cli, tmp_path):
     """--force replaces a run only once the new one's data, model and loss are built: a bad
     profile leaves the finished run untouched (it used to be deleted first)."""

@@ -85,3 +85,30 @@ def test_numpy_scalars_and_whole_floats_are_plain_values():
     ):
         with pytest.raises(ValueError, match=match):
             override(RunConfig(), bad)
+
+
+@pytest.mark.parametrize(
+    "optim, match",
+    [
+        ({"lr": 1e39}, r"^`optim.lr` must be a number <= 3.40282e\+38 \(float32 weights\); got 1e\+39\.$"),
+        (
+            {"weight_decay": 1e300},
+            r"^`optim.weight_decay` must be a number <= 3.40282e\+38 \(float32 weights\); got 1e\+300\.$",
+        ),
+        (
+            {"lr": 1e-30, "lr_decay": 1e300, "milestones": [1, 2]},  # lr_decay ** 2 overflows a float
+            r"^`optim.lr_decay` must be a factor that keeps lr x lr_decay \*\* 2 \(milestones\) <= ",
+        ),
+    ],
+)
+def test_optimiser_numbers_beyond_float32_are_refused(optim, match):
+    """SGD applies lr and weight decay to float32 weights: a larger number was a torch
+    RuntimeError traceback ("value cannot be converted to type float without overflow") in the
+    first step, or at the milestone that pushed the learning rate past float32."""
+    with pytest.raises(ValueError, match=match):
+        override(RunConfig(), {f"optim.{k}": v for k, v in optim.items()} | {"train.epochs": 3})
+    # the largest float32 is still a (diverging) learning rate, and a decay > 1 within range is fine
+    override(RunConfig(), {"optim.lr": 3.4e38, "optim.lr_decay": 1.0})
+    override(
+        RunConfig(), {"optim.lr": 1.0, "optim.lr_decay": 1e30, "optim.milestones": [1], "train.epochs": 3}
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -381,6 +382,29 @@ def test_diverged_training_names_lr(data, posthoc):
     with pytest.raises(
         ValueError,
         match=r"^`lr` must be a learning rate at which training does not diverge \(the .*; got 1000000\.0\.$",
+    ):
+        clf.fit(X, y)
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
+
+
+@pytest.mark.parametrize(
+    "params, name, got",
+    [
+        ({"lr": 1e39}, "lr", "1e+39"),
+        ({"lr": 3e38}, "lr", "3e+38"),  # AdamW's first step is lr / (1 - beta1): past float32
+        ({"lr": 1e39, "optimizer": "sgd"}, "lr", "1e+39"),
+        ({"weight_decay": 1e39, "optimizer": "sgd"}, "weight_decay", "1e+39"),
+    ],
+)
+def test_a_step_beyond_float32_is_an_error_naming_the_parameter(data, params, name, got):
+    """A learning rate or weight decay whose step does not fit float32 weights used to end in
+    torch's "RuntimeError: value cannot be converted to type float without overflow"."""
+    X, y = data
+    clf = ImbalancedMLPClassifier(**{**FAST, **params}, random_state=0)
+    with pytest.raises(
+        ValueError,
+        match=rf"^`{name}` must be a number whose optimizer step fits float32 .*; got {re.escape(got)}\.$",
     ):
         clf.fit(X, y)
     with pytest.raises(NotFittedError):

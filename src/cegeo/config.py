@@ -292,6 +292,10 @@ class LossConfig:
             check_finite(f"loss.hyper.{key}", value)  # TOML has nan, inf and booleans
 
 
+#: The largest learning rate or weight decay SGD can apply to float32 weights.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """SGD and the learning-rate schedule ([optim] in TOML); defaults are the paper's recipe."""
@@ -309,9 +313,17 @@ class OptimConfig:
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"`optim.lr` must be a number > 0; got {self.lr!r}.")
+        # SGD passes lr and weight decay to float32 weights: a larger number is a torch
+        # RuntimeError traceback in the first step, not a divergence
+        if self.lr > _FLOAT32_MAX:
+            raise fail("optim.lr", f"a number <= {_FLOAT32_MAX:.6g} (float32 weights)", self.lr)
         _in_range("optim.momentum", self.momentum, 0.0, 1 - 1e-12, "a number in [0, 1)")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise InputError(f"`optim.weight_decay` must be a number >= 0; got {self.weight_decay!r}.")
+        if self.weight_decay > _FLOAT32_MAX:
+            raise fail(
+                "optim.weight_decay", f"a number <= {_FLOAT32_MAX:.6g} (float32 weights)", self.weight_decay
+            )
         if self.nesterov and self.momentum == 0:
             raise InputError("`optim.nesterov` must be false when momentum is 0; got true.")
         _choice("optim.schedule", self.schedule, _SCHEDULES)
@@ -320,6 +332,14 @@ class OptimConfig:
             raise InputError(f"`optim.milestones` must be increasing epochs >= 1; got {list(ms)!r}.")
         if not (self.lr_decay > 0 and math.isfinite(self.lr_decay)):
             raise InputError(f"`optim.lr_decay` must be a number > 0; got {self.lr_decay!r}.")
+        peak = math.log(self.lr) + len(ms) * math.log(max(self.lr_decay, 1.0))  # logs: no OverflowError
+        if self.schedule == "multistep" and peak > math.log(_FLOAT32_MAX):
+            raise fail(
+                "optim.lr_decay",
+                f"a factor that keeps lr x lr_decay ** {len(ms)} (milestones) <= {_FLOAT32_MAX:.6g} "
+                f"(float32 weights; lr = {self.lr:g})",
+                self.lr_decay,
+            )
         if self.warmup_epochs < 0:
             raise InputError(f"`optim.warmup_epochs` must be an integer >= 0; got {self.warmup_epochs!r}.")
 

@@ -582,7 +582,20 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
                     idx = order[start:stop]
                     loss = loss_fn(model(xt[idx]), yt[idx])
                     loss.backward()
-                    opt.step()
+                    try:
+                        opt.step()
+                    except RuntimeError as exc:
+                        # a step size beyond float32 (lr near 1e38, or lr * weight_decay for
+                        # AdamW) cannot be applied to float32 weights: torch raises, not diverges
+                        if "without overflow" not in str(exc):
+                            raise
+                        name = "weight_decay" if p["weight_decay"] > p["lr"] else "lr"
+                        raise fail(
+                            name,
+                            f"a number whose optimizer step fits float32 weights (the step in "
+                            f"epoch {len(curve) + 1} overflowed)",
+                            getattr(self, name),
+                        ) from None
                     opt.zero_grad(set_to_none=True)
                     epoch_loss += loss.detach() * (stop - start)
                     step += 1
