@@ -164,7 +164,12 @@ BAD = [
     (["--sampler", "oversample"], "`train.sampler` must be one of 'none', 'class_balanced', 'sqrt'"),
     (["--epochs", "3", "--drw-epoch", "3"], "`train.drw_epoch` must be an integer in 1..2"),
     (["--milestones", "a,b"], "`--milestones` must be comma-separated epochs"),
-    (["--epochs", "3", "--milestones", "5"], "`optim.milestones` must be epochs in 1..2"),
+    (
+        ["--epochs", "3", "--milestones", "5"],
+        "`optim.milestones` must be epochs in 1..2 (train.epochs = 3); got [5] (fewer epochs need "
+        "milestones of their own, e.g. --milestones 1,2 or optim.milestones = [1, 2]; [] for none).",
+    ),
+    (["--epochs", "1", "--milestones", "5"], "`optim.milestones` must be [] with train.epochs = 1; got [5]."),
     (["--lr", "0"], "`optim.lr` must be a number > 0"),
     (["--momentum", "1.5"], "`optim.momentum` must be a number in [0, 1)"),
     (["--schedule", "step"], "`optim.schedule` must be one of"),

@@ -441,9 +441,15 @@ class RunConfig:
             raise InputError(f"`seed` must be an integer in [0, 2**32 - 1]; got {self.seed!r}.")
         late = [m for m in self.optim.milestones if m >= self.train.epochs]
         if late:
+            e = self.train.epochs
+            got = list(self.optim.milestones)
+            if e == 1:
+                raise InputError(f"`optim.milestones` must be [] with train.epochs = 1; got {got!r}.")
+            example = sorted({m for m in (e // 2, 3 * e // 4) if 0 < m < e})
             raise InputError(
-                f"`optim.milestones` must be epochs in 1..{self.train.epochs - 1} (train.epochs = "
-                f"{self.train.epochs}); got {list(self.optim.milestones)!r}."
+                f"`optim.milestones` must be epochs in 1..{e - 1} (train.epochs = {e}); got {got!r} "
+                f"(fewer epochs need milestones of their own, e.g. --milestones "
+                f"{','.join(map(str, example))} or optim.milestones = {example}; [] for none)."
             )
         if self.optim.warmup_epochs >= self.train.epochs and self.optim.warmup_epochs > 0:
             raise InputError(

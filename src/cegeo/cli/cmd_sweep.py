@@ -86,7 +86,7 @@ def sweep_command(
     set_: list[str] | None = typer.Option(
         None,
         "--set",
-        help="Override a setting: KEY=VALUE for every run (e.g. train.epochs=5) or SETUP:KEY=VALUE "
+        help="Override a setting: KEY=VALUE for every run (e.g. optim.lr=0.05) or SETUP:KEY=VALUE "
         "for one setup (e.g. mlp-mnist:data.source=idx:/data/mnist). Repeatable.",
     ),
     only: str | None = typer.Option(
