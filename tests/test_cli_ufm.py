@@ -90,6 +90,12 @@ def test_ufm_config_with_overrides(cli, tmp_path):
         (["--step", "k=4,R=4"], "`--step` must be key=value pairs"),
         (["--step", "k=4,R=0.5,rho=0.5"], "`R` must be a number >= 1"),
         (["--counts", "5"], "`--counts` must be at least two class counts"),
+        # R * n_min beyond int64 was an OverflowError traceback; beyond 2**31 - 1 too large to simulate
+        (
+            ["--step", "k=4,R=1e300,rho=0.5"],
+            r"`--step` must be a profile with R \* n_min .* at most 2,147,483,647",
+        ),
+        (["--step", "k=4,R=1e9,rho=0.5"], r"`--step` must be a profile with R \* n_min"),
         (
             ["--step", "k=4,R=2.5,rho=0.5", "--n-min", "1"],
             "`--n-min` must be a size with R \\* n_min a whole",
@@ -158,6 +164,10 @@ def test_ufm_bad_input_is_one_line_and_exit_2(cli, args, match):
         (
             "counts = [4, 2]\ngamma_grid = 5\n",
             "`gamma_grid` must be a list of numbers or a 'START:STOP:NUM' string",
+        ),
+        (
+            "step = 'k=4,R=1e300,rho=0.5'\n",
+            "`step` must be a profile with R * n_min (the majority class size)",
         ),
         ("[ufm]\ncounts = [4, 2]\n", "unknown key `ufm` in the config"),
         ("step = 'k=4,R=2,rho=0.5'\n[ufm]\nd = 3\n", "unknown key `ufm` in the config"),

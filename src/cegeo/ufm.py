@@ -68,7 +68,7 @@ import torch
 from torch import Tensor
 
 from ._io import write_csv
-from ._validation import SEED_MAX, InputError, check_class_counts, check_finite, check_int, fail
+from ._validation import INT_MAX, SEED_MAX, InputError, check_class_counts, check_finite, check_int, fail
 from .data.imbalance import Groups
 from .data.imbalance import groups as make_groups
 from .losses import ParametricCE, create_loss, get_loss_info
@@ -1622,6 +1622,12 @@ class UFMExperiment:
         if self.step is not None:
             spec = parse_step(self.step, "step")
             n_maj = spec.R * n_min
+            if n_maj > INT_MAX:  # the majority class size: int64 arrays, samples in memory
+                raise fail(
+                    "step",
+                    f"a profile with R * n_min (the majority class size) at most {INT_MAX:,}",
+                    self.step,
+                )
             if abs(n_maj - round(n_maj)) > 1e-9:
                 raise fail("n_min", f"a size with R * n_min a whole number (R = {spec.R:g})", self.n_min)
             counts = np.array([round(n_maj)] * spec.k_maj + [n_min] * spec.k_min, dtype=np.int64)
