@@ -228,6 +228,22 @@ def test_setup_source_with_options_of_another_source_is_refused_before_any_run(t
             r"`posthoc\.losses` must be names or labels of \[\[losses\]\] entries \(ce, ldt\); got 'LDT'",
         ),
         (SWEEP + "\n[posthoc]\nlosse = ['ce']\n", None, r"unknown key `posthoc\.losse`"),
+        # the budget was only checked by each run's post-hoc step, after the whole sweep trained
+        (
+            SWEEP + "\n[posthoc]\nmax_false_alarm = nan\n",
+            None,
+            r"^`posthoc\.max_false_alarm` must be a finite number; got nan\.$",
+        ),
+        (
+            SWEEP + "\n[posthoc]\nmax_false_alarm = 1\n",
+            None,
+            r"^`posthoc\.max_false_alarm` must be a number in \[0, 1\); got 1\.0\.$",
+        ),
+        (
+            SWEEP + "\n[posthoc]\n",
+            {"posthoc.max_false_alarm": -0.1},
+            r"`posthoc\.max_false_alarm` must be a number in",
+        ),
         (SWEEP, {"nosuch:data.source": "x"}, r"`--set` must be a setup name"),
         (SWEEP, {"epochs": 3}, r"`--set` must be KEY=VALUE or SETUP:KEY=VALUE"),
         ("seeds = [0]\n[base.train]\nepochs = 2\n", None, r"at least one \[\[losses\]\].*; got none\.$"),

@@ -102,7 +102,7 @@ from ._io import (
     write_json,
     write_text,
 )
-from ._validation import InputError, check_finite, fail
+from ._validation import InputError, check_finite, check_fraction, fail
 from .config import RunConfig, RuntimeConfig, config_differences, from_dict, load_run_config, to_dict
 from .data._dataset import described
 from .ufm import UFMExperiment
@@ -305,6 +305,10 @@ class SweepConfig:
                 raise fail(
                     "posthoc.metric", "one of " + ", ".join(map(repr, SELECTION_METRICS)), self.posthoc.metric
                 )
+            # checked here, not by every run's post-hoc step after the whole sweep has trained
+            check_fraction(
+                "posthoc.max_false_alarm", self.posthoc.max_false_alarm, low_open=False, high_open=True
+            )
 
 
 def _stray_key_hint(config: SweepConfig, key: str) -> str:
