@@ -169,6 +169,8 @@ def test_ufm_bad_input_is_one_line_and_exit_2(cli, args, match):
             "step = 'k=4,R=1e300,rho=0.5'\n",
             "`step` must be a profile with R * n_min (the majority class size)",
         ),
+        # nan passed the decreasing-in-(0, 1) check: the simulation ran, then --path failed on `lams`
+        ("counts = [4, 2]\npath_lams = [0.1, nan]\n", "`path_lams` must be a finite number; got nan."),
         ("[ufm]\ncounts = [4, 2]\n", "unknown key `ufm` in the config"),
         ("step = 'k=4,R=2,rho=0.5'\n[ufm]\nd = 3\n", "unknown key `ufm` in the config"),
     ],

@@ -1754,7 +1754,8 @@ class UFMExperiment:
             raise fail("init_std", "a number > 0", self.init_std)
         _check_dtype(self.dtype)
         _check_device(self.device)
-        lams = [float(v) for v in self.path_lams]  # the default grid is checked where it is used
+        # the default grid is checked where it is used; nan passes every comparison below
+        lams = [check_finite("path_lams", v) for v in self.path_lams]
         if any(v <= 0 or v >= 1 for v in lams) or any(b >= a for a, b in itertools.pairwise(lams)):
             raise fail("path_lams", "a strictly decreasing list of numbers in (0, 1)", lams)
         if check_finite("path_tol", self.path_tol) <= 0:
