@@ -124,6 +124,13 @@ def test_ufm_config_with_overrides(cli, tmp_path):
         (["--counts", "4,2", "--seeds", "a"], "`--seeds` must be comma-separated integers"),
         (["--counts", "4,2", "--seeds", "-1"], "`--seeds` must be an integer >= 0"),
         (["--counts", "4,2", "--seeds", "0,0"], "`--seeds` must be distinct seeds; got [0, 0]"),
+        # a repeated loss or grid value ran the same configurations twice, and their (zero)
+        # spread was reported as the std over seeds
+        (["--counts", "4,2", "--loss", "ldt,cdt", "--loss", "ldt"], "`--loss` must be distinct loss names"),
+        (
+            ["--counts", "4,2", "--gamma-grid", "0,0.5,0"],
+            "`--gamma-grid` must be distinct values; got [0.0, 0.5, 0.0]",
+        ),
         (["--counts", "4,2", "--batch-size", "-2"], "`--batch-size` must be an integer >= 0"),
         (["--counts", "4,2", "--dtype", "float16"], "`--dtype` must be 'float32' or 'float64'"),
         (["--counts", "4,2", "--device", "tpu"], "`--device` must be"),
@@ -171,6 +178,11 @@ def test_ufm_bad_input_is_one_line_and_exit_2(cli, args, match):
         ),
         # nan passed the decreasing-in-(0, 1) check: the simulation ran, then --path failed on `lams`
         ("counts = [4, 2]\npath_lams = [0.1, nan]\n", "`path_lams` must be a finite number; got nan."),
+        (
+            "counts = [4, 2]\ngamma_grid = [0.5, 0.5]\n",
+            "`gamma_grid` must be distinct values; got [0.5, 0.5].",
+        ),
+        ("counts = [4, 2]\nlosses = ['cdt', 'cdt']\n", "`losses` must be distinct loss names"),
         ("[ufm]\ncounts = [4, 2]\n", "unknown key `ufm` in the config"),
         ("step = 'k=4,R=2,rho=0.5'\n[ufm]\nd = 3\n", "unknown key `ufm` in the config"),
     ],

@@ -1664,10 +1664,14 @@ class UFMExperiment:
         if self.gamma_grid is None:
             return None
         if isinstance(self.gamma_grid, str):
-            return parse_grid(self.gamma_grid, "gamma_grid")
-        values = np.array([check_finite("gamma_grid", v) for v in self.gamma_grid])
+            values = parse_grid(self.gamma_grid, "gamma_grid")
+        else:
+            values = np.array([check_finite("gamma_grid", v) for v in self.gamma_grid])
         if values.size == 0:
             raise fail("gamma_grid", "at least one value", list(self.gamma_grid))
+        if np.unique(values).size != values.size:
+            # a repeated value is the same runs twice, averaged as if they were other seeds
+            raise fail("gamma_grid", "distinct values", values.tolist())
         return values
 
     def family_param(self, loss: str) -> str | None:
@@ -1688,6 +1692,8 @@ class UFMExperiment:
         counts = self.class_counts()
         if not self.losses:
             raise fail("losses", "at least one loss name", list(self.losses))
+        if len(set(self.losses)) != len(self.losses):  # the same runs twice, averaged as other seeds
+            raise fail("losses", "distinct loss names", list(self.losses))
         if not self.seeds:
             raise fail("seeds", "at least one seed", list(self.seeds))
         grid = self.grid()
