@@ -134,6 +134,20 @@ hyper = { gamma = 0.5 }
     assert [r.name for r in expand(load_sweep(write(tmp_path, text)))] == names
 
 
+def test_grid_values_beyond_the_rounding_range_stay_as_given(tmp_path):
+    """Grid values are rounded to 12 decimals (0.7500000000000001 -> 0.75) by scaling by 1e12:
+    a value above ~1e296 overflowed to inf, with a numpy RuntimeWarning on stderr and an error
+    saying the file held inf."""
+    import warnings
+
+    text = SWEEP.replace("[0.0, 0.5]", "[0.7500000000000001, 1e300, -1e300]")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runs = expand(load_sweep(write(tmp_path, text)))
+    gammas = [r.hyper["gamma"] for r in runs if r.loss == "ldt" and r.seed == 0]
+    assert gammas == [0.75, 1e300, -1e300]
+
+
 def test_set_overrides_base_setups_and_sweep_keys(tmp_path):
     text = SWEEP + '\n[[setups]]\nname = "a"\n[[setups]]\nname = "b"\n'
     cfg = load_sweep(

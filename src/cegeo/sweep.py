@@ -174,7 +174,9 @@ class LossSpec:
                     values.append(float(v))
             else:
                 raise fail(where, "a non-empty list of numbers or START:STOP:NUM", spec)
-            values = [float(np.round(v, 12)) + 0.0 for v in values]  # 0.7500000000000001 -> 0.75
+            with np.errstate(over="ignore"):  # |v| > ~1e296 overflows: such a value stays as given
+                rounded = [float(np.round(v, 12)) + 0.0 for v in values]  # 0.7500000000000001 -> 0.75
+            values = [r if math.isfinite(r) else v for r, v in zip(rounded, values, strict=True)]
             if len(set(values)) != len(values):
                 raise fail(where, "distinct values", spec)
             axes.append((key, values))
