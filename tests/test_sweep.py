@@ -242,6 +242,14 @@ def test_setup_source_with_options_of_another_source_is_refused_before_any_run(t
             r"`posthoc\.losses` must be names or labels of \[\[losses\]\] entries \(ce, ldt\); got 'LDT'",
         ),
         (SWEEP + "\n[posthoc]\nlosse = ['ce']\n", None, r"unknown key `posthoc\.losse`"),
+        # a misspelt loss name was blamed on posthoc.losses ("... entries (cee, ldt) ...; got 'ce'"),
+        # and a name with a newline split that message over two lines
+        (
+            SWEEP.replace('name = "ce"', 'name = "cee"') + "\n[posthoc]\nlosses = ['ldt']\n",
+            None,
+            r"^`losses\.name` must be a registered loss \(ce, wce, .*\); got 'cee'\.$",
+        ),
+        (SWEEP.replace('name = "ce"', 'name = "c\\ne"'), None, r"^`losses\.name` must be .*; got 'c\\ne'\.$"),
         # the budget was only checked by each run's post-hoc step, after the whole sweep trained
         (
             SWEEP + "\n[posthoc]\nmax_false_alarm = nan\n",

@@ -151,6 +151,11 @@ class LossSpec:
     label: str | None = None  # replaces the loss name in run names and legends
 
     def __post_init__(self) -> None:
+        from .losses import list_losses
+
+        if self.name not in list_losses():
+            # here, before [posthoc] lists the names (a misspelt loss was blamed on posthoc.losses)
+            raise fail("losses.name", f"a registered loss ({', '.join(list_losses())})", self.name)
         for key, value in self.hyper.items():
             # TOML has nan and inf: refused here, not by every run when it starts training.
             check_finite(f"losses[{self.display}].hyper.{key}", value)
