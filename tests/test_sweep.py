@@ -242,6 +242,22 @@ def test_setup_source_with_options_of_another_source_is_refused_before_any_run(t
             r"`posthoc\.losses` must be names or labels of \[\[losses\]\] entries \(ce, ldt\); got 'LDT'",
         ),
         (SWEEP + "\n[posthoc]\nlosse = ['ce']\n", None, r"unknown key `posthoc\.losse`"),
+        # [ufm] errors named its keys bare: "`seeds` must be distinct" pointed at the sweep's seeds
+        (
+            SWEEP + "\n[ufm]\nstep = 'k=4,R=4,rho=0.5'\nseeds = [0, 0]\n",
+            None,
+            r"^`ufm\.seeds` must be distinct seeds; got \[0, 0\]\.$",
+        ),
+        (
+            SWEEP + "\n[ufm]\nstep = 'k=4,R=4,rho=0.5'\n",
+            {"ufm.epochs": 0},
+            r"^`ufm\.epochs` must be an integer >= 1",
+        ),
+        (
+            SWEEP + "\n[ufm]\nd = 4\n",
+            None,
+            r"^\[ufm\]: give exactly one of step \| longtail \| counts; got 0",
+        ),
         # a misspelt loss name was blamed on posthoc.losses ("... entries (cee, ldt) ...; got 'ce'"),
         # and a name with a newline split that message over two lines
         (

@@ -102,7 +102,7 @@ from ._io import (
     write_json,
     write_text,
 )
-from ._validation import InputError, check_finite, check_fraction, fail
+from ._validation import InputError, check_finite, check_fraction, fail, renamed
 from .config import RunConfig, RuntimeConfig, config_differences, from_dict, load_run_config, to_dict
 from .data._dataset import described
 from .ufm import UFMExperiment
@@ -293,7 +293,13 @@ class SweepConfig:
         if isinstance(self.posthoc, Mapping):
             object.__setattr__(self, "posthoc", from_dict(PosthocSpec, self.posthoc, "posthoc"))
         if self.ufm is not None:
-            self.ufm.validate()
+            try:
+                self.ufm.validate()
+            except InputError as err:
+                # "`seeds` must be distinct" would point at the sweep's own seeds, "`epochs`" at train's
+                keys = {f.name: f"ufm.{f.name}" for f in dataclasses.fields(UFMExperiment)}
+                named = renamed(err, keys)
+                raise (named if named is not err else InputError(f"[ufm]: {err}")) from None
         if self.posthoc is not None:
             from .rebalance import SELECTION_METRICS, parse_methods
 
