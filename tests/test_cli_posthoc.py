@@ -609,6 +609,23 @@ def test_posthoc_errors(run, cli, args, match):
     assert not (run / "posthoc.json").exists()
 
 
+def test_posthoc_all_skips_an_operating_point_no_threshold_meets(run, cli):
+    """With 'all' (the default) a method the run cannot support is skipped with the reason; an
+    impossible false-alarm budget failed the whole command instead (and every run of a sweep's
+    [posthoc] block), although the other five methods could run."""
+    data = dict(np.load(run / "logits_val.npz"))
+    z, y = data["logits"], data["labels"]
+    z[y == 0, 0] = np.linspace(5.0, 50.0, int((y == 0).sum()))
+    z[y == 0, 1:] = 0.0
+    z[y != 0, 0] = 60.0
+    write_npz(run / "logits_val.npz", logits=z, labels=y)
+    r = cli("posthoc", run, "--normal-class", "0", "--max-false-alarm", "0")
+    assert r.code == 0, r.err
+    out = json.loads((run / "posthoc.json").read_text())
+    assert "operating_point" not in out["methods"] and "posthoc_la" in out["methods"]
+    assert out["skipped"]["operating_point"].startswith("`max_false_alarm` 0 is impossible on validation")
+
+
 def test_posthoc_test_split_without_the_normal_class(run, cli):
     _drop_class(run, "test", 0)
     r = cli(

@@ -1700,7 +1700,15 @@ def run_posthoc(
         params: dict[str, Any] = {}
         if name == "operating_point":
             params = {"normal_class": normal_class, "max_false_alarm": max_false_alarm}
-        est = create_rebalancer(name, **params).fit(val, metric=metric)
+        try:
+            est = create_rebalancer(name, **params).fit(val, metric=metric)
+        except InputError as exc:
+            # e.g. an operating point whose budget no threshold meets on this validation split:
+            # with 'all' the run cannot support it, and the other methods still run
+            if explicit:
+                raise
+            out["skipped"][name] = str(exc).rstrip(".")
+            continue
         entry = est.to_dict()
         entry["val"] = evaluate_split(val, est.predict(val), normal_class)
         entry["test"] = evaluate_split(test, est.predict(test), normal_class)
