@@ -19,7 +19,15 @@ from sklearn import metrics as skm
 from cegeo._io import write_json, write_npz
 from cegeo.data.imbalance import step_groups
 from cegeo.metrics import classification_summary
-from cegeo.rebalance import RunFolder, RunSplit, create_rebalancer, list_rebalancers, run_posthoc
+from cegeo.rebalance import (
+    CV_FOLDS,
+    RunFolder,
+    RunSplit,
+    best_method,
+    create_rebalancer,
+    list_rebalancers,
+    run_posthoc,
+)
 
 K, D = 4, 6
 COUNTS = [400, 400, 40, 40]  # (R=10, rho=0.5)-STEP, classes 0, 1 majority
@@ -207,8 +215,18 @@ def test_run_posthoc_fits_on_validation_only(run, monkeypatch):
 
     monkeypatch.setattr(Rebalancer, "fit", spy)
     out = run_posthoc(run, "all", normal_class=0, max_false_alarm=0.1, write=False)
-    assert len(seen) == len(out["methods"]) == len(list_rebalancers())
     assert all(isinstance(X, RunSplit) and X.name == "val" for X in seen)
+    val = RunFolder(run).val.logits
+    whole = [X for X in seen if X.logits.shape == val.shape]
+    assert len(whole) == len(out["methods"]) == len(list_rebalancers())
+    # and the cross-fitted scores' fits: CV_FOLDS per method, each on validation rows only
+    folds = [X for X in seen if X.logits.shape != val.shape]
+    assert len(folds) == CV_FOLDS * len(out["methods"])
+    rows = {row.tobytes() for row in val}
+    assert all(row.tobytes() in rows for X in folds for row in X.logits)
+    # a method that learns nothing from validation scores the same out of fold
+    geometry = out["results"]["geometry"]
+    assert geometry["val_score_cv"] == geometry["val_score"]
 
 
 def test_run_posthoc_uses_the_checked_budget(run):
@@ -761,7 +779,10 @@ def test_a_budget_finer_than_validation_can_resolve_is_warned_and_overruns_are_m
     monkeypatch.setattr(cmd_posthoc, "wide_console", lambda: wide)
     cmd_posthoc.print_posthoc(result)
     text = buf.getvalue()
-    row = next(line for line in text.splitlines() if line.strip().startswith("posthoc_la"))
+    row = next(line for line in text.splitlines() if line.strip().lstrip("> ").startswith("posthoc_la"))
+    # the method with the best cross-fitted validation score is marked '>'
+    marked = [line.split()[1] for line in text.splitlines() if line.strip().startswith("> ")]
+    assert marked == [best_method(result)] and best_method(result) in ("posthoc_la", "operating_point")
     assert row.rstrip().endswith("0.500 !") and "! = test false-alarm rate over the budget 0.001" in text
 
 

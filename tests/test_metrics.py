@@ -180,3 +180,37 @@ def test_group_recall_needs_a_groups_object():
 
     with pytest.raises(ValueError, match=r"`groups` must be a cegeo.data.imbalance.Groups .*; got 'list'"):
         group_recall_score([0, 1, 2, 3], [0, 1, 2, 0], [[0, 1], [2, 3]])
+
+
+def test_small_cases_with_absent_and_never_predicted_classes_match_sklearn():
+    """The scores come from one bincount confusion matrix: every corner (a class absent from
+    y_true, one never predicted, n = 1) against scikit-learn's own functions."""
+    import warnings
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        k = int(rng.integers(2, 7))
+        n = int(rng.integers(1, 20))
+        y = rng.integers(0, k - 1, size=n)  # class k - 1 never in y_true
+        p = rng.integers(0, k, size=n)
+        p[p == 0] = 1 % k if rng.random() < 0.5 else 0  # often class 0 is never predicted
+        labels = np.arange(k)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prec, rec, f1, sup = skm.precision_recall_fscore_support(y, p, labels=labels, zero_division=0)
+            ref_cm = skm.confusion_matrix(y, p, labels=labels)
+            ref_macro = skm.f1_score(y, p, labels=np.union1d(y, p), average="macro", zero_division=0)
+            ref_bal = skm.balanced_accuracy_score(y, p)
+        s = per_class_scores(y, p, k)
+        np.testing.assert_array_equal(s["support"], sup)
+        np.testing.assert_allclose(s["recall"][sup > 0], rec[sup > 0], rtol=1e-15)
+        assert np.all(np.isnan(s["recall"][sup == 0]))
+        np.testing.assert_allclose(s["precision"], prec, rtol=1e-15)
+        np.testing.assert_allclose(s["f1"], f1, rtol=1e-15)
+        np.testing.assert_array_equal(confusion_matrix(y, p, k), ref_cm)
+        fp = ref_cm.sum(axis=0) - np.diag(ref_cm)
+        neg = n - ref_cm.sum(axis=1)
+        want_fpr = np.array([fp[c] / neg[c] if neg[c] else np.nan for c in range(k)])
+        np.testing.assert_allclose(s["false_positive_rate"], want_fpr, rtol=1e-15)
+        assert macro_f1_score(y, p, k) == pytest.approx(ref_macro, rel=1e-14)
+        assert balanced_accuracy_score(y, p, k) == pytest.approx(ref_bal, rel=1e-14)

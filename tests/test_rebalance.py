@@ -463,3 +463,42 @@ def test_lws_alpha_error_says_what_is_allowed():
     for alpha in (None, "x", -1.0, float("nan")):
         with pytest.raises(ValueError, match=r"^`alpha` must be a finite number >= 0; got "):
             LWS(alpha=alpha).fit(z, y)
+
+
+# ------------------------------------------------------------------------- cross-fitted scores
+
+
+@pytest.mark.parametrize("name", ["posthoc_la", "lws"])
+def test_cross_fitted_score_is_scikit_learns_out_of_fold_prediction(name):
+    """Against scikit-learn's cross_val_predict with the same stratified folds: each validation
+    sample is predicted by a fit on the other folds, and the metric is taken over all of them."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from cegeo.data.imbalance import groups
+    from cegeo.rebalance import CV_FOLDS, RunSplit, cross_fitted_score
+
+    rng = np.random.default_rng(3)
+    z, y = gaussian_logits(rng, COUNTS6, 800)
+    split = RunSplit("val", z, y, np.array(COUNTS6), groups(COUNTS6))
+    folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=0)
+    pred = cross_val_predict(
+        create_rebalancer(name), z, y, cv=folds, params={"class_counts": np.array(COUNTS6)}
+    )
+    want = M.balanced_accuracy_score(y, pred, 6)
+    assert cross_fitted_score(name, split) == pytest.approx(want, abs=1e-12)
+    # the in-sample score of a fit with one scale per class is optimistic
+    if name == "lws":
+        assert create_rebalancer(name).fit(split).val_score_ > want
+
+
+def test_cross_fitted_score_is_none_when_a_fold_cannot_be_fitted():
+    """An operating point whose normal class is missing from a fold's fitting part has no score."""
+    from cegeo.data.imbalance import groups
+    from cegeo.rebalance import RunSplit, cross_fitted_score
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] + [1] * 30 + [2] * 30)  # one normal sample: a fold fits without it
+    z = rng.normal(size=(y.size, 3))
+    split = RunSplit("val", z, y, np.array([100, 50, 50]), groups([100, 50, 50]))
+    assert cross_fitted_score("operating_point", split, normal_class=0, max_false_alarm=0.5) is None
+    assert cross_fitted_score("posthoc_la", split) is not None

@@ -547,3 +547,36 @@ def test_a_corrupt_sweep_index_is_a_one_line_error(cli, tmp_path, index):
     (tmp_path / "sw" / "sweep.json").write_text(index)
     r = cli("report", tmp_path / "sw")
     assert r.code == 2 and "sweep.json` must be the index cegeo sweep writes" in r.err, r.err
+
+
+def test_posthoc_best_is_chosen_by_the_cross_fitted_validation_score():
+    """lws fits one scale per class on the validation split it is then scored on: its in-sample
+    'val' is the highest, its cross-fitted one is not, and the report names the other method."""
+    from types import SimpleNamespace
+
+    from cegeo.report._collect import Group, ReportData
+
+    def entry(val, cv, bal):
+        test = {"balanced_accuracy": bal, "minority_recall": bal, "worst_class_recall": bal}
+        return {"val_score": val, "val_score_cv": cv, "chosen": {}, "search": None, "test": test}
+
+    raw = {"balanced_accuracy": 0.90, "minority_recall": 0.85, "worst_class_recall": 0.8}
+    posthoc = {
+        "metric": "balanced_accuracy",
+        "methods": ["posthoc_la", "lws"],
+        "raw": {"val": {"balanced_accuracy": 0.9}, "test": raw},
+        "results": {"posthoc_la": entry(0.95, 0.93, 0.92), "lws": entry(0.99, 0.91, 0.89)},
+    }
+    run = SimpleNamespace(
+        status="finished", loss_label="ce", posthoc=posthoc, final={}, metric=lambda m: None
+    )
+    g = Group(key="ce", setup="", loss="ce", label="ce", runs=[run], row={})
+    data = ReportData(Path("."), "folder", "t", "", [run], [g], None, [""])
+    table = data.posthoc_summary(g)
+    assert table["best"] == "posthoc_la" and table["cross_fitted"]
+    assert [r["val_score_cv"][0] for r in table["rows"]] == [0.9, 0.93, 0.91]
+    # a posthoc.json written before cross-fitting: the in-sample score decides, as it did
+    for e in posthoc["results"].values():
+        del e["val_score_cv"]
+    table = data.posthoc_summary(g)
+    assert table["best"] == "lws" and not table["cross_fitted"]

@@ -1586,6 +1586,85 @@ def _unmet_need(info: RebalancerInfo, run: RunFolder, val: RunSplit, normal_clas
 # Fewer validation samples than this in a class earns a warning in run_posthoc's result.
 _FEW_VAL = 5
 
+#: Folds of the cross-fitted validation score (:func:`cross_fitted_score`).
+CV_FOLDS = 5
+
+
+def cross_fitted_score(
+    name: str,
+    val: RunSplit,
+    *,
+    metric: str = "balanced_accuracy",
+    folds: int = CV_FOLDS,
+    seed: int = 0,
+    **params: Any,
+) -> float | None:
+    """The selection metric of rebalancer ``name`` on validation, each sample predicted by a fit
+    on the other folds (stratified, seeded), so that it measures the method, not how well it fits
+    the samples it is scored on.
+
+    ``val_score`` of a fitted rebalancer is in-sample: it rewards methods with more parameters
+    (``lws`` fits one scale per class) on a small validation split. This score compares methods
+    fairly; for a method that learns nothing from the data (``geometry``) it equals ``val_score``.
+    None when a fold's fit fails (e.g. a fold without the normal class for ``operating_point``).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1, 2], [60, 20, 10])
+    >>> z = rng.normal(size=(90, 3)) + 1.5 * np.eye(3)[y] + [1.0, 0.0, -0.5]
+    >>> split = RunSplit("val", z, y, np.array([600, 200, 100]), make_groups([600, 200, 100]))
+    >>> la = create_rebalancer("posthoc_la").fit(split)
+    >>> round(la.val_score_, 3), round(cross_fitted_score("posthoc_la", split), 3)
+    (0.728, 0.667)
+    """
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    y = val.labels
+    n_splits = max(2, min(check_int("folds", folds, minimum=2), int(np.bincount(y).max())))
+    if y.size < 2 * n_splits:
+        return None
+    pred = np.empty_like(y)
+    with warnings.catch_warnings():  # a class with fewer samples than folds: expected on small splits
+        warnings.simplefilter("ignore", UserWarning)
+        parts = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(y, y))
+    for fit_idx, held_idx in parts:
+        sub = _subset(val, fit_idx)
+        try:
+            est = create_rebalancer(name, **params).fit(sub, metric=metric)
+        except InputError:
+            return None
+        pred[held_idx] = est.predict(val.logits[held_idx])
+    return selection_score(metric, y, pred, val.num_classes)
+
+
+def best_method(result: Mapping[str, Any]) -> str | None:
+    """The method of a :func:`run_posthoc` result with the best cross-fitted validation score
+    (``val_score_cv``; a method without one, whose folds could not be fitted, is not ranked), or
+    the best in-sample ``val_score`` in a file written before cross-fitting.
+
+    Examples
+    --------
+    >>> best_method({"methods": ["lws", "posthoc_la"], "results": {
+    ...     "lws": {"val_score": 0.98, "val_score_cv": 0.81},
+    ...     "posthoc_la": {"val_score": 0.90, "val_score_cv": 0.86}}})
+    'posthoc_la'
+    """
+    entries = {m: result["results"][m] for m in result.get("methods", [])}
+    key = "val_score_cv" if any("val_score_cv" in e for e in entries.values()) else "val_score"
+    scored = {m: e[key] for m, e in entries.items() if e.get(key) is not None}
+    return max(scored, key=lambda m: scored[m]) if scored else None
+
+
+def _subset(split: RunSplit, idx: np.ndarray) -> RunSplit:
+    """The samples ``idx`` of a split (same run, classifier and counts)."""
+    from dataclasses import replace
+
+    features = None if split.features is None else split.features[idx]
+    return replace(split, logits=split.logits[idx], labels=split.labels[idx], features=features)
+
 
 def run_posthoc(
     run: str | Path | RunFolder,
@@ -1710,6 +1789,7 @@ def run_posthoc(
             out["skipped"][name] = str(exc).rstrip(".")
             continue
         entry = est.to_dict()
+        entry["val_score_cv"] = cross_fitted_score(name, val, metric=metric, **params)
         entry["val"] = evaluate_split(val, est.predict(val), normal_class)
         entry["test"] = evaluate_split(test, est.predict(test), normal_class)
         if isinstance(est, OperatingPoint):

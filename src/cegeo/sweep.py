@@ -1185,7 +1185,7 @@ def _run_posthoc_block(
     outcome: SweepOutcome,
     say: Callable[[str], None],
 ) -> None:
-    from .rebalance import run_posthoc
+    from .rebalance import best_method, run_posthoc
 
     for run in runs:
         if run.loss not in spec.losses and run.loss_label not in spec.losses:
@@ -1212,9 +1212,7 @@ def _run_posthoc_block(
             continue
         outcome.posthoc[run.name] = "done"
         raw = result["raw"]["test"]
-        best = max(
-            result["methods"], key=lambda m: result["results"][m]["val_score"], default=None
-        )  # chosen on validation
+        best = best_method(result)  # chosen on validation
         if best is not None:
             after = result["results"][best]["test"]
             say(

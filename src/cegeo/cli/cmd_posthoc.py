@@ -11,7 +11,7 @@ from rich.table import Table
 from .._io import dumps_json
 from .._validation import InputError, check_fraction, fail
 from ..data import class_index
-from ..rebalance import SELECTION_METRICS, RunFolder, list_rebalancers, run_posthoc
+from ..rebalance import SELECTION_METRICS, RunFolder, best_method, list_rebalancers, run_posthoc
 from . import app
 from ._common import console, wide_console
 from .cmd_evaluate import _class_label
@@ -44,21 +44,28 @@ def print_posthoc(result: dict[str, Any]) -> None:
     budget = result.get("max_false_alarm")
     raw_val, raw = result["raw"]["val"], result["raw"]["test"]
     console.print(f"run {result['run']} · loss {result['loss'] or '?'} · test n = {raw['n']}")
-    console.print(f"chosen on val for {metric} (* = tuned); 'val' = {metric} on val; the rest on test")
+    console.print(
+        f"chosen on val for {metric} (* = tuned); 'val' = {metric} on val, 'val cv' = the same with each "
+        "sample predicted by a fit on the other folds (> = best by it); the rest on test"
+    )
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     table.add_column("method", no_wrap=True)
     table.add_column("chosen", no_wrap=True)
     table.add_column("val", justify="right", no_wrap=True)
+    table.add_column("val cv", justify="right", no_wrap=True)
     for label in ("bal.acc", "Δ", "minority", "Δ", "worst", "G-mean"):
         table.add_column(label, justify="right", no_wrap=True)
     if normal is not None:
         table.add_column("f.alarm", justify="right", no_wrap=True)
 
-    def row(name: str, chosen: str, val: Any, test: dict[str, Any]) -> None:
+    best = best_method(result)
+
+    def row(name: str, chosen: str, val: Any, val_cv: Any, test: dict[str, Any]) -> None:
         cells = [
-            name,
+            ("> " if name == best else "  ") + name,
             chosen,
             _fmt(val),
+            _fmt(val_cv),
             _fmt(test["balanced_accuracy"]),
             _signed(test["balanced_accuracy"], raw["balanced_accuracy"]) if test is not raw else "",
             _fmt(test["minority_recall"]),
@@ -72,10 +79,10 @@ def print_posthoc(result: dict[str, Any]) -> None:
             cells.append(_fmt(fa) + (" !" if over else ""))
         table.add_row(*cells)
 
-    row("raw (argmax)", "-", raw_val[metric], raw)
+    row("raw (argmax)", "-", raw_val[metric], raw_val[metric], raw)
     for name in result["methods"]:
         entry = result["results"][name]
-        row(name, _chosen(entry), entry["val_score"], entry["test"])
+        row(name, _chosen(entry), entry["val_score"], entry.get("val_score_cv"), entry["test"])
     # Numbers must never be cut to "0.…": below 120 columns (e.g. output piped to a file, where
     # rich assumes 80) print at 120 and let a narrow terminal wrap the lines.
     wide_console().print(table)

@@ -259,7 +259,7 @@ class ReportData:
         )
         text = (
             f"Post-hoc rebalancing of the {pretty(g.label)} runs (fitted on validation only): {best}, the best "
-            f"method on validation, {verb} test minority recall {_f(r0)} → {_f(r1)} and balanced accuracy "
+            f"method on validation{' (cross-fitted)' if table['cross_fitted'] else ''}, {verb} test minority recall {_f(r0)} → {_f(r1)} and balanced accuracy "
             f"{_f(raw['balanced_accuracy'][0])} → {_f(after['balanced_accuracy'][0])}"
         )
         f0, f1 = raw["false_alarm"][0], after["false_alarm"][0]
@@ -288,13 +288,13 @@ class ReportData:
             mean, std, _ = aggregate(values)
             return mean, std
 
+        raw_val = [p["raw"]["val"].get(p.get("metric", "balanced_accuracy")) for p in results]
         rows.append(
             {
                 "method": "raw (argmax)",
                 "chosen": "–",
-                "val_score": stats(
-                    [p["raw"]["val"].get(p.get("metric", "balanced_accuracy")) for p in results]
-                ),
+                "val_score": stats(raw_val),
+                "val_score_cv": stats(raw_val),  # nothing is fitted: out-of-fold = in-sample
                 **{k: stats([p["raw"]["test"].get(k) for p in results]) for k in keys},
                 "n": len(results),
             }
@@ -306,12 +306,20 @@ class ReportData:
                     "method": m,
                     "chosen": _chosen(entries),
                     "val_score": stats([e.get("val_score") for e in entries]),
+                    # None in a file written before cross-fitting, or where a fold could not be fitted
+                    "val_score_cv": stats([e.get("val_score_cv") for e in entries]),
                     **{k: stats([e["test"].get(k) for e in entries]) for k in keys},
                     "n": len(entries),
                 }
             )
-        scored = [r for r in rows[1:] if r["val_score"][0] is not None]
-        best = max(scored, key=lambda r: r["val_score"][0])["method"] if scored else None
+        # The best method by its cross-fitted validation score (each sample predicted by a fit on
+        # the others): the in-sample score favours methods with many parameters (lws fits one
+        # scale per class on the few validation samples it is then scored on). Files written
+        # before cross-fitting have only the in-sample score.
+        cv = any("val_score_cv" in e for p in results for e in p.get("results", {}).values())
+        key = "val_score_cv" if cv else "val_score"
+        scored = [r for r in rows[1:] if r[key][0] is not None]
+        best = max(scored, key=lambda r: r[key][0])["method"] if scored else None
         skipped: dict[str, str] = {}
         for p in results:
             skipped.update(p.get("skipped") or {})
@@ -324,6 +332,7 @@ class ReportData:
         return {
             "rows": rows,
             "best": best,
+            "cross_fitted": cv,
             "metric": metric,
             "skipped": skipped,
             "warnings": warnings,
