@@ -580,3 +580,34 @@ def test_posthoc_best_is_chosen_by_the_cross_fitted_validation_score():
         del e["val_score_cv"]
     table = data.posthoc_summary(g)
     assert table["best"] == "lws" and not table["cross_fitted"]
+
+
+def test_a_lead_smaller_than_the_spread_over_seeds_names_the_runner_up():
+    from types import SimpleNamespace
+
+    from cegeo.report._collect import Group, ReportData
+
+    def group(loss, recall, std):
+        run = SimpleNamespace(
+            status="finished", loss_label=loss, posthoc=None, final={}, metric=lambda m: None
+        )
+        row = {
+            "test_minority_recall_mean": recall,
+            "test_minority_recall_std": std,
+            "test_balanced_accuracy_mean": recall,
+        }
+        return Group(key=loss, setup="", loss=loss, label=loss, runs=[run, run], row=row)
+
+    def first_line(*groups):
+        runs = [r for g in groups for r in g.runs]
+        return ReportData(Path("."), "folder", "t", "", runs, list(groups), None, [""]).headline()[0]
+
+    line = first_line(group("ce", 0.849, 0.005), group("cdt", 0.911, 0.008), group("la", 0.904, 0.019))
+    assert line.startswith("CDT did best for the minority classes")
+    assert line.endswith(
+        "LA is within noise of it (minority recall 0.904 ± 0.019: the lead of 0.007 is smaller than a "
+        "standard deviation over seeds)."
+    )
+    # a clear lead says nothing of the kind
+    line = first_line(group("ce", 0.849, 0.005), group("cdt", 0.911, 0.008), group("la", 0.880, 0.010))
+    assert "within noise" not in line

@@ -217,6 +217,16 @@ class ReportData:
         if fa1 is not None and fa0 is not None:  # a normal class is set: what the recall costs
             text += f"; false-alarm rate {winner.pm('test_false_alarm')} against {baseline.pm('test_false_alarm')}"
         text += f" (test set, mean ± std over {_seeds([winner, baseline])})."
+        runner = ranked[1]
+        gap = _diff(winner.mean("test_minority_recall"), runner.mean("test_minority_recall"))
+        noise = max(winner.std("test_minority_recall") or 0.0, runner.std("test_minority_recall") or 0.0)
+        if gap is not None and noise > 0 and abs(float(gap)) < noise:
+            # a lead smaller than the spread over seeds: name the runner-up rather than overclaim
+            text += (
+                f" {_cap(pretty(runner.label))} is within noise of it (minority recall "
+                f"{runner.pm('test_minority_recall')}: the lead of {gap[1:]} is smaller than a standard "
+                "deviation over seeds)."
+            )
         t1, t0 = winner.mean("train_time_s"), baseline.mean("train_time_s")
         cost = f"Cost: {_secs(t1)} of training per run against {_secs(t0)}"
         if t1 and t0:
