@@ -536,3 +536,28 @@ def test_temporary_files_of_killed_writes_are_removed_on_force_and_resume(cli, t
     r = cli("train", *GAUSS, "--epochs", "1", "--out", out2, "--resume")
     assert r.code == 0, r.err
     assert not (out2 / ".checkpoint.pt.zz999999.tmp").exists()
+
+
+def test_a_report_of_the_run_goes_with_it_and_never_blocks_the_folder(cli, tmp_path):
+    """`cegeo report RUN` writes report.html and summary.md into the run folder. A --force run
+    that failed before its first checkpoint left only them, and every later `cegeo train` there
+    was refused ("holds 'report.html'"); --force kept them, describing the run it removed."""
+    digits = ["--data", "digits", "--imbalance", "step:R=10,rho=0.5", "--epochs", "1", *TINY]
+    out = tmp_path / "run"
+    assert cli("train", *digits, "--out", out).code == 0
+    assert cli("report", out).code == 0
+    assert (out / "report.html").exists() and (out / "summary.md").exists()
+    r = cli("train", *digits, "--lr", "1e8", "--out", out, "--force")  # nan in epoch 1
+    assert r.code == 2 and "the run it replaced was removed before training" in r.err, r.err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
+    # a report left from a run that is gone does not block the folder either
+    (out / "report.html").write_text('<meta name="generator" content="cegeo 0.1.0">')
+    assert cli("train", *GAUSS, "--epochs", "1", "--out", out).code == 0
+    assert not (out / "report.html").exists()
+    # a user's own report.html is theirs: the folder is refused, the file kept
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("<p>my notes</p>")
+    r = cli("train", *GAUSS, "--epochs", "1", "--out", mine)
+    assert r.code == 2 and "holds 'report.html'" in r.err, r.err
+    assert (mine / "report.html").read_text() == "<p>my notes</p>"

@@ -390,3 +390,20 @@ def environment_info() -> dict[str, Any]:
         "git_commit": git_commit(),
     }
     return info
+
+
+#: The files ``cegeo report`` writes by default into the folder it reports on.
+REPORT_FILES = ("report.html", "summary.md")
+
+
+def cegeo_wrote_report(path: Path) -> bool:
+    """Whether ``path`` is a report cegeo wrote: the HTML's generator tag, or the
+    "generated ... by cegeo" line every HTML page and Markdown summary carries near the top."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(1 << 16).decode("utf-8", "replace")
+    except OSError:
+        return False
+    if '<meta name="generator" content="cegeo' in head:
+        return True
+    return any("generated " in line and " by cegeo " in line for line in head.splitlines())

@@ -64,8 +64,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._io import (
+    REPORT_FILES,
     append_jsonl,
     atomic_open,
+    cegeo_wrote_report,
     environment_info,
     read_json,
     read_jsonl,
@@ -236,9 +238,14 @@ def prepare_run_folder(
         if path.exists():
             # Without config.toml the folder holds no cegeo run, so a file with a run file's name
             # (metrics.jsonl, final.json ...) is the user's and would be overwritten: only the
-            # error.json a failed sweep run leaves is ours.
+            # error.json a failed sweep run leaves is ours, and a report cegeo wrote on a run that
+            # is gone (a --force run that failed before its first checkpoint).
             foreign = sorted(
-                p.name for p in path.iterdir() if p.name != "error.json" and not p.name.startswith(".")
+                p.name
+                for p in path.iterdir()
+                if p.name != "error.json"
+                and not p.name.startswith(".")
+                and not (p.name in REPORT_FILES and cegeo_wrote_report(p))
             )
             if foreign:
                 raise InputError(
@@ -355,6 +362,10 @@ def _clear(path: Path) -> None:
     for name in [n for n in RUN_FILES if n != "config.toml"] + ["config.toml"]:
         with contextlib.suppress(FileNotFoundError):
             (path / name).unlink()
+    for name in REPORT_FILES:  # `cegeo report RUN`'s default files describe the run cleared here
+        if cegeo_wrote_report(path / name):
+            with contextlib.suppress(FileNotFoundError):
+                (path / name).unlink()
     _remove_temporaries(path)
 
 

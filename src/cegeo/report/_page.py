@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .._io import writable_folder, write_text
+from .._io import cegeo_wrote_report, writable_folder, write_text
 from .._validation import fail
 from ..data._dataset import described
 from ..data.imbalance import Groups
@@ -690,19 +690,6 @@ def _provenance(page: _Page, data: ReportData) -> None:
 # --------------------------------------------------------------------------------------- build
 
 
-def _cegeo_wrote(path: Path) -> bool:
-    """Whether ``path`` is a report cegeo wrote: the HTML's generator tag, or the
-    "generated ... by cegeo" line every HTML page and Markdown summary carries near the top."""
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(1 << 16).decode("utf-8", "replace")
-    except OSError:
-        return False
-    if '<meta name="generator" content="cegeo' in head:
-        return True
-    return any("generated " in line and " by cegeo " in line for line in head.splitlines())
-
-
 def build_report(
     folder: str | Path,
     out: str | Path | None = None,
@@ -759,7 +746,7 @@ def build_report(
     writable_folder("--markdown", md_path.parent)
     # A report replaces only a report: a user's own report.html or summary.md is never overwritten.
     for option, path in (("--out", html_path), ("--markdown", md_path)):
-        if path.exists() and not _cegeo_wrote(path):
+        if path.exists() and not cegeo_wrote_report(path):
             raise fail(
                 option,
                 "a new file or a report cegeo wrote before",
