@@ -449,11 +449,33 @@ def _all_sum(t: Tensor, dist_: _Dist) -> Tensor:
     return t
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: the gradient of each rank's input is the sum of the
+    gradients of the output over ranks (what ``torch.distributed.nn.functional.all_reduce``
+    computes; that API is deprecated from torch 2.13 and warned on every process)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
 class _SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm over the global batch for any process-group backend (gloo included).
 
-    :class:`torch.nn.SyncBatchNorm` only runs on GPUs; this replacement uses the autograd-aware
-    ``torch.distributed.nn.functional.all_reduce`` to sum the per-channel count, sum and squared
+    :class:`torch.nn.SyncBatchNorm` only runs on GPUs; this replacement uses an autograd-aware
+    all-reduce (:class:`_AllReduceSum`) to sum the per-channel count, sum and squared
     deviations over all ranks (two small all-reduces per layer), so data-parallel training on
     CPU computes what a single process computes on the whole batch.
     """
@@ -465,8 +487,7 @@ class _SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x.float()  # statistics in float32 even under autocast
