@@ -53,7 +53,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -447,6 +447,14 @@ def _all_sum(t: Tensor, dist_: _Dist) -> Tensor:
 
         dist.all_reduce(t)
     return t
+
+
+def _ddp_params() -> Mapping[str, Any]:
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return inspect.signature(DDP.__init__).parameters
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -860,7 +868,11 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            train_model = DDP(model, device_ids=ids, broadcast_buffers=not rt.sync_bn)
+            # BatchNorm buffers need no broadcast before each forward when they are synchronised
+            # (torch 2.13 renamed the switch and warns on the old name; both sync at init)
+            sync = not rt.sync_bn
+            name = "forward_sync_buffers" if "forward_sync_buffers" in _ddp_params() else "broadcast_buffers"
+            train_model = DDP(model, device_ids=ids, **{name: sync})
         if self.compile:
             # Static shapes: one graph per training batch size (at most two), warmed up before timing.
             train_model = torch.compile(train_model, mode=mode, dynamic=False)  # type: ignore[assignment]
