@@ -327,6 +327,18 @@ def test_all_configurations_diverged_is_reported_and_exits_1(cli, tmp_path):
     assert summary["diverged"] == list(range(7))
 
 
+def test_a_divergence_from_a_huge_weight_decay_names_the_weight_decay(cli):
+    """lr x weight decay >= 1 makes the decay step itself unstable: 'lower --lr' pointed away
+    from the setting that was off."""
+    args = ["--counts", "4,2", "--d", "4", "--epochs", "20", "--weight-decay", "1e300", "--quiet"]
+    r = cli("ufm", *args)
+    assert r.code == 1
+    assert r.err.startswith(
+        "error: 1/1 configurations diverged (ldt); lower --weight-decay (now 1e+300; lr x weight decay "
+        "= 1e+299 >= 1 makes the decay itself unstable)"
+    ), r.err
+
+
 def test_some_configurations_diverged_is_a_note_and_exits_0(cli):
     args = ["--step", "k=4,R=10,rho=0.5", "--n-min", "2", "--d", "6", "--loss", "cdt"]
     args += ["--gamma-grid", "-3:3:7", "--lr", "30", "--momentum", "0", "--epochs", "100", "--quiet"]

@@ -841,10 +841,15 @@ def _config_list(exp: UFMExperiment, configs: Sequence[UFMConfig], idx: Sequence
 
 
 def _diverged_line(exp: UFMExperiment, configs: Sequence[UFMConfig], diverged: Sequence[int]) -> str:
-    return (
-        f"{len(diverged)}/{len(configs)} configurations diverged ({_config_list(exp, configs, diverged)}); "
-        f"lower --lr (now {exp.lr:g})"
+    # a step that scales the weights by (1 - lr * weight_decay) <= 0 diverges by the decay alone
+    # (lowering lr is still a cure, but the weight decay is the setting that is off)
+    fix = (
+        f"lower --weight-decay (now {exp.weight_decay:g}; lr x weight decay = "
+        f"{exp.lr * exp.weight_decay:g} >= 1 makes the decay itself unstable)"
+        if exp.weight_decay >= 1 and exp.lr * exp.weight_decay >= 1
+        else f"lower --lr (now {exp.lr:g})"
     )
+    return f"{len(diverged)}/{len(configs)} configurations diverged ({_config_list(exp, configs, diverged)}); {fix}"
 
 
 def _values(values: Sequence[Any], param: str | None) -> str:
