@@ -388,6 +388,19 @@ def test_diverged_training_names_lr(data, posthoc):
         clf.predict(X)
 
 
+def test_diverged_training_from_a_huge_weight_decay_names_weight_decay(data):
+    """AdamW's decay step alone is unstable once lr x weight_decay >= 1: blaming `lr` (as it
+    did) pointed away from the setting that was off."""
+    X, y = data
+    clf = ImbalancedMLPClassifier(**{**FAST, "weight_decay": 1e30, "epochs": 3}, random_state=0)
+    with pytest.raises(
+        ValueError,
+        match=r"^`weight_decay` must be a weight decay at which training does not diverge \(lr x "
+        r"weight_decay = 1e\+27 >= 1; .*; got 1e\+30\.$",
+    ):
+        clf.fit(X, y)
+
+
 @pytest.mark.parametrize(
     "params, name, got",
     [

@@ -193,6 +193,19 @@ def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
 
 
+def _diverged(p: Mapping[str, Any], what: str) -> InputError:
+    """The error of a diverged fit, naming the setting that is off: the weight decay when the
+    decay step alone (lr x weight_decay >= 1) is unstable, else the learning rate."""
+    if p["weight_decay"] >= 1 and p["lr"] * p["weight_decay"] >= 1:
+        return fail(
+            "weight_decay",
+            f"a weight decay at which training does not diverge (lr x weight_decay = "
+            f"{p['lr'] * p['weight_decay']:g} >= 1; {what})",
+            p["weight_decay"],
+        )
+    return fail("lr", f"a learning rate at which training does not diverge ({what})", p["lr"])
+
+
 class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
     """MLP classifier for imbalanced tabular data, trained with a cegeo loss (scikit-learn API).
 
@@ -601,18 +614,9 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
                     step += 1
                 curve.append(float(epoch_loss) / n)
                 if not math.isfinite(curve[-1]):
-                    raise fail(
-                        "lr",
-                        f"a learning rate at which training does not diverge (the loss became "
-                        f"{curve[-1]} in epoch {len(curve)} of {p['epochs']})",
-                        p["lr"],
-                    )
+                    raise _diverged(p, f"the loss became {curve[-1]} in epoch {len(curve)} of {p['epochs']}")
         if not all(bool(torch.isfinite(t).all()) for t in model.parameters()):
-            raise fail(
-                "lr",
-                "a learning rate at which training does not diverge (the weights became non-finite)",
-                p["lr"],
-            )
+            raise _diverged(p, "the weights became non-finite")
         loss_fn.validate = validate
         model.eval()
         return model.cpu(), curve
