@@ -414,3 +414,24 @@ def test_out_must_be_new_empty_or_a_ufm_folder(cli, tmp_path):
     fresh = tmp_path / "fresh"
     assert cli("ufm", "--counts", "4,2", "--epochs", "3", "--quiet", "--out", fresh).code == 0
     assert cli("ufm", "--counts", "4,2", "--epochs", "3", "--quiet", "--out", fresh).code == 0  # its own
+
+
+def test_a_run_killed_while_writing_can_be_run_again_into_its_folder(cli, tmp_path, monkeypatch):
+    """A kill between ufm.csv and summary.json left a folder the rerun refused as a user's, and
+    the killed write's temporary file stayed for good."""
+    import cegeo.cli.cmd_ufm as cmd_ufm
+
+    out = tmp_path / "run"
+    args = ["ufm", "--counts", "4,2", "--epochs", "3", "--quiet", "--out", out]
+
+    def killed(out, *rest):
+        (out / ".ufm_ldt.png.k1lled.tmp").write_bytes(b"half a png")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(cmd_ufm, "write_figures", killed)
+        assert cli(*args).code == 130
+    assert (out / "ufm.csv").is_file() and not (out / "summary.json").exists()
+    r = cli(*args)
+    assert r.code == 0, r.err
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "summary.json", "ufm.csv"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +36,7 @@ __all__ = [
     "read_json",
     "read_jsonl",
     "read_toml",
+    "remove_temporaries",
     "to_toml",
     "write_csv",
     "write_json",
@@ -65,6 +67,16 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_temporaries(folder: str | os.PathLike[str], names: Iterable[str]) -> None:
+    """Remove the temporary files that :func:`atomic_open` writes of ``names`` in ``folder`` and
+    a killed process left behind (``.NAME.XXXXXXXX.tmp``; a checkpoint's is as large as it)."""
+    where = Path(folder)
+    for name in names:
+        for tmp in where.glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 def writable_folder(param: str, path: str | os.PathLike[str]) -> Path:

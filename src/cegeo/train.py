@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import math
 import os
 import time
@@ -72,6 +71,7 @@ from ._io import (
     read_json,
     read_jsonl,
     read_toml,
+    remove_temporaries,
     writable_folder,
     write_json,
     write_npz,
@@ -374,10 +374,7 @@ def _remove_temporaries(path: Path) -> None:
     large as a checkpoint); only names :func:`cegeo._io.atomic_open` gives run files."""
     if _env_world()[1] != 0 or not path.is_dir():
         return
-    for name in RUN_FILES:
-        for tmp in path.glob(f".{glob.escape(name)}.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+    remove_temporaries(path, RUN_FILES)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:

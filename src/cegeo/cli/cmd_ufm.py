@@ -38,7 +38,15 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .._io import environment_info, read_json, read_toml, writable_folder, write_json, write_text
+from .._io import (
+    environment_info,
+    read_json,
+    read_toml,
+    remove_temporaries,
+    writable_folder,
+    write_json,
+    write_text,
+)
 from .._validation import InputError, check_finite, check_int, fail, renamed
 from ..config import from_dict, to_dict, to_toml_text
 from ..data._dataset import described
@@ -781,6 +789,11 @@ def ufm_command(
     for line in notes:
         con.print(f"note: {line}", soft_wrap=True)
     if out is not None:
+        # Until summary.json is written, the marker keeps the folder cegeo ufm's: a run killed
+        # while writing (ufm.csv written, summary.json not) can be run again into it.
+        out.mkdir(parents=True, exist_ok=True)
+        (out / _WRITING).touch()
+        remove_temporaries(out, output_names())
         result.to_csv(out / "ufm.csv")
         figures = write_figures(out, exp, result, comparison)
         write_text(out / "config.toml", to_toml_text(exp))
@@ -809,6 +822,7 @@ def ufm_command(
         removed = remove_stale_outputs(out, written)
         if removed:
             con.print("removed from an earlier run: " + ", ".join(p.name for p in removed), soft_wrap=True)
+        (out / _WRITING).unlink(missing_ok=True)
     if all_diverged:
         err_console.print(
             f"error: {_diverged_line(exp, configs, diverged)}; nothing to compare (exit status 1).",
@@ -932,13 +946,18 @@ def output_names() -> set[str]:
     return names
 
 
+#: Present in ``--out`` while cegeo ufm writes its outputs (a killed run leaves it behind).
+_WRITING = ".cegeo-ufm-writing"
+
+
 def _check_ufm_folder(out: Path) -> None:
-    """``--out`` must be new, empty, or a folder cegeo ufm wrote (its summary.json): its files
-    are overwritten and stale ones removed, which must never hit a user's own files."""
+    """``--out`` must be new, empty, or a folder cegeo ufm wrote (its summary.json, or the marker
+    of a run killed while writing): its files are overwritten and stale ones removed, which must
+    never hit a user's own files."""
     if not out.is_dir():
         return
     foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    if not foreign:
+    if not foreign or (out / _WRITING).is_file():
         return
     try:
         summary = read_json(out / "summary.json")
