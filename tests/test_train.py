@@ -658,3 +658,21 @@ def test_training_on_splits_in_memory_checks_them_and_names_their_source():
         Trainer(
             config, splits=Dataset("mine", "tabular", X, y, None, None, 3, ("a", "b", "c")), progress=False
         )
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_the_folder_as_found(tmp_path):
+    """A checkpoint write that fails (here: over RLIMIT_FSIZE, as a full disk fails) was torch's
+    RuntimeError traceback; it is the OSError's one line naming checkpoint.pt, exit status 1."""
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the checkpoint: ~245 kB
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cegeo", "train", "--model-option", "width=64", "--epochs", "2"]
+    cmd += ["--threads", "1", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=small_files, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == f"error: File too large: {out / 'checkpoint.pt'}", r.stderr
+    assert list(out.iterdir()) == []  # nothing of the run, no temporary file

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import math
 import os
 import time
@@ -1181,8 +1182,12 @@ class Trainer:
 
     def _save_checkpoint(self, state: dict[str, Any]) -> None:
         assert self.out is not None
+        # Serialised in memory first: a write that fails (a full disk) is then the OSError that
+        # names the file (one line), not the RuntimeError torch's zip writer raises over it.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
         with atomic_open(self.out / "checkpoint.pt", "wb") as fh:
-            torch.save(state, fh)
+            fh.write(buffer.getbuffer())
         self._checkpointed = True
 
     def _restore(self, ck: dict[str, Any]) -> tuple[int, int, float, float]:
