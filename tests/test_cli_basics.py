@@ -169,3 +169,26 @@ def test_cegeo_warnings_print_as_one_line(cli, tmp_path):
     assert r.code == 0, r.err
     lines = r.err.strip().splitlines()
     assert lines and all(line.startswith("warning: ") for line in lines), r.err
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path):
+    """`kill PID` (a scheduler's preemption) killed `cegeo train` on the spot: a run stopped
+    before its first checkpoint left config.toml and .lock, and a plain rerun was refused."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cegeo", "train", "--epochs", "400", "--threads", "1", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([*cmd, "--out", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    # (the default MLP, 6 x 512: the first epoch outlasts the signal)
+    deadline = time.monotonic() + 120
+    while not (out / "config.toml").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err  # as Ctrl-C
+    left = {p.name for p in out.iterdir()}
+    # before its first checkpoint: the folder as found; after it: resumable, unlocked
+    assert left == set() or ("checkpoint.pt" in left and ".lock" not in left), left

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -80,13 +82,35 @@ def _warnings_as_lines() -> Iterator[None]:
         warnings.showwarning = original
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill PID``, a scheduler's preemption) stops a command as Ctrl-C does: its
+    cleanup runs (temporary files, ``.lock``, a run folder without a checkpoint yet), instead of
+    the process dying on the spot. Only where the default (die) would apply."""
+    install = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    )
+    if install:
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        if install:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status (0 ok, 1 failure, 2 bad input)."""
     _load_commands()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         # Non-standalone: usage errors come back as exceptions, so they too print one line.
-        with _warnings_as_lines():
+        with _warnings_as_lines(), _terminate_as_interrupt():
             result = app(args=args, prog_name="cegeo", standalone_mode=False)
     except SystemExit as exc:
         code = exc.code
