@@ -229,6 +229,16 @@ def test_run_posthoc_fits_on_validation_only(run, monkeypatch):
     assert geometry["val_score_cv"] == geometry["val_score"]
 
 
+def test_posthoc_on_one_validation_sample_a_class_has_no_cross_fitted_score(cli, tmp_path):
+    """A validation split with one sample of each class cannot be cross-fitted: every method is
+    fitted and reported without val_score_cv (it was StratifiedKFold's ValueError traceback)."""
+    run = write_run(tmp_path / "run", val_per_class=(1, 1, 1, 1))
+    out = run_posthoc(run, "all", write=False)
+    assert out["methods"] and all(out["results"][m]["val_score_cv"] is None for m in out["methods"])
+    r = cli("posthoc", run, "--no-write")
+    assert r.code == 0, r.err
+
+
 def test_run_posthoc_uses_the_checked_budget(run):
     """max_false_alarm given as text (as from a config) is converted once and used as a number."""
     out = run_posthoc(run, "operating_point", normal_class=0, max_false_alarm="0.1", write=False)

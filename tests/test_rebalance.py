@@ -502,3 +502,19 @@ def test_cross_fitted_score_is_none_when_a_fold_cannot_be_fitted():
     split = RunSplit("val", z, y, np.array([100, 50, 50]), groups([100, 50, 50]))
     assert cross_fitted_score("operating_point", split, normal_class=0, max_false_alarm=0.5) is None
     assert cross_fitted_score("posthoc_la", split) is not None
+
+
+@pytest.mark.parametrize("per_class", [[1, 1, 1, 1], [1, 1, 1]])
+def test_cross_fitted_score_is_none_on_a_split_too_small_to_cross_fit(per_class):
+    """Every class a single sample: StratifiedKFold cannot make two folds, and its ValueError
+    was a traceback of cegeo posthoc (run_posthoc) on a validation split of <= k samples."""
+    from cegeo.data.imbalance import groups
+    from cegeo.rebalance import RunSplit, cross_fitted_score
+
+    k = len(per_class)
+    y = np.repeat(np.arange(k), per_class)
+    z = np.random.default_rng(0).normal(size=(y.size, k))
+    counts = np.array([100] * (k - 1) + [10])
+    split = RunSplit("val", z, y, counts, groups(counts))
+    assert cross_fitted_score("posthoc_la", split) is None
+    assert create_rebalancer("posthoc_la").fit(split).val_score_ is not None  # the fit itself runs

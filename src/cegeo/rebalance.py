@@ -1606,7 +1606,8 @@ def cross_fitted_score(
     ``val_score`` of a fitted rebalancer is in-sample: it rewards methods with more parameters
     (``lws`` fits one scale per class) on a small validation split. This score compares methods
     fairly; for a method that learns nothing from the data (``geometry``) it equals ``val_score``.
-    None when a fold's fit fails (e.g. a fold without the normal class for ``operating_point``).
+    None when a fold's fit fails (e.g. a fold without the normal class for ``operating_point``)
+    or the split is too small to cross-fit (fewer than two samples a fold, every class one sample).
 
     Examples
     --------
@@ -1623,8 +1624,10 @@ def cross_fitted_score(
     from sklearn.model_selection import StratifiedKFold
 
     y = val.labels
-    n_splits = max(2, min(check_int("folds", folds, minimum=2), int(np.bincount(y).max())))
-    if y.size < 2 * n_splits:
+    # StratifiedKFold needs a class with at least n_splits samples: with every class a single
+    # sample (a validation split of <= k samples) there is nothing to cross-fit
+    n_splits = min(check_int("folds", folds, minimum=2), int(np.bincount(y).max()))
+    if n_splits < 2 or y.size < 2 * n_splits:
         return None
     pred = np.empty_like(y)
     with warnings.catch_warnings():  # a class with fewer samples than folds: expected on small splits
