@@ -171,12 +171,17 @@ def test_cegeo_warnings_print_as_one_line(cli, tmp_path):
     assert lines and all(line.startswith("warning: ") for line in lines), r.err
 
 
-def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path, signame):
     """`kill PID` (a scheduler's preemption) killed `cegeo train` on the spot: a run stopped
-    before its first checkpoint left config.toml and .lock, and a plain rerun was refused."""
+    before its first checkpoint left config.toml and .lock, and a plain rerun was refused. A
+    closed terminal or SSH session (SIGHUP) did the same."""
     import os
     import signal
     import time
+
+    if not hasattr(signal, signame):
+        pytest.skip(f"no {signame} on this platform")
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "cegeo", "train", "--epochs", "400", "--threads", "1", "--no-progress"]
@@ -186,7 +191,7 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path):
     deadline = time.monotonic() + 120
     while not (out / "config.toml").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.002)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err  # as Ctrl-C
     left = {p.name for p in out.iterdir()}

@@ -84,20 +84,22 @@ def _warnings_as_lines() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill PID``, a scheduler's preemption) stops a command as Ctrl-C does: its
-    cleanup runs (temporary files, ``.lock``, a run folder without a checkpoint yet), instead of
-    the process dying on the spot. Only where the default (die) would apply."""
-    install = (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    )
-    if install:
-        signal.signal(signal.SIGTERM, _interrupt)
+    """SIGTERM (``kill PID``, a scheduler's preemption) and SIGHUP (the terminal or SSH session
+    closed) stop a command as Ctrl-C does: its cleanup runs (temporary files, ``.lock``, a run
+    folder without a checkpoint yet), instead of the process dying on the spot. Only where the
+    default (die) would apply: under ``nohup`` SIGHUP stays ignored."""
+    installed: list[int] = []
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)  # no SIGHUP on Windows
+            if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+                signal.signal(sig, _interrupt)
+                installed.append(sig)
     try:
         yield
     finally:
-        if install:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig in installed:
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
