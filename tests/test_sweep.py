@@ -852,6 +852,8 @@ def test_a_signal_to_the_sweep_stops_its_workers_unless_ignored(tmp_path, sig):
                 time.sleep(0.2)
             workers = _workers_of(out)
             assert len(workers) == 2
+            while len(list(out.glob("runs/*/.lock"))) < 2 and time.time() < deadline:
+                time.sleep(0.05)  # both runs training (their folders locked) when the signal comes
             parent.send_signal(getattr(signal, sig))
             time.sleep(3)
             if ignored:  # nothing stopped (cleaned up below)
@@ -862,6 +864,9 @@ def test_a_signal_to_the_sweep_stops_its_workers_unless_ignored(tmp_path, sig):
             while _workers_of(out) and time.time() < deadline:
                 time.sleep(0.2)
             assert _workers_of(out) == []
+            # each worker stopped as on Ctrl-C: its run folder unlocked, no temporary file left
+            left = [p.name for p in (out / "runs").glob("*/.*")]
+            assert left == [], left
         finally:  # never leave a sweep training (100,000 epochs) behind a failed assertion
             parent.kill()
             parent.wait(timeout=30)

@@ -1065,7 +1065,16 @@ def _worker_main(argv: Sequence[str]) -> int:
         _write_error(Path(argv[1]), _error_record(exc))
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    status = run_one(config, argv[1])
+    # The sweep stops its workers with SIGTERM (Ctrl-C, `kill PARENT`, a closed terminal): the
+    # run then cleans up as on Ctrl-C (.lock, temporary files, a folder without a checkpoint yet)
+    # instead of dying on the spot.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        status = run_one(config, argv[1])
+    except KeyboardInterrupt:
+        print("stopped by a signal", file=sys.stderr)
+        return 130
     if status["status"] == "failed":
         print(f"error: {status['error']}", file=sys.stderr)
         return 1
