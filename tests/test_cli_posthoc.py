@@ -235,8 +235,12 @@ def test_posthoc_on_one_validation_sample_a_class_has_no_cross_fitted_score(cli,
     run = write_run(tmp_path / "run", val_per_class=(1, 1, 1, 1))
     out = run_posthoc(run, "all", write=False)
     assert out["methods"] and all(out["results"][m]["val_score_cv"] is None for m in out["methods"])
+    # the best is then the best in-sample score, as before cross-fitting (not no method at all)
+    in_sample = max(out["methods"], key=lambda m: out["results"][m]["val_score"])
+    assert best_method(out) == in_sample
     r = cli("posthoc", run, "--no-write")
     assert r.code == 0, r.err
+    assert sum(line.strip().startswith("> ") for line in r.out.splitlines()) == 1, r.out
 
 
 def test_run_posthoc_uses_the_checked_budget(run):

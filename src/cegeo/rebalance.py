@@ -1646,7 +1646,8 @@ def cross_fitted_score(
 def best_method(result: Mapping[str, Any]) -> str | None:
     """The method of a :func:`run_posthoc` result with the best cross-fitted validation score
     (``val_score_cv``; a method without one, whose folds could not be fitted, is not ranked), or
-    the best in-sample ``val_score`` in a file written before cross-fitting.
+    the best in-sample ``val_score`` where no method has one (a file written before
+    cross-fitting, a validation split too small to fold).
 
     Examples
     --------
@@ -1656,7 +1657,7 @@ def best_method(result: Mapping[str, Any]) -> str | None:
     'posthoc_la'
     """
     entries = {m: result["results"][m] for m in result.get("methods", [])}
-    key = "val_score_cv" if any("val_score_cv" in e for e in entries.values()) else "val_score"
+    key = "val_score_cv" if any(e.get("val_score_cv") is not None for e in entries.values()) else "val_score"
     scored = {m: e[key] for m, e in entries.items() if e.get(key) is not None}
     return max(scored, key=lambda m: scored[m]) if scored else None
 

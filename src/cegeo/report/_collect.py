@@ -326,7 +326,7 @@ class ReportData:
         # the others): the in-sample score favours methods with many parameters (lws fits one
         # scale per class on the few validation samples it is then scored on). Files written
         # before cross-fitting have only the in-sample score.
-        cv = any("val_score_cv" in e for p in results for e in p.get("results", {}).values())
+        cv = any(r["val_score_cv"][0] is not None for r in rows[1:])
         key = "val_score_cv" if cv else "val_score"
         scored = [r for r in rows[1:] if r[key][0] is not None]
         best = max(scored, key=lambda r: r[key][0])["method"] if scored else None

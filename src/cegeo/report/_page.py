@@ -515,8 +515,9 @@ def _posthoc(page: _Page, data: ReportData) -> None:
         "split the method was fitted on, 'val cross-fitted' the same with each validation sample "
         "predicted by a fit on the other folds (5-fold, stratified). The method the report names best "
         "(highlighted) has the highest mean 'val cross-fitted': the in-sample 'val' favours methods "
-        "with many parameters, such as lws (one scale per class); a posthoc.json written before "
-        "cegeo cross-fitted has only 'val', and the best is chosen by it.",
+        "with many parameters, such as lws (one scale per class); where no method has a "
+        "cross-fitted score (a posthoc.json written before cegeo cross-fitted, or a validation split "
+        "too small to fold), the best is chosen by 'val'.",
         "note",
     )
     fa = any(row["false_alarm"][0] is not None for _, _, t in tables for row in t["rows"])
