@@ -133,6 +133,42 @@ def test_git_commit_never_runs_git_in_the_working_directory(tmp_path, monkeypatc
     assert not marker.exists()
 
 
+def test_git_commit_of_an_installed_cegeo_is_not_the_surrounding_projects(tmp_path, monkeypatch):
+    """pip installs cegeo into site-packages, often a project's .venv inside the project's git
+    repository: that repository's commit (and dirty state) is not cegeo's, so provenance is None."""
+    import shutil
+    import subprocess
+
+    import cegeo._io as io_mod
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "project"
+    pkg = repo / ".venv" / "lib" / "site-packages" / "cegeo"
+    pkg.mkdir(parents=True)
+    (repo / ".gitignore").write_text(".venv/\n")
+    (repo / "notes.txt").write_text("x")
+    (pkg / "_io.py").write_text("# installed copy\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "."], check=True)
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "x"],
+        check=True,
+    )
+    (repo / "notes.txt").write_text("changed")
+    monkeypatch.setattr(io_mod, "__file__", str(pkg / "_io.py"))
+    assert io_mod.git_commit() is None
+    assert io_mod.git_commit(repo) is not None  # asked explicitly, the project's own commit
+    # cegeo's source tracked by the repository (a checkout, an editable install): its commit
+    subprocess.run(["git", "-C", str(repo), "add", "-f", str(pkg / "_io.py")], check=True)
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "y"],
+        check=True,
+    )
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert io_mod.git_commit() == head.stdout.strip() + "-dirty"
+
+
 def test_deeply_nested_toml_and_json_are_one_line_errors(tmp_path):
     from cegeo._io import read_json, read_toml
 

@@ -362,10 +362,24 @@ def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
     Only cegeo's source folder is asked by default, never the working directory: git runs
     commands named in a repository's own config (``core.fsmonitor``, clean filters), so running
     it inside an untrusted folder could execute them. fsmonitor is switched off for the query.
+    The source folder must be tracked by the repository it lies in: a cegeo installed into a
+    virtual environment inside some project (``project/.venv/.../site-packages/cegeo``) is not
+    that project's code, so it has no commit (None), and ``git status`` never runs there.
     """
     where = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
     git = ["git", "-c", "core.fsmonitor=false", "--no-optional-locks"]
     try:
+        if cwd is None:
+            tracked = subprocess.run(
+                [*git, "ls-files", "--error-unmatch", "--", Path(__file__).name],
+                cwd=where,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            )
+            if tracked.returncode != 0:
+                return None
         out = subprocess.run(
             [*git, "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=False
         )
