@@ -185,9 +185,7 @@ def test_deeply_nested_toml_and_json_are_one_line_errors(tmp_path):
 def test_to_toml_strings_round_trip_every_character_toml_allows():
     """Quotes, backslashes, newlines, control characters and DEL (which json.dumps leaves raw and
     TOML forbids: config.toml could not be read back) round-trip exactly."""
-    import tomllib
-
-    from cegeo._io import to_toml
+    from cegeo._io import to_toml, tomllib  # tomllib: tomli on Python 3.10
 
     data = {"t": {"s": 'la"b\\el\x7f é[b]\n\t\x01\x1f\u2028', "p": "C:\\data\\x.csv"}}
     assert tomllib.loads(to_toml(data)) == data

@@ -68,7 +68,7 @@ def write(tmp_path: Path, text: str, name: str = "sweep.toml") -> Path:
 
 
 def tiny(**extra) -> SweepConfig:
-    import tomllib
+    from cegeo._io import tomllib  # tomli on Python 3.10
 
     data = tomllib.loads(SWEEP)
     data.update(extra)

@@ -85,7 +85,7 @@ def test_run_folder_files_and_keys(digits_run):
     }
     # config.toml reproduces the run's configuration; its [provenance] has versions and commit
     assert load_run_config(out / "config.toml") == trainer.config
-    import tomllib
+    from cegeo._io import tomllib  # tomli on Python 3.10
 
     prov = tomllib.loads((out / "config.toml").read_text())["provenance"]
     assert {"cegeo", "torch", "numpy", "python", "platform", "device"} <= set(prov)
