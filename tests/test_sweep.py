@@ -873,3 +873,19 @@ def test_a_signal_to_the_sweep_stops_its_workers_unless_ignored(tmp_path, sig):
             for pid in _workers_of(out):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_worker_env_puts_only_a_source_checkout_on_pythonpath(monkeypatch):
+    """Workers must import this very cegeo: a source checkout goes on PYTHONPATH, an installed
+    one (in site-packages) does not, since PYTHONPATH comes before the standard library."""
+    import os
+    from pathlib import Path
+
+    import cegeo.sweep as sweep_mod
+
+    src = str(Path(sweep_mod.__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", "/mine")
+    monkeypatch.setattr(sweep_mod, "_site_packages", lambda: set())
+    assert sweep_mod._worker_env(1, 0)["PYTHONPATH"].split(os.pathsep) == [src, "/mine"]
+    monkeypatch.setattr(sweep_mod, "_site_packages", lambda: {src})
+    assert sweep_mod._worker_env(1, 0)["PYTHONPATH"] == "/mine"

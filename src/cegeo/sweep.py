@@ -932,10 +932,20 @@ def _worker_env(threads: int, slot: int) -> dict[str, str]:
     gpus = _visible_gpus()
     if len(gpus) > 1:
         env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    # The worker must import this very cegeo (an editable install or PYTHONPATH=src).
+    # The worker must import this very cegeo (an editable install or PYTHONPATH=src). An
+    # installed one lies in site-packages, which the worker's Python searches anyway: put on
+    # PYTHONPATH it would come before the standard library.
     src = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+    if src not in _site_packages():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def _site_packages() -> set[str]:
+    import site
+
+    folders = [*site.getsitepackages(), site.getusersitepackages()]
+    return {str(Path(f).resolve()) for f in folders}
 
 
 def _visible_gpus() -> list[str]:
