@@ -186,7 +186,18 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path, signame):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "cegeo", "train", "--epochs", "400", "--threads", "1", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    proc = subprocess.Popen([*cmd, "--out", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+
+    def as_a_terminal_starts_it():  # the test itself may run under nohup (SIGHUP ignored)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(getattr(signal, signame), signal.SIG_DFL)
+
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(out)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_a_terminal_starts_it,
+    )
     # (the default MLP, 6 x 512: the first epoch outlasts the signal)
     deadline = time.monotonic() + 120
     while not (out / "config.toml").exists() and time.monotonic() < deadline and proc.poll() is None:
