@@ -628,29 +628,28 @@ def test_posthoc_errors(run, cli, args, match):
     import re
 
     if "impossible" in match:
-        # Make zero false alarms impossible: every defect scores above the least normal sample.
-        data = dict(np.load(run / "logits_val.npz"))
-        z, y = data["logits"], data["labels"]
-        z[y == 0, 0] = np.linspace(5.0, 50.0, int((y == 0).sum()))
-        z[y == 0, 1:] = 0.0
-        z[y != 0, 0] = 60.0
-        write_npz(run / "logits_val.npz", logits=z, labels=y)
+        _no_threshold_meets_zero_false_alarms(run)
     r = cli("posthoc", run, *args)
     assert r.code == 2 and re.search(match, r.err), r.err
     assert len(r.err.strip().splitlines()) == 1
     assert not (run / "posthoc.json").exists()
 
 
-def test_posthoc_all_skips_an_operating_point_no_threshold_meets(run, cli):
-    """With 'all' (the default) a method the run cannot support is skipped with the reason; an
-    impossible false-alarm budget failed the whole command instead (and every run of a sweep's
-    [posthoc] block), although the other five methods could run."""
+def _no_threshold_meets_zero_false_alarms(run):
+    """Make zero false alarms impossible: every defect scores above the least normal sample."""
     data = dict(np.load(run / "logits_val.npz"))
     z, y = data["logits"], data["labels"]
     z[y == 0, 0] = np.linspace(5.0, 50.0, int((y == 0).sum()))
     z[y == 0, 1:] = 0.0
     z[y != 0, 0] = 60.0
     write_npz(run / "logits_val.npz", logits=z, labels=y)
+
+
+def test_posthoc_all_skips_an_operating_point_no_threshold_meets(run, cli):
+    """With 'all' (the default) a method the run cannot support is skipped with the reason; an
+    impossible false-alarm budget failed the whole command instead (and every run of a sweep's
+    [posthoc] block), although the other five methods could run."""
+    _no_threshold_meets_zero_false_alarms(run)
     r = cli("posthoc", run, "--normal-class", "0", "--max-false-alarm", "0")
     assert r.code == 0, r.err
     out = json.loads((run / "posthoc.json").read_text())
