@@ -198,12 +198,17 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path, signame):
         text=True,
         preexec_fn=as_a_terminal_starts_it,
     )
-    # (the default MLP, 6 x 512: the first epoch outlasts the signal)
-    deadline = time.monotonic() + 120
-    while not (out / "config.toml").exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.002)
-    proc.send_signal(getattr(signal, signame))
-    _, err = proc.communicate(timeout=60)
+    try:
+        # (the default MLP, 6 x 512: the first epoch outlasts the signal)
+        deadline = time.monotonic() + 120
+        while not (out / "config.toml").exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.002)
+        proc.send_signal(getattr(signal, signame))
+        _, err = proc.communicate(timeout=60)
+    finally:  # a run the signal did not stop would train its 400 epochs on after the test
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err  # as Ctrl-C
     left = {p.name for p in out.iterdir()}
     # before its first checkpoint: the folder as found; after it: resumable, unlocked
