@@ -213,3 +213,34 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path, signame):
     left = {p.name for p in out.iterdir()}
     # before its first checkpoint: the folder as found; after it: resumable, unlocked
     assert left == set() or ("checkpoint.pt" in left and ".lock" not in left), left
+
+
+COMMANDS = ["train", "data", "sweep", "demo", "evaluate", "losses", "posthoc", "report", "theory", "ufm"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_paragraphs_reflow_at_80_columns(cli, monkeypatch, command):
+    # typer keeps a docstring's single line breaks: source lines of ~100 characters came out as
+    # a full line and then a word or two ("others go on" / "(exit status 1 ..." / "command").
+    monkeypatch.setenv("COLUMNS", "80")
+    r = cli(command, "--help")
+    assert r.code == 0
+    description = r.out.split("╭")[0].splitlines()[3:]  # after the usage line and summary's start
+    paragraphs: list[list[str]] = [[]]
+    for line in description:
+        if line.strip():
+            paragraphs[-1].append(line.strip())
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    for lines in paragraphs:
+        for line in lines[:-1]:  # every line but a paragraph's last is filled to the width
+            assert len(line) > 60, (command, line, lines)
+
+
+def test_train_help_out_default_is_not_cut_at_80_columns(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    r = cli("train", "--help")
+    out_help = r.out.split("--out", 1)[1].split("--resume", 1)[0]
+    assert "…" not in out_help and "named after the data, model, loss and seed" in " ".join(
+        w for line in out_help.splitlines() for w in line.strip("│ ").split()
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import pkgutil
 import signal
 import sys
@@ -44,7 +45,24 @@ def _load_commands() -> None:
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if mod.name.startswith("cmd_"):
             importlib.import_module(f"{__name__}.{mod.name}")
+    for info in app.registered_commands:
+        if info.help is None and info.callback is not None:
+            info.help = reflow_help(inspect.getdoc(info.callback) or "")
     _loaded = True
+
+
+def reflow_help(doc: str) -> str:
+    r"""A command's docstring as help text: each paragraph on one line, for the terminal to wrap.
+
+    typer's rich help keeps the single line breaks of a docstring after its first paragraph, so
+    lines wrapped at the source's width came out ragged on an 80-column terminal (a full line,
+    then a word or two on the next). Paragraphs stay separated by a blank line.
+
+    >>> reflow_help("Summary.\n\nOne sentence\nwrapped in the source.\n\nExample: cegeo x")
+    'Summary.\n\nOne sentence wrapped in the source.\n\nExample: cegeo x'
+    """
+    paragraphs = (" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+    return "\n\n".join(p for p in paragraphs if p)
 
 
 @app.callback(invoke_without_command=True)

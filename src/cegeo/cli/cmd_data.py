@@ -155,6 +155,7 @@ def data_command(
 
     The splits are the ones `cegeo train` draws with the same options.
     Imbalance ratio R = n_max/n_min >= 1.
+
     Example: cegeo data digits --imbalance step:R=10,rho=0.5
     """
     try:

@@ -107,8 +107,9 @@ def evaluate_command(
     group (majority/minority or many/medium/few, from final.json); accuracy, balanced accuracy,
     macro F1, worst-class recall, G-mean; the false-alarm rate with --normal-class; and the
     confusion matrix. A split without a sample of the normal class reports its false-alarm
-    rate as "-" (null in --json) with a note, as the trainer's summaries do. Example:
-    cegeo evaluate runs/ce_s0 --split test --normal-class 0
+    rate as "-" (null in --json) with a note, as the trainer's summaries do.
+
+    Example: cegeo evaluate runs/ce_s0 --split test --normal-class 0
     """
     run = RunFolder(run_dir)
     data = run.split(split)

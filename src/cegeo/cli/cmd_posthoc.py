@@ -148,8 +148,9 @@ def posthoc_command(
 
     Every method's hyperparameter is chosen on validation only (never on test); the table shows
     the test metrics before (raw argmax) and after each correction. Writes RUN_DIR/posthoc.json
-    (atomically) unless --no-write. Example:
-    cegeo posthoc runs/ce_s0 --method all --normal-class 0 --max-false-alarm 0.05
+    (atomically) unless --no-write.
+
+    Example: cegeo posthoc runs/ce_s0 --method all --normal-class 0 --max-false-alarm 0.05
     """
 
     extra = list(ctx.args)

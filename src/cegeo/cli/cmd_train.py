@@ -77,8 +77,8 @@ def train_command(
     out: Path | None = typer.Option(
         None,
         "--out",
-        help="The run folder (default runs/<name>-seed<seed>). It must be new or empty unless "
-        "--resume or --force is given.",
+        help="The run folder (default: a folder in runs/ named after the data, model, loss and seed, "
+        "or after --config and seed). It must be new or empty unless --resume or --force is given.",
     ),
     resume: bool = typer.Option(
         False,
@@ -205,8 +205,10 @@ def train_command(
 ) -> None:
     """Train a classifier on imbalanced data and write a run folder (metrics, probes, logits).
 
+    Imbalance ratio R = n_max/n_min >= 1.
+
     Example: cegeo train --data digits --imbalance step:R=10,rho=0.5 --model mlp --loss ldt
-    --gamma 0.5 --epochs 30 --seed 0 --out runs/ldt. Imbalance ratio R = n_max/n_min >= 1.
+    --gamma 0.5 --epochs 30 --seed 0 --out runs/ldt
     """
     from ..train import Trainer, _env_world
 
