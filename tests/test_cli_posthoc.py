@@ -806,3 +806,32 @@ def test_a_truncated_logits_file_is_a_one_line_error(cli, run, command):
     r = cli(command, run, *(["--no-write"] if command == "posthoc" else []))
     assert r.code == 2 and r.err.count("\n") == 1, r.err
     assert "logits_test.npz` must be a readable .npz file" in r.err
+
+
+def _printed(result, monkeypatch) -> str:
+    import io
+
+    from rich.console import Console
+
+    import cegeo.cli.cmd_posthoc as cmd_posthoc
+
+    buf = io.StringIO()
+    wide = Console(file=buf, width=200, markup=False, highlight=False)
+    monkeypatch.setattr(cmd_posthoc, "console", wide)
+    monkeypatch.setattr(cmd_posthoc, "wide_console", lambda: wide)
+    cmd_posthoc.print_posthoc(result)
+    return buf.getvalue()
+
+
+def test_no_method_is_marked_best_when_raw_scores_as_well_on_validation(run, cli, monkeypatch):
+    r = cli("posthoc", run, "-m", "posthoc_la,lws", "--no-write", "--json")
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    raw_val = result["raw"]["val"][result["metric"]]
+    for name in result["methods"]:  # every correction worse than none by its cross-fitted score
+        result["results"][name]["val_score_cv"] = raw_val - 0.1
+    marked = [line for line in _printed(result, monkeypatch).splitlines() if line.strip().startswith("> ")]
+    assert len(marked) == 1 and "raw (argmax)" in marked[0]
+    result["results"]["lws"]["val_score_cv"] = raw_val + 0.01  # one beats it: that one is marked
+    marked = [line for line in _printed(result, monkeypatch).splitlines() if line.strip().startswith("> ")]
+    assert len(marked) == 1 and marked[0].split()[1] == "lws"

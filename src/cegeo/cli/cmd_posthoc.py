@@ -46,7 +46,8 @@ def print_posthoc(result: dict[str, Any]) -> None:
     console.print(f"run {result['run']} · loss {result['loss'] or '?'} · test n = {raw['n']}")
     console.print(
         f"chosen on val for {metric} (* = tuned); 'val' = {metric} on val, 'val cv' = the same with each "
-        "sample predicted by a fit on the other folds (> = best by it); the rest on test"
+        "sample predicted by a fit on the other folds (> = best by it, no correction included); the rest "
+        "on test"
     )
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     table.add_column("method", no_wrap=True)
@@ -59,6 +60,17 @@ def print_posthoc(result: dict[str, Any]) -> None:
         table.add_column("f.alarm", justify="right", no_wrap=True)
 
     best = best_method(result)
+    if best is not None:
+        # Raw argmax is a choice too (nothing fitted: its out-of-fold score is its 'val'): a method
+        # that does not beat it on validation is not marked best, whatever its test numbers.
+        entry = result["results"][best]
+        score = entry.get("val_score_cv")
+        if score is None and not any(
+            result["results"][m].get("val_score_cv") is not None for m in result["methods"]
+        ):
+            score = entry.get("val_score")
+        if score is not None and raw_val.get(metric) is not None and raw_val[metric] >= score:
+            best = "raw (argmax)"
 
     def row(name: str, chosen: str, val: Any, val_cv: Any, test: dict[str, Any]) -> None:
         cells = [
