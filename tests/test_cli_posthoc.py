@@ -835,3 +835,16 @@ def test_no_method_is_marked_best_when_raw_scores_as_well_on_validation(run, cli
     result["results"]["lws"]["val_score_cv"] = raw_val + 0.01  # one beats it: that one is marked
     marked = [line for line in _printed(result, monkeypatch).splitlines() if line.strip().startswith("> ")]
     assert len(marked) == 1 and marked[0].split()[1] == "lws"
+
+
+def test_false_alarm_column_keeps_decimal_points_aligned(run, cli, monkeypatch):
+    r = cli("posthoc", run, "-m", "posthoc_la,lws", "--normal-class", "0", "--no-write", "--json")
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    result["results"]["posthoc_la"]["test"]["false_alarm"] = 0.5  # over the budget: marked "!"
+    result["results"]["lws"]["test"]["false_alarm"] = 0.0
+    lines = _printed(result, monkeypatch).splitlines()
+    la = next(line for line in lines if line.strip().lstrip("> ").startswith("posthoc_la"))
+    lws = next(line for line in lines if line.strip().lstrip("> ").startswith("lws"))
+    assert la.rstrip().endswith("0.500 !")
+    assert la.index("0.500 !") == lws.rindex("0.000")  # same column, decimal points aligned

@@ -7,6 +7,7 @@ from typing import Any
 import typer
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from .._io import dumps_json
 from .._validation import InputError, check_fraction, fail
@@ -73,7 +74,7 @@ def print_posthoc(result: dict[str, Any]) -> None:
             best = "raw (argmax)"
 
     def row(name: str, chosen: str, val: Any, val_cv: Any, test: dict[str, Any]) -> None:
-        cells = [
+        cells: list[str | Text] = [
             ("> " if name == best else "  ") + name,
             chosen,
             _fmt(val),
@@ -88,7 +89,9 @@ def print_posthoc(result: dict[str, Any]) -> None:
         if normal is not None:
             fa = test.get("false_alarm")
             over = fa is not None and budget is not None and fa > budget
-            cells.append(_fmt(fa) + (" !" if over else ""))
+            # a row within budget keeps two trailing spaces (overflow="ignore": rich would strip
+            # them), so its decimal point lines up with the "0.075 !" rows
+            cells.append(_fmt(fa) + " !" if over else Text(_fmt(fa) + "  ", overflow="ignore"))
         table.add_row(*cells)
 
     row("raw (argmax)", "-", raw_val[metric], raw_val[metric], raw)
