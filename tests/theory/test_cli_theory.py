@@ -341,3 +341,32 @@ def test_tau_option_is_the_hyper_tau(cli):
     c = cli("theory", "--counts", "100,10,1", "--loss", "la", "--json")
     assert a.code == b.code == c.code == 0, (a.err, b.err, c.err)
     assert a.out == b.out and a.out != c.out
+
+
+def test_round_off_distances_to_the_etf_print_as_zero(cli, monkeypatch):
+    # LDT at gamma = 1/2 is exactly the ETF; its distances are ~1e-16 of round-off, which read as
+    # "1.841e-16" in the tables (as if the symmetric geometry were missed by a measurable amount).
+    monkeypatch.setenv("COLUMNS", "120")
+    r = cli("theory", "--step", "k=4,R=10,rho=0.5", "--loss", "ldt", "--gamma-grid", "0,0.5", "--tune")
+    assert r.code == 0, r.err
+    assert "e-1" not in r.out
+    r = cli("theory", "--step", "k=4,R=10,rho=0.5", "--loss", "ldt", "--gamma", "0.5")
+    row = next(line for line in r.out.splitlines() if "distance to ETF" in line)
+    assert row.count("0.0000") == 3 and "e-" not in row
+
+
+def test_demo_theory_table_prints_round_off_residual_as_zero(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import cegeo.cli.cmd_demo as cmd_demo
+    from cegeo.demo import theory_rows
+
+    rows, tuned = theory_rows()
+    assert min(r["etf_residual"] for r in rows) < 1e-12  # LDT at gamma = 1/2: the ETF up to round-off
+    buf = io.StringIO()
+    monkeypatch.setattr(cmd_demo, "wide_console", lambda: Console(file=buf, width=200, markup=False))
+    cmd_demo._theory_table(rows, tuned)
+    ldt = next(line for line in buf.getvalue().splitlines() if line.strip().startswith("LDT"))
+    assert ldt.rstrip().endswith(" 0") and "e-" not in ldt

@@ -10,6 +10,7 @@ from rich import box
 from rich.table import Table
 
 from ..demo import run_demo
+from ..theory._tune import FLAT_TOL
 from . import app
 from ._common import wide_console
 from .cmd_sweep import print_summary
@@ -43,7 +44,7 @@ def _theory_table(rows: list[dict[str, Any]], tuned: dict[str, Any]) -> None:
             f"{r['W_cos_min_min']:.4f}",
             f"{r['W_cos_maj_min']:.4f}",
             f"{r['H_ratio']:.4f}",
-            f"{r['etf_residual']:.2g}",
+            "0" if r["etf_residual"] <= FLAT_TOL else f"{r['etf_residual']:.2g}",  # round-off: 0
         )
     out.print(table)
     out.print(

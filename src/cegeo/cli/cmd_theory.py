@@ -31,6 +31,7 @@ from ..theory import (
     theory_losses,
     tune,
 )
+from ..theory._tune import FLAT_TOL
 from . import app
 from ._common import (
     console,
@@ -70,6 +71,12 @@ def _fmt(v: float) -> str:
     if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
         return f"{v:.3e}"
     return f"{v:.4f}"
+
+
+def _fmt_distance(v: float) -> str:
+    """A distance to the ETF: round-off below FLAT_TOL prints as 0 (it read "1.841e-16", as if
+    the symmetric geometry were missed by a measurable amount)."""
+    return _fmt(0.0 if v is not None and 0 <= v <= FLAT_TOL else v)
 
 
 def _profile(
@@ -176,7 +183,7 @@ def _summary_table(geo: Geometry) -> Table:
         )
     table.add_row("mean cos(w_c, h_c)", _fmt(s["cos_WH"]), "", _fmt(1.0))
     r = etf_residual(geo)
-    table.add_row("distance to ETF (*)", _fmt(r.W), _fmt(r.H), _fmt(0.0))
+    table.add_row("distance to ETF (*)", _fmt_distance(r.W), _fmt_distance(r.H), _fmt(0.0))
     return table
 
 
@@ -190,8 +197,8 @@ def _grid_tables(param: str, grid: np.ndarray, geos: list[Geometry], k: int) -> 
             table.add_column(col, justify="right")
         for v, geo in zip(grid, geos, strict=True):
             s = geo.summary
-            last = s["cos_WH"] if tag == "W" else etf_residual(geo).total
-            table.add_row(f"{v:g}", *(_fmt(s[f"{tag}_{key}"]) for key, _ in _SUMMARY_ROWS), _fmt(last))
+            last = _fmt(s["cos_WH"]) if tag == "W" else _fmt_distance(etf_residual(geo).total)
+            table.add_row(f"{v:g}", *(_fmt(s[f"{tag}_{key}"]) for key, _ in _SUMMARY_ROWS), last)
         tables.append(table)
     return tables
 
@@ -204,7 +211,9 @@ def _tune_table(results: list[Any]) -> Table:
         value = (
             "any (flat)" if r.flat else f"{r.value:.6g}" + (" (any is symmetric)" if r.all_symmetric else "")
         )
-        table.add_row(r.loss, r.param, value, _fmt(r.residual), _fmt(r.residual_W), _fmt(r.residual_H))
+        table.add_row(
+            r.loss, r.param, value, *(_fmt_distance(x) for x in (r.residual, r.residual_W, r.residual_H))
+        )
     return table
 
 
