@@ -611,3 +611,32 @@ def test_a_lead_smaller_than_the_spread_over_seeds_names_the_runner_up():
     # a clear lead says nothing of the kind
     line = first_line(group("ce", 0.849, 0.005), group("cdt", 0.911, 0.008), group("la", 0.880, 0.010))
     assert "within noise" not in line
+
+
+def test_no_posthoc_method_is_recommended_when_none_beats_the_raw_predictions():
+    from types import SimpleNamespace
+
+    from cegeo.report._collect import Group, ReportData
+
+    test = {"balanced_accuracy": 0.9, "minority_recall": 0.85, "worst_class_recall": 0.8}
+    posthoc = {
+        "metric": "balanced_accuracy",
+        "methods": ["lws"],
+        "raw": {"val": {"balanced_accuracy": 0.95}, "test": test},
+        "results": {
+            "lws": {"val_score": 0.99, "val_score_cv": 0.93, "chosen": {}, "search": None, "test": test}
+        },
+    }
+    run = SimpleNamespace(
+        status="finished", loss_label="ce", posthoc=posthoc, final={}, metric=lambda m: None
+    )
+    g = Group(key="ce", setup="", loss="ce", label="ce", runs=[run], row={})
+    data = ReportData(Path("."), "folder", "t", "", [run], [g], None, [""])
+    assert data.posthoc_summary(g)["best"] == "raw (argmax)"
+    assert data._posthoc_headline("", g) == [
+        "Post-hoc rebalancing of the CE runs (fitted on validation only): no method beat the uncorrected "
+        "predictions on validation (cross-fitted), so none is recommended (test minority recall stays 0.850)."
+    ]
+    from cegeo.rebalance import best_method
+
+    assert best_method(posthoc) is None  # cegeo posthoc and the sweep agree

@@ -1647,7 +1647,9 @@ def best_method(result: Mapping[str, Any]) -> str | None:
     """The method of a :func:`run_posthoc` result with the best cross-fitted validation score
     (``val_score_cv``; a method without one, whose folds could not be fitted, is not ranked), or
     the best in-sample ``val_score`` where no method has one (a file written before
-    cross-fitting, a validation split too small to fold).
+    cross-fitting, a validation split too small to fold). None when that score does not beat the
+    uncorrected predictions' validation score (nothing is fitted for them: their out-of-fold
+    score is their in-sample one), or when no method was fitted.
 
     Examples
     --------
@@ -1655,11 +1657,18 @@ def best_method(result: Mapping[str, Any]) -> str | None:
     ...     "lws": {"val_score": 0.98, "val_score_cv": 0.81},
     ...     "posthoc_la": {"val_score": 0.90, "val_score_cv": 0.86}}})
     'posthoc_la'
+    >>> best_method({"metric": "balanced_accuracy", "raw": {"val": {"balanced_accuracy": 0.9}},
+    ...     "methods": ["lws"], "results": {"lws": {"val_score": 0.98, "val_score_cv": 0.88}}}) is None
+    True
     """
     entries = {m: result["results"][m] for m in result.get("methods", [])}
     key = "val_score_cv" if any(e.get("val_score_cv") is not None for e in entries.values()) else "val_score"
     scored = {m: e[key] for m, e in entries.items() if e.get(key) is not None}
-    return max(scored, key=lambda m: scored[m]) if scored else None
+    if not scored:
+        return None
+    best = max(scored, key=lambda m: scored[m])
+    raw = ((result.get("raw") or {}).get("val") or {}).get(result.get("metric", "balanced_accuracy"))
+    return None if raw is not None and scored[best] <= raw else best
 
 
 def _subset(split: RunSplit, idx: np.ndarray) -> RunSplit:

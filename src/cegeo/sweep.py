@@ -1238,6 +1238,8 @@ def _run_posthoc_block(
                 f"posthoc {run.name}: {best} (best on val) test minority recall "
                 f"{_num(raw.get('minority_recall'))} -> {_num(after.get('minority_recall'))}"
             )
+        elif result["methods"]:
+            say(f"posthoc {run.name}: no method beat the uncorrected predictions on val")
 
 
 # ---------------------------------------------------------------------------------- reading runs

@@ -60,18 +60,9 @@ def print_posthoc(result: dict[str, Any]) -> None:
     if normal is not None:
         table.add_column("f.alarm", justify="right", no_wrap=True)
 
-    best = best_method(result)
-    if best is not None:
-        # Raw argmax is a choice too (nothing fitted: its out-of-fold score is its 'val'): a method
-        # that does not beat it on validation is not marked best, whatever its test numbers.
-        entry = result["results"][best]
-        score = entry.get("val_score_cv")
-        if score is None and not any(
-            result["results"][m].get("val_score_cv") is not None for m in result["methods"]
-        ):
-            score = entry.get("val_score")
-        if score is not None and raw_val.get(metric) is not None and raw_val[metric] >= score:
-            best = "raw (argmax)"
+    # Raw argmax is a choice too (nothing fitted: its out-of-fold score is its 'val'): a method
+    # that does not beat it on validation is not marked best, whatever its test numbers.
+    best = best_method(result) or "raw (argmax)"
 
     def row(name: str, chosen: str, val: Any, val_cv: Any, test: dict[str, Any]) -> None:
         cells: list[str | Text] = [

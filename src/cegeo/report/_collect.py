@@ -261,6 +261,13 @@ class ReportData:
         if best is None:
             return []
         raw, after = table["rows"][0], next(r for r in table["rows"] if r["method"] == best)
+        how = f"on validation{' (cross-fitted)' if table['cross_fitted'] else ''}"
+        if after is raw:
+            return [
+                f"Post-hoc rebalancing of the {pretty(g.label)} runs (fitted on validation only): no method "
+                f"beat the uncorrected predictions {how}, so none is recommended (test minority recall "
+                f"stays {_f(raw['minority_recall'][0])})."
+            ]
         r0, r1 = raw["minority_recall"][0], after["minority_recall"][0]
         verb = (
             "changed"
@@ -269,7 +276,7 @@ class ReportData:
         )
         text = (
             f"Post-hoc rebalancing of the {pretty(g.label)} runs (fitted on validation only): {best}, the best "
-            f"method on validation{' (cross-fitted)' if table['cross_fitted'] else ''}, {verb} test minority recall {_f(r0)} → {_f(r1)} and balanced accuracy "
+            f"method {how}, {verb} test minority recall {_f(r0)} → {_f(r1)} and balanced accuracy "
             f"{_f(raw['balanced_accuracy'][0])} → {_f(after['balanced_accuracy'][0])}"
         )
         f0, f1 = raw["false_alarm"][0], after["false_alarm"][0]
@@ -330,6 +337,10 @@ class ReportData:
         key = "val_score_cv" if cv else "val_score"
         scored = [r for r in rows[1:] if r[key][0] is not None]
         best = max(scored, key=lambda r: r[key][0])["method"] if scored else None
+        top = next((r for r in scored if r["method"] == best), None)
+        raw_score = rows[0][key][0]
+        if top is not None and raw_score is not None and top[key][0] <= raw_score:
+            best = rows[0]["method"]  # no correction beats the uncorrected predictions on validation
         skipped: dict[str, str] = {}
         for p in results:
             skipped.update(p.get("skipped") or {})

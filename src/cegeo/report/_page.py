@@ -517,7 +517,9 @@ def _posthoc(page: _Page, data: ReportData) -> None:
         "(highlighted) has the highest mean 'val cross-fitted': the in-sample 'val' favours methods "
         "with many parameters, such as lws (one scale per class); where no method has a "
         "cross-fitted score (a posthoc.json written before cegeo cross-fitted, or a validation split "
-        "too small to fold), the best is chosen by 'val'.",
+        "too small to fold), the best is chosen by 'val'. When that score does not beat the raw "
+        "predictions' (nothing is fitted for them), the raw row is highlighted: no correction is "
+        "recommended.",
         "note",
     )
     fa = any(row["false_alarm"][0] is not None for _, _, t in tables for row in t["rows"])
