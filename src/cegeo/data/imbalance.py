@@ -184,9 +184,14 @@ def effective_counts(class_counts: Any, sampler: str) -> np.ndarray:
     --------
     >>> effective_counts([9, 1], "class_balanced").tolist()
     [5.0, 5.0]
+    >>> effective_counts([112, 11], "none").tolist()  # the counts themselves, exactly
+    [112.0, 11.0]
     """
     n = check_class_counts(class_counts)
-    return float(n.sum()) * sampling_probabilities(n, sampler)
+    p = sampling_probabilities(n, sampler)  # validates the sampler
+    if sampler == "none":  # n * (n_c / n) is not n_c in floating point (112.00000000000001)
+        return n.astype(np.float64)
+    return float(n.sum()) * p
 
 
 @dataclass(frozen=True)
