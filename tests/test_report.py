@@ -159,7 +159,7 @@ def test_headline_names_the_best_loss_for_the_minority_classes_chosen_on_validat
         assert first.startswith(f"{pretty(winner.label)} did best for the minority classes on ok")
         assert "plain CE" in first
     assert winner.pm("test_minority_recall") in first
-    assert "Cost:" in text and "95% of its final validation balanced accuracy" in text
+    assert "Cost:" in text and "95% of its best validation balanced accuracy" in text
     assert "Post-hoc rebalancing of the CE runs" in text
     # normal_class = 0: the false-alarm cost is in the headline, for the losses and post-hoc
     if "tied for the minority classes" not in first:
@@ -349,7 +349,7 @@ def test_headline_epochs_to_95_are_whole_epochs(report):
     assert _epochs_to_95(group(4.0, 4.0)) == "epoch 4"
     assert _epochs_to_95(group(None)) is None
     cost = next(line for line in report.headline if line.startswith("Cost:"))
-    assert re.search(r"95% of its final validation balanced accuracy at epochs? \d+(–\d+)? \(", cost), cost
+    assert re.search(r"95% of its best validation balanced accuracy at epochs? \d+(–\d+)? \(", cost), cost
     assert not re.search(r"epochs? \d+\.\d", cost)
 
 

@@ -17,6 +17,8 @@ Missing classes (documented behaviour, tested):
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ __all__ = [
     "balanced_accuracy_score",
     "classification_summary",
     "confusion_matrix",
+    "convergence_point",
     "false_alarm_error",
     "false_positive_rates",
     "geometric_mean_score",
@@ -357,3 +360,32 @@ def classification_summary(
     if normal_class is not None:
         false_alarm_error(yt, yp, normal_class, k)  # validates the class (in range, present)
     return summary_from_confusion(confusion_matrix(yt, yp, k), groups, normal_class)
+
+
+def convergence_point(
+    records: Sequence[Mapping[str, Any]], fraction: float = 0.95
+) -> tuple[int, float] | None:
+    """First probed ``(epoch, time_s)`` whose validation balanced accuracy reaches ``fraction``
+    of the best one over the run (``final.json``'s history, ``summary.csv`` and the report all
+    use this one definition; the best, not the final value, so that a run whose accuracy falls
+    at the end is not credited with an early "convergence" to its fallen level).
+
+    ``records`` are ``metrics.jsonl`` lines. ``time_s`` is the training time up to that epoch
+    (probes excluded, docs/run-folder.md).
+
+    Examples
+    --------
+    >>> recs = [{"epoch": e, "time_s": e * 2.0, "val": {"balanced_accuracy": a}}
+    ...         for e, a in [(1, 0.5), (2, 0.86), (3, 0.95), (4, 0.9)]]
+    >>> convergence_point(recs)  # 95% of the best 0.95 is 0.9025
+    (3, 6.0)
+    """
+    pts = [
+        (int(r["epoch"]), float(r.get("time_s", math.nan)), (r.get("val") or {}).get("balanced_accuracy"))
+        for r in records
+    ]
+    pts = [p for p in pts if p[2] is not None]
+    if not pts:
+        return None
+    target = fraction * max(p[2] for p in pts)
+    return next((epoch, t) for epoch, t, score in pts if score >= target)

@@ -61,7 +61,8 @@ worst-class recall, false-alarm rate (when ``data.normal_class`` is set), valida
 accuracy, the final normalised-Gram distances of W, H and the logits to the theory (``dist_W``,
 ``dist_H``, ``dist_M``; empty for losses the theory does not cover), and the cost: wall time,
 training time, and the first probed epoch (and the training time up to it) at which the
-**validation** balanced accuracy reached 95% of its final value. Validation, because the test
+**validation** balanced accuracy reached 95% of its best value (:func:`cegeo.metrics.convergence_point`,
+also ``final.json``'s ``history``). Validation, because the test
 split is for the final evaluation only: how many epochs a loss needs is a training-budget
 decision, and decisions are made on validation (as the post-hoc rebalancers are tuned). Its
 resolution is ``train.probe_every`` epochs.
@@ -105,6 +106,7 @@ from ._io import (
 from ._validation import InputError, check_finite, check_fraction, fail, renamed
 from .config import RunConfig, RuntimeConfig, config_differences, from_dict, load_run_config, to_dict
 from .data._dataset import described
+from .metrics import convergence_point
 from .ufm import UFMExperiment
 
 __all__ = [
@@ -1466,34 +1468,6 @@ def _group_adhoc(runs: list[RunResult]) -> list[RunResult]:
 
 
 # -------------------------------------------------------------------------------------- summary
-
-
-def convergence_point(
-    records: Sequence[Mapping[str, Any]], fraction: float = 0.95
-) -> tuple[int, float] | None:
-    """First probed ``(epoch, time_s)`` whose validation balanced accuracy reaches ``fraction`` of the final one.
-
-    ``time_s`` is the training time up to that epoch (probes excluded, docs/run-folder.md).
-
-    Examples
-    --------
-    >>> recs = [{"epoch": e, "time_s": e * 2.0, "val": {"balanced_accuracy": a}}
-    ...         for e, a in [(1, 0.5), (2, 0.86), (3, 0.95), (4, 0.9)]]
-    >>> convergence_point(recs)  # 95% of the final 0.9 is 0.855
-    (2, 4.0)
-    """
-    pts = [
-        (int(r["epoch"]), float(r.get("time_s", math.nan)), (r.get("val") or {}).get("balanced_accuracy"))
-        for r in records
-    ]
-    pts = [p for p in pts if p[2] is not None]
-    if not pts:
-        return None
-    target = fraction * pts[-1][2]
-    for epoch, t, score in pts:
-        if score >= target:
-            return epoch, t
-    return pts[-1][0], pts[-1][1]  # pragma: no cover - the last point always qualifies
 
 
 def _test(r: RunResult, key: str) -> float | None:

@@ -1624,17 +1624,20 @@ class Trainer:
 
 
 def _history(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """First probed epoch (and its training time) reaching 95% of the best val balanced accuracy."""
-    scores = [(r["epoch"], r["time_s"], r["val"]["balanced_accuracy"]) for r in records]
-    if not scores:
+    """The best val balanced accuracy, its epoch, and the first probed epoch (and its training
+    time) reaching 95% of it (:func:`convergence_point`)."""
+    scores = [(r["epoch"], r["val"]["balanced_accuracy"]) for r in records]
+    from .metrics import convergence_point
+
+    point = convergence_point(records)
+    if point is None:
         return {}
-    best_epoch, _, best = max(scores, key=lambda s: s[2])
-    first = next(s for s in scores if s[2] >= 0.95 * best)
+    best_epoch, best = max(scores, key=lambda s: s[1])
     return {
         "best_val_bal_acc": best,
         "best_epoch": best_epoch,
-        "epoch_to_95pct_bal_acc": first[0],
-        "time_to_95pct_bal_acc_s": first[1],
+        "epoch_to_95pct_bal_acc": point[0],
+        "time_to_95pct_bal_acc_s": point[1],
     }
 
 

@@ -234,7 +234,7 @@ class ReportData:
         e1, e0 = _epochs_to_95(winner), _epochs_to_95(baseline)
         if e1 is not None and e0 is not None:
             cost += (
-                f"; it reached 95% of its final validation balanced accuracy at {e1} "
+                f"; it reached 95% of its best validation balanced accuracy at {e1} "
                 f"({_secs(winner.mean('time_to_95pct_val_bal_acc_s'))}), {base_name} at {e0}"
             )
         cost += "."
@@ -593,7 +593,7 @@ def _chosen(entries: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _epochs_to_95(g: Group) -> str | None:
-    """``epoch 4``, or ``epochs 3–4`` when the seeds reached 95% of their final validation
+    """``epoch 4``, or ``epochs 3–4`` when the seeds reached 95% of their best validation
     balanced accuracy at different epochs (a mean such as 3.5 is no epoch)."""
     epochs = [e for e in (r.metric("epoch_to_95pct_val_bal_acc") for r in g.finished) if e is not None]
     if not epochs:
@@ -750,5 +750,5 @@ def minority_curve(
 
 
 def convergence(group: Group) -> list[tuple[int, float]]:
-    """The 95%-of-final validation balanced accuracy point of each finished run."""
+    """The 95%-of-best validation balanced accuracy point of each finished run."""
     return [p for p in (convergence_point(r.records) for r in group.finished) if p is not None]

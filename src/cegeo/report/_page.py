@@ -208,7 +208,7 @@ def _results(page: _Page, data: ReportData) -> None:
         "Test-set metrics of each configuration, mean ± sample standard deviation over seeds. Minority "
         "recall is the mean recall of the rarest group's classes. Cost: training time per run (probes "
         "excluded), wall time, and the first probed epoch at which validation balanced accuracy reached "
-        "95% of its final value (validation, because the test split only grades the final models). "
+        "95% of its best value (validation, because the test split only grades the final models). "
         "Highlighted rows: the hyperparameter value each loss would pick on validation.",
         "note",
     )
