@@ -14,7 +14,7 @@ from .._validation import InputError, check_fraction, fail
 from ..data import class_index
 from ..rebalance import SELECTION_METRICS, RunFolder, best_method, list_rebalancers, run_posthoc
 from . import app
-from ._common import console, wide_console
+from ._common import console, err_console, wide_console
 from .cmd_evaluate import _class_label
 
 
@@ -110,7 +110,7 @@ def print_posthoc(result: dict[str, Any]) -> None:
     for name, reason in result["skipped"].items():
         console.print(f"skipped {name}: {reason}")
     for text in result["warnings"]:
-        console.print(f"warning: {text}")
+        err_console.print(f"warning: {text}", soft_wrap=True)  # on stderr, as every command's warnings
 
 
 # allow_extra_args: what click would reject as "unexpected extra argument" reaches ctx.args, so
