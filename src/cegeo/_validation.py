@@ -48,20 +48,25 @@ class OutOfRangeError(InputError):
 
 
 def renamed(err: InputError, names: Mapping[str, str]) -> InputError:
-    """``err`` with its leading parameter named as the user set it: with ``{"lr": "--lr"}``,
-    "`lr` must be ..." becomes "`--lr` must be ..."; an error about another parameter is
-    returned as it is.
+    """``err`` with its parameters named as the user set them: with ``{"lr": "--lr"}``,
+    "`lr` must be ..." becomes "`--lr` must be ..." (every back-quoted name in the mapping is
+    renamed, so "... (`val_fraction` needs ...)" too); an error naming none of them is returned
+    as it is.
 
     Examples
     --------
     >>> str(renamed(InputError("`tau` must be a number; got 'x'."), {"tau": "--tau"}))
     "`--tau` must be a number; got 'x'."
+    >>> str(renamed(InputError("class 3 is too small (`val_fraction` needs 2)."), {"val_fraction": "--val-fraction"}))
+    'class 3 is too small (`--val-fraction` needs 2).'
     """
     message = str(err)
-    end = message.find("`", 1)
-    if not message.startswith("`") or end < 0 or message[1:end] not in names:
+    parts = message.split("`")
+    # back-quoted names are the odd parts of the message split at back quotes
+    new = [names.get(p, p) if i % 2 else p for i, p in enumerate(parts)] if len(parts) > 2 else parts
+    if new == parts:
         return err
-    return InputError(f"`{names[message[1:end]]}`" + message[end + 1 :])
+    return InputError("`".join(new))
 
 
 def check_options(param: str, given: Iterable[str], valid: Iterable[str], owner: str) -> None:

@@ -169,7 +169,9 @@ def data_command(
             options=parse_options(data_option, "--data-option"),
         )
     except InputError as err:
-        raise renamed(err, {"options": "--data-option"}) from None
+        flags = {"options": "--data-option", "imbalance": "--imbalance", "n_max": "--n-max"}
+        flags.update({"val_fraction": "--val-fraction", "test_fraction": "--test-fraction", "seed": "--seed"})
+        raise renamed(err, flags) from None
     if as_json:
         typer.echo(dumps_json(info))
     else:
