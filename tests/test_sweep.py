@@ -900,3 +900,26 @@ def test_worker_env_puts_only_a_source_checkout_on_pythonpath(monkeypatch):
     assert sweep_mod._worker_env(1, 0)["PYTHONPATH"].split(os.pathsep) == [src, "/mine"]
     monkeypatch.setattr(sweep_mod, "_site_packages", lambda: {src})
     assert sweep_mod._worker_env(1, 0)["PYTHONPATH"] == "/mine"
+
+
+def test_a_sweep_beyond_max_runs_is_refused_before_anything_is_built(cli, tmp_path):
+    """Two 3,000-value axes (9 million runs) made --list churn for hours with growing memory."""
+    from cegeo.sweep import MAX_RUNS
+
+    lrs = ", ".join(str(0.001 * (i + 1)) for i in range(400))
+    text = f"""seeds = [0, 1]
+[base.train]
+epochs = 1
+[[losses]]
+name = "ldt"
+grid = {{ gamma = "-1:1:200" }}
+[grid]
+"optim.lr" = [{lrs}]
+"""
+    cfg = write(tmp_path, text)
+    r = cli("sweep", cfg, "--list", "--out", tmp_path / "o")
+    assert r.code == 2 and r.err == (
+        f"error: `grid` must be a sweep of at most {MAX_RUNS:,} runs (setups x grid x losses x "
+        "hyperparameter values x seeds; split a larger study into several sweeps); got '160,000 runs'.\n"
+    ), r.err
+    assert not (tmp_path / "o").exists()

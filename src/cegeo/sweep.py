@@ -474,6 +474,10 @@ class SweepRun:
         }
 
 
+#: The most runs one sweep may hold (each is a folder and a process; --list writes a config each).
+MAX_RUNS = 100_000
+
+
 def expand(config: SweepConfig) -> list[SweepRun]:
     """Every run of the sweep, in order: setups x axes x losses x hyperparameter values x seeds.
 
@@ -485,6 +489,17 @@ def expand(config: SweepConfig) -> list[SweepRun]:
     """
     setups = list(config.setups) or [Setup(name="")]
     axes = list(config.grid.items())
+    # Counted before anything is built: two 3,000-value axes (9 million runs) churned for hours
+    points = math.prod(len(values) for _, values in axes)
+    per_point = sum(math.prod(len(v) for _, v in spec.grid_values()) for spec in config.losses)
+    total = len(setups) * points * per_point * len(config.seeds)
+    if total > MAX_RUNS:
+        raise fail(
+            "grid",
+            f"a sweep of at most {MAX_RUNS:,} runs (setups x grid x losses x hyperparameter values x "
+            "seeds; split a larger study into several sweeps)",
+            f"{total:,} runs",
+        )
     runs: list[SweepRun] = []
     seen: dict[str, int] = {}
     for setup in setups:
