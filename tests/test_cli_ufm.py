@@ -151,6 +151,15 @@ def test_ufm_config_with_overrides(cli, tmp_path):
         (["--counts", "4,2", "--lr-decay", "0"], "`--lr-decay` must be a number > 0"),
         (["--counts", "4,2", "--loss", "ldt", "--hyper", "gamma=1e6"], "`--hyper gamma` must be a value"),
         (["--config", "no/such/file.toml"], "`--config` must be an existing TOML file"),
+        # the options as typed, not the config keys gamma_grid and hyper
+        (
+            ["--counts", "4,2", "--loss", "ce", "--gamma-grid", "0:1:3"],
+            "to sweep with `--gamma-grid` ('ce' has none)",
+        ),
+        (
+            ["--counts", "4,2", "--loss", "ldt", "--gamma-grid", "0:1:3", "--hyper", "gamma=1"],
+            "give gamma once: `--gamma-grid` sweeps it; got a fixed gamma in `--hyper` too.",
+        ),
     ],
 )
 def test_ufm_bad_input_is_one_line_and_exit_2(cli, args, match):

@@ -1681,10 +1681,14 @@ class UFMExperiment:
         param = get_loss_info(loss).family_param
         if param is None:
             raise fail(
-                "losses", f"losses with a family parameter to sweep with gamma_grid ({loss!r} has none)", loss
+                "losses",
+                f"losses with a family parameter to sweep with `gamma_grid` ({loss!r} has none)",
+                loss,
             )
         if param in self.hyper:
-            raise InputError(f"give {param} once: gamma_grid sweeps it; got a fixed {param} in hyper too.")
+            raise InputError(
+                f"give {param} once: `gamma_grid` sweeps it; got a fixed {param} in `hyper` too."
+            )
         return param
 
     def configs(self) -> list[UFMConfig]:
