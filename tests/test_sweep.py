@@ -923,3 +923,22 @@ grid = {{ gamma = "-1:1:200" }}
         "hyperparameter values x seeds; split a larger study into several sweeps); got '160,000 runs'.\n"
     ), r.err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("secs", "shown"), [(0.0156, "0.016 ± 0.002"), (3.14159, "3.14 ± 0.00"), (41.26, "41.3 ± 0.0")]
+)
+def test_summary_table_shows_fast_training_times(monkeypatch, secs, shown):
+    """A run of 0.02 s was printed as '0.0 ± 0.0' (one decimal for every time)."""
+    import io
+
+    from rich.console import Console
+
+    import cegeo.cli.cmd_sweep as cmd_sweep
+
+    buf = io.StringIO()
+    monkeypatch.setattr(cmd_sweep, "wide_console", lambda: Console(file=buf, width=200))
+    row = {"setup": "", "label": "ce", "n_finished": 2, "n_failed": 0}
+    row.update({"train_time_s_mean": secs, "train_time_s_std": 0.002 if secs < 1 else 0.001})
+    cmd_sweep.print_summary([row])
+    assert shown in buf.getvalue(), buf.getvalue()

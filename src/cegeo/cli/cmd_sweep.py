@@ -60,7 +60,10 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
         ]
         if fa:
             cells.append(_pm(r, "test_false_alarm"))
-        cells += [_pm(r, "train_time_s", 1), _pm(r, "epoch_to_95pct_val_bal_acc", 1)]
+        # seconds to a precision that shows a fast run (0.02 s printed as 0.0 with one decimal)
+        secs = r.get("train_time_s_mean")
+        digits = 1 if secs is None or secs >= 10 else 2 if secs >= 1 else 3
+        cells += [_pm(r, "train_time_s", digits), _pm(r, "epoch_to_95pct_val_bal_acc", 1)]
         table.add_row(*cells)
     wide_console().print(table)
 

@@ -306,6 +306,7 @@ def _print_summary(final: dict[str, Any], target: Path) -> None:
         "W_ratio / H_ratio", f"{_fmt(geo['summary']['W_ratio'])} / {_fmt(geo['summary']['H_ratio'])}"
     )
     table.add_row("NC1", _fmt(geo["nc1"]))
-    table.add_row("training time (s)", _fmt(final["train_time_s"]))
+    secs = final["train_time_s"]
+    table.add_row("training time (s)", f"{secs:.1f}" if secs >= 10 else f"{secs:.3g}")  # not 14.0464
     console.print(table)
     console.print(f"run folder: {target}")
