@@ -919,7 +919,7 @@ grid = {{ gamma = "-1:1:200" }}
     cfg = write(tmp_path, text)
     r = cli("sweep", cfg, "--list", "--out", tmp_path / "o")
     assert r.code == 2 and r.err == (
-        f"error: `grid` must be a sweep of at most {MAX_RUNS:,} runs (setups x grid x losses x "
+        f"error: `sweep` must be at most {MAX_RUNS:,} runs (setups x grid x losses x "
         "hyperparameter values x seeds; split a larger study into several sweeps); got '160,000 runs'.\n"
     ), r.err
     assert not (tmp_path / "o").exists()

@@ -495,8 +495,8 @@ def expand(config: SweepConfig) -> list[SweepRun]:
     total = len(setups) * points * per_point * len(config.seeds)
     if total > MAX_RUNS:
         raise fail(
-            "grid",
-            f"a sweep of at most {MAX_RUNS:,} runs (setups x grid x losses x hyperparameter values x "
+            "sweep",  # the product of every axis, not [grid] alone
+            f"at most {MAX_RUNS:,} runs (setups x grid x losses x hyperparameter values x "
             "seeds; split a larger study into several sweeps)",
             f"{total:,} runs",
         )
