@@ -47,7 +47,7 @@ def print_posthoc(result: dict[str, Any]) -> None:
     console.print(f"run {result['run']} · loss {result['loss'] or '?'} · test n = {raw['n']}")
     console.print(
         f"chosen on val for {metric} (* = tuned); 'val' = {metric} on val, 'val cv' = the same with each "
-        "sample predicted by a fit on the other folds (> = best by it, no correction included); the rest "
+        "sample predicted by a fit on the other folds (> = the best by it, raw argmax included); the rest "
         "on test"
     )
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
