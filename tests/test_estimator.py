@@ -373,32 +373,34 @@ def test_failed_refit_on_new_data_leaves_an_unfitted_estimator(data):
         clf.predict(X[:, :3])
 
 
-@pytest.mark.parametrize("posthoc", [None, "posthoc_la"])
-def test_diverged_training_names_lr(data, posthoc):
-    """A learning rate that makes the loss NaN is an error naming `lr`, not NaN probabilities
-    (nor, with a post-hoc method, an error blaming the user's X)."""
+_LR_DIVERGES = r"^`lr` must be a learning rate at which training does not diverge \(the .*; got 1000000\.0\.$"
+
+
+@pytest.mark.parametrize(
+    ("params", "posthoc", "match"),
+    [
+        ({"lr": 1e6, "epochs": 5}, None, _LR_DIVERGES),
+        ({"lr": 1e6, "epochs": 5}, "posthoc_la", _LR_DIVERGES),
+        # AdamW's decay step alone is unstable once lr x weight_decay >= 1: blaming `lr` (as it
+        # did) pointed away from the setting that was off
+        (
+            {"weight_decay": 1e30, "epochs": 3},
+            None,
+            r"^`weight_decay` must be a weight decay at which training does not diverge \(lr x "
+            r"weight_decay = 1e\+27 >= 1; .*; got 1e\+30\.$",
+        ),
+    ],
+    ids=["lr", "lr-posthoc", "weight_decay"],
+)
+def test_diverged_training_names_the_setting_that_is_off(data, params, posthoc, match):
+    """A setting that makes the loss NaN is an error naming it, not NaN probabilities (nor, with
+    a post-hoc method, an error blaming the user's X); the estimator stays unfitted."""
     X, y = data
-    clf = ImbalancedMLPClassifier(**{**FAST, "lr": 1e6, "epochs": 5}, posthoc=posthoc, random_state=0)
-    with pytest.raises(
-        ValueError,
-        match=r"^`lr` must be a learning rate at which training does not diverge \(the .*; got 1000000\.0\.$",
-    ):
+    clf = ImbalancedMLPClassifier(**{**FAST, **params}, posthoc=posthoc, random_state=0)
+    with pytest.raises(ValueError, match=match):
         clf.fit(X, y)
     with pytest.raises(NotFittedError):
         clf.predict(X)
-
-
-def test_diverged_training_from_a_huge_weight_decay_names_weight_decay(data):
-    """AdamW's decay step alone is unstable once lr x weight_decay >= 1: blaming `lr` (as it
-    did) pointed away from the setting that was off."""
-    X, y = data
-    clf = ImbalancedMLPClassifier(**{**FAST, "weight_decay": 1e30, "epochs": 3}, random_state=0)
-    with pytest.raises(
-        ValueError,
-        match=r"^`weight_decay` must be a weight decay at which training does not diverge \(lr x "
-        r"weight_decay = 1e\+27 >= 1; .*; got 1e\+30\.$",
-    ):
-        clf.fit(X, y)
 
 
 @pytest.mark.parametrize(
