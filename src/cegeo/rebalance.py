@@ -1662,12 +1662,28 @@ def best_method(result: Mapping[str, Any]) -> str | None:
     True
     """
     entries = {m: result["results"][m] for m in result.get("methods", [])}
-    key = "val_score_cv" if any(e.get("val_score_cv") is not None for e in entries.values()) else "val_score"
-    scored = {m: e[key] for m, e in entries.items() if e.get(key) is not None}
+    raw = ((result.get("raw") or {}).get("val") or {}).get(result.get("metric", "balanced_accuracy"))
+    return choose_best(raw, {m: (e.get("val_score_cv"), e.get("val_score")) for m, e in entries.items()})
+
+
+def choose_best(raw: float | None, scores: Mapping[str, tuple[float | None, float | None]]) -> str | None:
+    """The rule of :func:`best_method` on ``method -> (val_score_cv, val_score)`` (the report
+    applies it to means over runs): the best cross-fitted score, else the best in-sample one
+    where no method has a cross-fitted score; None when it does not beat ``raw``, the
+    uncorrected predictions' validation score. Ties go to the first method, then to ``raw``.
+
+    Examples
+    --------
+    >>> choose_best(0.9, {"lws": (None, 0.98), "posthoc_la": (None, 0.95)})
+    'lws'
+    >>> choose_best(0.9, {"lws": (0.88, 0.98), "posthoc_la": (None, 0.95)}) is None
+    True
+    """
+    i = 0 if any(cv is not None for cv, _ in scores.values()) else 1
+    scored = {m: s[i] for m, s in scores.items() if s[i] is not None}
     if not scored:
         return None
     best = max(scored, key=lambda m: scored[m])
-    raw = ((result.get("raw") or {}).get("val") or {}).get(result.get("metric", "balanced_accuracy"))
     return None if raw is not None and scored[best] <= raw else best
 
 

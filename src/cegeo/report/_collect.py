@@ -333,13 +333,12 @@ class ReportData:
         # the others): the in-sample score favours methods with many parameters (lws fits one
         # scale per class on the few validation samples it is then scored on). Files written
         # before cross-fitting have only the in-sample score.
+        from ..rebalance import choose_best  # best_method's rule, here on the means over runs
+
         cv = any(r["val_score_cv"][0] is not None for r in rows[1:])
-        key = "val_score_cv" if cv else "val_score"
-        scored = [r for r in rows[1:] if r[key][0] is not None]
-        best = max(scored, key=lambda r: r[key][0])["method"] if scored else None
-        top = next((r for r in scored if r["method"] == best), None)
-        raw_score = rows[0][key][0]
-        if top is not None and raw_score is not None and top[key][0] <= raw_score:
+        scores = {r["method"]: (r["val_score_cv"][0], r["val_score"][0]) for r in rows[1:]}
+        best = choose_best(rows[0]["val_score"][0], scores)
+        if best is None and any(v is not None for s in scores.values() for v in s):
             best = rows[0]["method"]  # no correction beats the uncorrected predictions on validation
         skipped: dict[str, str] = {}
         for p in results:
