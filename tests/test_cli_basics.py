@@ -39,7 +39,7 @@ def test_python_dash_m_entry_point():
         (lambda: parse_step("k=10,R=10,rho=0.25"), r"`rho` must be a value with rho\*k a whole number"),
         (lambda: parse_kv("k10", "--step", {"k"}), r"`--step` must be comma-separated key=value pairs"),
         (lambda: parse_hyper(["tau"]), r"`--hyper` must be name=value"),
-        (lambda: parse_hyper(["tau=nan"]), r"`tau` must be a finite number"),
+        (lambda: parse_hyper(["tau=nan"]), r"`--hyper tau` must be a finite number"),
         (lambda: parse_grid("0:1:100000000"), r"`--gamma-grid` must be START:STOP:NUM with NUM <= 10001"),
         (lambda: parse_grid("0:1:10002"), r"NUM <= 10001"),
         (lambda: parse_grid("0,,1"), r"`--gamma-grid` must be .* with no empty entry"),

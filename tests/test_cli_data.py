@@ -149,7 +149,7 @@ def test_help_states_the_ratio_convention(cli):
             r"`rho` must be a value with rho\*k a whole number",
         ),
         (["digits", "--imbalance", "zipf:a=2"], r"`--imbalance` must be 'step:R=..,rho=..'"),
-        (["mnist"], r"unknown dataset 'mnist'; valid names: 'digits'"),
+        (["mnist"], r"`data` must be a dataset name, one of 'digits', .*; got 'mnist'"),
         (["csv:/no/such/file.csv"], r"`data` must be 'csv:FILE' with an existing file"),
         (["digits", "--val-fraction", "1.5"], r"`--val-fraction` must be a number in \(0, 1\); got 1.5"),
         (["digits", "--seed", "-1"], r"`--seed` must be an integer >= 0; got -1"),

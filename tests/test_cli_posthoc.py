@@ -597,7 +597,10 @@ def test_posthoc_skips_and_refuses_unsupported_methods(tmp_path, cli):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["--method", "platt"], r"unknown rebalancer 'platt'; valid names: 'posthoc_la'"),
+        (
+            ["--method", "platt"],
+            r"`--method` must be a rebalancer name, one of 'posthoc_la', .*; got 'platt'",
+        ),
         (["--metric", "accuracy"], r"`--metric` must be one of 'balanced_accuracy'"),
         (
             ["--method", "operating_point"],

@@ -134,56 +134,59 @@ def finished(cli, tmp_path_factory):
 
 
 BAD = [
-    (["--loss", "focal"], "unknown loss 'focal'"),
-    (["--model", "vgg"], "unknown model 'vgg'"),
-    (["--data", "mnist"], "unknown dataset 'mnist'"),
+    (["--loss", "focal"], "`--loss` must be a loss name, one of 'ce'"),
+    (["--model", "vgg"], "`--model` must be a model name, one of 'mlp'"),
+    (["--data", "mnist"], "`--data` must be a dataset name, one of 'digits'"),
     (["--data", "idx:/nonexistent/mnist"], "idx:DIR' with an existing directory"),
     (["--imbalance", "step:R=0.1,rho=0.5"], "`R` must be a number >= 1"),
-    (["--imbalance", "steep:R=10"], "`data.imbalance` must be"),
-    (["--epochs", "0"], "`train.epochs` must be an integer >= 1"),
-    (["--batch-size", "0"], "`train.batch_size` must be an integer >= 1"),
+    (["--imbalance", "steep:R=10"], "`--imbalance` must be"),
+    (["--epochs", "0"], "`--epochs` must be an integer >= 1"),
+    (["--batch-size", "0"], "`--batch-size` must be an integer >= 1"),
     (["--imbalance", "counts:40,40,1"], "class 2 has 1 sample(s), too few for a validation split"),
-    (["--loss", "ldam"], "`model.options.cosine_classifier` must be true for loss 'ldam'"),
+    (["--loss", "ldam"], "`--model-option cosine_classifier` must be true for loss 'ldam'"),
     (["--gamma", "0.5"], "loss 'ce' takes no hyperparameters; got unknown hyperparameter(s) gamma"),
     (["--loss", "ldt", "--hyper", "beta=2"], "loss 'ldt' takes gamma, normalize; got unknown"),
     (["--hyper", "gamma"], "`--hyper` must be name=value"),
     (["--model-option", "depth"], "`--model-option` must be name=value"),
-    (["--model-option", "colour=red"], "`model.options` must be options of 'mlp'"),
-    (["--data-option", "colour=red"], "`data.options` must be options of 'gaussian' ('k', 'd', "),
+    (["--model-option", "colour=red"], "`--model-option` must be options of 'mlp'"),
+    (["--data-option", "colour=red"], "`--data-option` must be options of 'gaussian' ('k', 'd', "),
     # sizes beyond any machine overflowed numpy or torch with a traceback
-    (["--model-option", "width=9223372036854775808"], "`width` must be an integer in [1, 2,147,483,647]"),
+    (
+        ["--model-option", "width=9223372036854775808"],
+        "`--model-option width` must be an integer in [1, 2,147,483,647]",
+    ),
     (
         ["--data-option", "n_per_class=10000000000000000000000000000000"],
-        "`n_per_class` must be an integer in [1, 2,147,483,647]",
+        "`--data-option n_per_class` must be an integer in [1, 2,147,483,647]",
     ),
     (
         ["--seed", "9223372036854775807"],
-        "`seed` must be an integer in [0, 2**32 - 1]; got 9223372036854775807.",
+        "`--seed` must be an integer in [0, 2**32 - 1]; got 9223372036854775807.",
     ),
-    (["--model-option", "depth=0"], "`depth` must be an integer >= 1"),
-    (["--sampler", "oversample"], "`train.sampler` must be one of 'none', 'class_balanced', 'sqrt'"),
-    (["--epochs", "3", "--drw-epoch", "3"], "`train.drw_epoch` must be an integer in 1..2"),
+    (["--model-option", "depth=0"], "`--model-option depth` must be an integer >= 1"),
+    (["--sampler", "oversample"], "`--sampler` must be one of 'none', 'class_balanced', 'sqrt'"),
+    (["--epochs", "3", "--drw-epoch", "3"], "`--drw-epoch` must be an integer in 1..2"),
     (["--milestones", "a,b"], "`--milestones` must be comma-separated epochs"),
     (
         ["--epochs", "3", "--milestones", "5"],
-        "`optim.milestones` must be epochs in 1..2 (train.epochs = 3); got [5] (fewer epochs need "
+        "`--milestones` must be epochs in 1..2 (train.epochs = 3); got [5] (fewer epochs need "
         "milestones of their own, e.g. --milestones 1,2 or optim.milestones = [1, 2]; [] for none).",
     ),
-    (["--epochs", "1", "--milestones", "5"], "`optim.milestones` must be [] with train.epochs = 1; got [5]."),
-    (["--lr", "0"], "`optim.lr` must be a number > 0"),
-    (["--momentum", "1.5"], "`optim.momentum` must be a number in [0, 1)"),
-    (["--schedule", "step"], "`optim.schedule` must be one of"),
+    (["--epochs", "1", "--milestones", "5"], "`--milestones` must be [] with train.epochs = 1; got [5]."),
+    (["--lr", "0"], "`--lr` must be a number > 0"),
+    (["--momentum", "1.5"], "`--momentum` must be a number in [0, 1)"),
+    (["--schedule", "step"], "`--schedule` must be one of"),
     (["--pad-crop", "2"], "augmentation is for images"),
-    (["--device", "tpu"], "`runtime.device` must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
-    (["--amp", "maybe"], "`runtime.amp` must be one of 'auto', 'on', 'off'"),
+    (["--device", "tpu"], "`--device` must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    (["--amp", "maybe"], "`--amp` must be one of 'auto', 'on', 'off'"),
     (
         ["--compile-mode", "reduce-overhead"],
-        "`runtime.compile_mode` must be one of 'default', 'max-autotune-no-cudagraphs'",
+        "`--compile-mode` must be one of 'default', 'max-autotune-no-cudagraphs'",
     ),
-    (["--cuda-graph", "maybe"], "`runtime.cuda_graph` must be one of 'auto', 'on', 'off'"),
-    (["--val-fraction", "1.5"], "`data.val_fraction` must be a number in (0, 1)"),
-    (["--normal-class", "7"], "`data.normal_class` must be a class name or index (0, 1, 2); got '7'"),
-    (["--normal-class", "ok"], "`data.normal_class` must be a class name or index (0, 1, 2); got 'ok'"),
+    (["--cuda-graph", "maybe"], "`--cuda-graph` must be one of 'auto', 'on', 'off'"),
+    (["--val-fraction", "1.5"], "`--val-fraction` must be a number in (0, 1)"),
+    (["--normal-class", "7"], "`--normal-class` must be a class name or index (0, 1, 2); got '7'"),
+    (["--normal-class", "ok"], "`--normal-class` must be a class name or index (0, 1, 2); got 'ok'"),
     (["--config", "/nonexistent/run.toml"], "file not found"),
     # a hyperparameter given twice was silently taken from --gamma
     (["--loss", "ldt", "--gamma", "0.5", "--hyper", "gamma=1"], "give gamma once: --gamma or --hyper gamma"),
@@ -208,13 +211,13 @@ def test_cuda_device_without_cuda_is_an_error(cli, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     r = cli("train", *GAUSS, "--device", "cuda", "--out", tmp_path / "x")
-    assert r.code == 2 and "`runtime.device` must be 'cpu' or 'auto' on a machine without CUDA" in r.err
+    assert r.code == 2 and "`--device` must be 'cpu' or 'auto' on a machine without CUDA" in r.err
 
 
 def test_cuda_graph_on_a_cpu_is_an_error(cli, tmp_path):
     r = cli("train", *GAUSS, "--device", "cpu", "--cuda-graph", "on", "--out", tmp_path / "x")
     assert r.code == 2 and r.err.count("\n") == 1, r.err
-    assert "`runtime.cuda_graph` must be 'auto' or 'off' on a CPU (CUDA graphs need a CUDA device)" in r.err
+    assert "`--cuda-graph` must be 'auto' or 'off' on a CPU (CUDA graphs need a CUDA device)" in r.err
     assert not (tmp_path / "x").exists()
 
 
@@ -228,11 +231,30 @@ def test_bad_config_file(cli, tmp_path):
     assert r.code == 2 and "must be valid TOML" in r.err
 
 
+def test_errors_name_the_flag_or_the_config_key_that_set_the_value(cli, tmp_path):
+    """A value the user typed as a flag is named as that flag; one read from --config keeps its
+    TOML key (the user edits the file); --hyper and --data-option name the option."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nepochs = 0\n")
+    r = cli("train", "--config", cfg, "--out", tmp_path / "x")
+    assert r.code == 2 and r.err.startswith("error: `train.epochs` must be an integer >= 1"), r.err
+    cfg.write_text("[train]\nepochs = 2\n")
+    r = cli("train", "--config", cfg, "--lr", "0", "--out", tmp_path / "x")
+    assert r.code == 2 and r.err.startswith("error: `--lr` must be a number > 0"), r.err
+    r = cli("train", *GAUSS, "--loss", "ldam", "--hyper", "max_margin=inf", "--out", tmp_path / "x")
+    assert r.code == 2 and r.err.startswith("error: `--hyper max_margin` must be a finite"), r.err
+    r = cli("train", *GAUSS, "--data-option", "d=0", "--out", tmp_path / "x")
+    assert r.code == 2 and r.err.startswith("error: `--data-option d` must be an integer >= 1"), r.err
+    r = cli("train", *GAUSS, "--loss", "ldam", "--out", tmp_path / "x")  # set by no flag, yet one fixes it
+    assert r.err.startswith("error: `--model-option cosine_classifier` must be true for loss 'ldam'"), r.err
+    assert not (tmp_path / "x").exists()
+
+
 def test_out_holding_a_run(cli, tmp_path, finished):
     r = cli("train", *GAUSS, "--epochs", "2", "--out", finished)
     assert r.code == 2 and "holds a finished run (pass --force" in r.err
     r = cli("train", *GAUSS, "--epochs", "2", "--out", finished, "--resume")
-    assert r.code == 2 and "`train.epochs` must match the run being resumed" in r.err
+    assert r.code == 2 and "`--epochs` must match the run being resumed" in r.err
     other = tmp_path / "mine"
     other.mkdir()
     (other / "thesis.tex").write_text("x")
@@ -252,7 +274,7 @@ def test_diverging_run_is_one_line_naming_the_learning_rate(cli, tmp_path):
     assert r.code == 2, (r.out, r.err)
     assert r.err.count("\n") == 1 and "Traceback" not in r.err
     m = re.match(
-        r"error: `optim.lr` must be a learning rate at which training stays finite \(the "
+        r"error: `--lr` must be a learning rate at which training stays finite \(the "
         r"(train loss became (nan|inf)|weights became non-finite) in epoch (\d+); "
         r"(the last checkpoint is from before it|nothing of the run was kept)\)",
         r.err,
@@ -267,7 +289,7 @@ def test_diverging_run_is_one_line_naming_the_learning_rate(cli, tmp_path):
     # a weight decay of order 1/lr is named as the cause, not the learning rate
     r = cli("train", *GAUSS, "--weight-decay", "1e30", "--epochs", "2", "--out", tmp_path / "wd")
     assert r.code == 2 and r.err.startswith(
-        "error: `optim.weight_decay` must be a weight decay with lr * weight_decay < 1 ("
+        "error: `--weight-decay` must be a weight decay with lr * weight_decay < 1 ("
     ), r.err
 
 
@@ -279,7 +301,7 @@ def test_optimiser_numbers_beyond_float32_are_one_line(cli, tmp_path, option, va
     out = tmp_path / "x"
     r = cli("train", *GAUSS, "--epochs", "3", "--milestones", "1,2", option, value, "--out", out)
     assert r.code == 2 and r.err.count("\n") == 1 and "Traceback" not in r.err, r.err
-    assert r.err.startswith(f"error: `optim.{option[2:].replace('-', '_')}` must be "), r.err
+    assert r.err.startswith(f"error: `{option}` must be "), r.err
     assert not out.exists()
 
 
@@ -317,8 +339,7 @@ def test_batch_size_one_with_batchnorm_is_an_error_and_writes_nothing(cli, tmp_p
     r = cli("train", *GAUSS, "--batch-size", "1", "--epochs", "1", "--out", out)
     assert r.code == 2 and r.err.count("\n") == 1, r.err
     assert (
-        "`train.batch_size` must be at least 2 (the model's BatchNorm needs 2 samples per batch); got 1"
-        in r.err
+        "`--batch-size` must be at least 2 (the model's BatchNorm needs 2 samples per batch); got 1" in r.err
     )
     assert not out.exists() or list(out.iterdir()) == []
     assert cli("train", *GAUSS, "--batch-size", "2", "--epochs", "1", "--out", out).code == 0
@@ -501,7 +522,7 @@ def test_resume_with_normal_class_typed_on_the_command_line(cli, tmp_path):
     r = cli("train", "--config", cfg, "--out", out2, "--resume", "--normal-class", "0", "--no-progress")
     assert r.code == 0 and "finished already" in r.out, r.err
     r = cli("train", "--config", cfg, "--out", out2, "--resume", "--normal-class", "1", "--no-progress")
-    assert r.code == 2 and "`data.normal_class` must match the run being resumed" in r.err, r.err
+    assert r.code == 2 and "`--normal-class` must match the run being resumed" in r.err, r.err
 
 
 def test_a_file_name_config_toml_cannot_hold_is_refused_before_anything_is_cleared(cli, tmp_path):
@@ -513,7 +534,7 @@ def test_a_file_name_config_toml_cannot_hold_is_refused_before_anything_is_clear
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     bad = tmp_path / "w\udcff.csv"
     r = cli("train", *GAUSS[2:], "--data", f"csv:{bad}", "--epochs", "1", "--out", out, "--force")
-    assert r.code == 2 and "`data.source` must be a path or text in UTF-8 (rename the file)" in r.err, r.err
+    assert r.code == 2 and "`--data` must be a path or text in UTF-8 (rename the file)" in r.err, r.err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 

@@ -109,7 +109,10 @@ def test_ufm_config_with_overrides(cli, tmp_path):
         (["--counts", "4,2", "--momentum", "1"], "`--momentum` must be a number in \\[0, 1\\)"),
         (["--counts", "4,2", "--weight-decay", "nan"], "`--weight-decay` must be a finite number"),
         (["--counts", "4,2", "--loss", "ldam"], "`--loss` must be a ParametricCE member"),
-        (["--counts", "4,2", "--loss", "focal"], "unknown loss 'focal'"),
+        (
+            ["--counts", "4,2", "--loss", "focal"],
+            "`--loss` must be a loss name, one of 'ce', 'wce', 'la', 'cdt', 'ldt', 'vs', 'balanced_softmax', 'ldam'; got 'focal'",
+        ),
         (
             ["--counts", "4,2", "--loss", "ce", "--gamma-grid", "0:1:3"],
             "`--loss` must be losses with a family",

@@ -207,7 +207,11 @@ def test_setup_source_with_options_of_another_source_is_refused_before_any_run(t
         (SWEEP + '\n[grid]\n"seed" = [1]\n', None, r"`grid` must be dotted keys inside"),
         (SWEEP + '\n[grid]\n"train.epochs" = []\n', None, r"`grid\.train\.epochs` must be a non-empty list"),
         (SWEEP + "\n[ufm]\nstep = 'k=4,R=4,rho=0.5'\nbogus = 2\n", None, r"unknown key `ufm\.bogus`"),
-        (SWEEP + "\n[posthoc]\nmethods = 'magic'\n", None, r"unknown rebalancer 'magic'"),
+        (
+            SWEEP + "\n[posthoc]\nmethods = 'magic'\n",
+            None,
+            r"`posthoc.methods` must be a rebalancer name, one of 'posthoc_la', .*; got 'magic'",
+        ),
         (SWEEP + "\n[posthoc]\nmetric = 'accuracy'\n", None, r"`posthoc\.metric` must be one of"),
         # a trailing newline passed the name check ($ matches before it): jobs.txt broke apart
         (SWEEP + '\n[[setups]]\nname = "a\\n"\n', None, r"`setups\.name` must be a name of letters"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Generic, Protocol, TypeVar
 
-from ._validation import InputError
+from ._validation import InputError, fail
 
 
 class _Named(Protocol):
@@ -37,6 +37,10 @@ class Registry(Generic[I]):
     Traceback (most recent call last):
     ...
     cegeo._validation.InputError: unknown widget 'b'; valid names: 'a'.
+    >>> reg.get("b", param="--widget")
+    Traceback (most recent call last):
+    ...
+    cegeo._validation.InputError: `--widget` must be a widget name, one of 'a'; got 'b'.
     """
 
     def __init__(self, kind: str) -> None:
@@ -48,11 +52,15 @@ class Registry(Generic[I]):
         self._entries[info.name] = info
         return info
 
-    def get(self, name: str) -> I:
+    def get(self, name: str, param: str | None = None) -> I:
+        """The entry called ``name``; an unknown name is an :class:`InputError` listing the valid
+        ones, naming ``param`` (the option the name came from) where given."""
         try:
             return self._entries[name]
         except (KeyError, TypeError):
             valid = ", ".join(repr(n) for n in self._entries)
+            if param is not None:
+                raise fail(param, f"a {self.kind} name, one of {valid}", name) from None
             raise InputError(f"unknown {self.kind} {name!r}; valid names: {valid}.") from None
 
     def names(self) -> list[str]:

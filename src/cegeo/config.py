@@ -224,7 +224,7 @@ class DataConfig:
         from .data import get_dataset_info, parse_spec
 
         name, path = parse_spec(self.source)
-        info = get_dataset_info(name)
+        info = get_dataset_info(name, "data.source")
         check_options("data.options", self.options, info.options, repr(name))
         # A relative path is relative to where the command ran: config.toml records it absolute,
         # so `--config run/config.toml` reproduces the run from anywhere. The same holds for
@@ -265,7 +265,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from .models import get_model_info
 
-        info = get_model_info(self.name)
+        info = get_model_info(self.name, "model.name")
         check_options("model.options", self.options, info.options, repr(self.name))
 
 
@@ -281,7 +281,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         from .losses import get_loss_info
 
-        info = get_loss_info(self.name)
+        info = get_loss_info(self.name, "loss.name")
         unknown = sorted(set(self.hyper) - set(info.defaults))
         if unknown:
             expected = ", ".join(info.defaults) if info.defaults else "no hyperparameters"

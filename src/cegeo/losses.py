@@ -533,9 +533,9 @@ def list_losses() -> list[str]:
     return _LOSSES.names()
 
 
-def get_loss_info(name: str) -> LossInfo:
+def get_loss_info(name: str, param: str | None = None) -> LossInfo:
     """The :class:`LossInfo` of a registered loss (ValueError listing valid names if unknown)."""
-    return _LOSSES.get(name)
+    return _LOSSES.get(name, param)
 
 
 def create_loss(name: str, class_counts: Any = None, *, reduction: str = "mean", **hyper: Any) -> nn.Module:

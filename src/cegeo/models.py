@@ -562,9 +562,9 @@ def list_models() -> list[str]:
     return _MODELS.names()
 
 
-def get_model_info(name: str) -> ModelInfo:
+def get_model_info(name: str, param: str | None = None) -> ModelInfo:
     """The :class:`ModelInfo` of a registered model (ValueError listing valid names if unknown)."""
-    return _MODELS.get(name)
+    return _MODELS.get(name, param)
 
 
 def create_model(name: str, *, in_shape: Sequence[int], num_classes: int, **options: Any) -> nn.Module:

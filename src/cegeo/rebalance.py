@@ -1497,9 +1497,9 @@ def list_rebalancers() -> list[str]:
     return _REBALANCERS.names()
 
 
-def get_rebalancer_info(name: str) -> RebalancerInfo:
+def get_rebalancer_info(name: str, param: str | None = None) -> RebalancerInfo:
     """The :class:`RebalancerInfo` of a registered rebalancer (unknown name: ValueError)."""
-    return _REBALANCERS.get(name)
+    return _REBALANCERS.get(name, param)
 
 
 def create_rebalancer(name: str, **params: Any) -> Rebalancer:
@@ -1539,8 +1539,9 @@ def _method_tokens(methods: str | Sequence[str]) -> list[str]:
     return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
 
 
-def parse_methods(methods: str | Sequence[str]) -> list[str]:
-    """``"all"``, a name, a comma-separated string or a list of them -> registered names, in order.
+def parse_methods(methods: str | Sequence[str], param: str = "methods") -> list[str]:
+    """``"all"``, a name, a comma-separated string or a list of them -> registered names, in order
+    (an unknown name is an error naming ``param``).
 
     Examples
     --------
@@ -1551,14 +1552,14 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
     >>> parse_methods("temperature")
     Traceback (most recent call last):
     ...
-    cegeo._validation.InputError: unknown rebalancer 'temperature'; valid names: 'posthoc_la', 'tau_norm', 'geometry', 'geometry_tuned', 'lws', 'operating_point'.
+    cegeo._validation.InputError: `methods` must be a rebalancer name, one of 'posthoc_la', 'tau_norm', 'geometry', 'geometry_tuned', 'lws', 'operating_point'; got 'temperature'.
     """
     out: list[str] = []
     for name in _method_tokens(methods):
-        names = list_rebalancers() if name == "all" else [_REBALANCERS.get(name).name]
+        names = list_rebalancers() if name == "all" else [_REBALANCERS.get(name, param).name]
         out.extend(n for n in names if n not in out)
     if not out:
-        raise fail("method", "'all' or one or more rebalancer names", methods)
+        raise fail(param, "'all' or one or more rebalancer names", methods)
     return out
 
 

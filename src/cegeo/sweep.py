@@ -305,7 +305,7 @@ class SweepConfig:
         if self.posthoc is not None:
             from .rebalance import SELECTION_METRICS, parse_methods
 
-            parse_methods(self.posthoc.methods)
+            parse_methods(self.posthoc.methods, "posthoc.methods")
             known = list(dict.fromkeys(n for spec in self.losses for n in (spec.name, spec.label) if n))
             unknown = [n for n in self.posthoc.losses if n not in known]
             if unknown:

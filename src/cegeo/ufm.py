@@ -1698,6 +1698,8 @@ class UFMExperiment:
             raise fail("losses", "at least one loss name", list(self.losses))
         if len(set(self.losses)) != len(self.losses):  # the same runs twice, averaged as other seeds
             raise fail("losses", "distinct loss names", list(self.losses))
+        for loss in self.losses:
+            get_loss_info(loss, "losses")
         if not self.seeds:
             raise fail("seeds", "at least one seed", list(self.seeds))
         grid = self.grid()

@@ -151,7 +151,7 @@ def test_registry_lists_every_source():
 @pytest.mark.parametrize(
     ("spec", "options", "match"),
     [
-        ("mnist", {}, r"unknown dataset 'mnist'; valid names: 'digits', 'idx'"),
+        ("mnist", {}, r"`data` must be a dataset name, one of 'digits', 'idx', .*; got 'mnist'"),
         ("", {}, r"`data` must be a source spec NAME\[:PATH\]"),
         ("digits:/tmp/x", {}, r"`data` must be 'digits' without a path"),
         ("idx", {}, r"`data` must be 'idx:PATH' with the directory to read"),

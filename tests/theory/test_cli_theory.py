@@ -136,7 +136,10 @@ def test_plot_writes_a_figure(cli, tmp_path):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["--step", "k=10,R=10,rho=0.5", "--loss", "focal"], r"unknown loss 'focal'"),
+        (
+            ["--step", "k=10,R=10,rho=0.5", "--loss", "focal"],
+            r"`--loss` must be a loss the theory covers \('ce', .*\); got 'focal'",
+        ),
         (["--step", "k=10,R=10,rho=0.5", "--loss", "ldam"], r"`--loss` must be a loss the theory covers"),
         (["--step", "k=10,R=0.1,rho=0.5"], r"`R` must be a number >= 1"),
         (["--longtail", "k=10,R=0.01"], r"`R` must be a number >= 1"),

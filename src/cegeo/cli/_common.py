@@ -174,7 +174,7 @@ def parse_hyper(pairs: list[str] | None, option: str = "--hyper") -> dict[str, f
             raise fail(option, "name=value (e.g. tau=1.5)", item)
         if key in out:
             raise fail(option, f"name=value pairs with distinct names ({key} is given twice)", item)
-        out[key] = check_finite(key, value)
+        out[key] = check_finite(f"{option} {key}", value)
     return out
 
 

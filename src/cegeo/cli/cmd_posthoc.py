@@ -12,7 +12,14 @@ from rich.text import Text
 from .._io import dumps_json
 from .._validation import InputError, check_fraction, fail
 from ..data import class_index
-from ..rebalance import SELECTION_METRICS, RunFolder, best_method, list_rebalancers, run_posthoc
+from ..rebalance import (
+    SELECTION_METRICS,
+    RunFolder,
+    best_method,
+    list_rebalancers,
+    parse_methods,
+    run_posthoc,
+)
 from . import app
 from ._common import console, err_console, wide_console
 from .cmd_evaluate import _class_label
@@ -173,6 +180,7 @@ def posthoc_command(
             f"-m lws); got extra argument(s) {got!r}."
         )
     # The options checked under their own names before the run folder is read.
+    parse_methods(method, "--method")
     if metric not in SELECTION_METRICS:
         raise fail("--metric", "one of " + ", ".join(repr(m) for m in SELECTION_METRICS), metric)
     if max_false_alarm is not None:

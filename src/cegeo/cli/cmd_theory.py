@@ -269,9 +269,9 @@ def theory_command(
     """
     class_counts, groups, desc = _profile(step, longtail, counts)
     k = class_counts.size
-    info = get_loss_info(loss)
-    if not info.theory:
+    if loss not in theory_losses():
         raise fail("--loss", f"a loss the theory covers ({', '.join(map(repr, theory_losses()))})", loss)
+    info = get_loss_info(loss)
     shortcuts = {"gamma": gamma, "tau": tau}
     extra = loss_hyper(hyper, **shortcuts)
     param = info.family_param

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from .._io import read_toml, writable_folder
-from .._validation import fail
+from .._validation import InputError, fail, renamed
 from ..config import RunConfig, from_dict, load_run_config, override
 from . import app
 from ._common import console, loss_hyper
@@ -213,48 +213,54 @@ def train_command(
     from ..train import Trainer, _env_world
 
     updates: dict[str, Any] = {}
-    for key, value in (
-        ("data.source", data),
-        ("data.imbalance", imbalance),
-        ("data.n_max", n_max),
-        ("data.val_fraction", val_fraction),
-        ("data.test_fraction", test_fraction),
-        ("data.split_seed", split_seed),
-        ("data.normal_class", normal_class),
-        ("model.name", model),
-        ("loss.name", loss),
-        ("train.sampler", sampler),
-        ("train.drw_epoch", drw_epoch),
-        ("train.drw_beta", drw_beta),
-        ("train.epochs", epochs),
-        ("train.batch_size", batch_size),
-        ("train.pad_crop", pad_crop),
-        ("train.flip", flip),
-        ("train.probe_every", probe_every),
-        ("train.eval_batch_size", eval_batch_size),
-        ("optim.lr", lr),
-        ("optim.momentum", momentum),
-        ("optim.weight_decay", weight_decay),
-        ("optim.nesterov", nesterov),
-        ("optim.schedule", schedule),
-        ("optim.milestones", None if milestones is None else _milestones(milestones)),
-        ("optim.lr_decay", lr_decay),
-        ("optim.warmup_epochs", warmup_epochs),
-        ("seed", seed),
-        ("runtime.device", device),
-        ("runtime.amp", amp),
-        ("runtime.channels_last", channels_last),
-        ("runtime.compile", compile_),
-        ("runtime.compile_mode", compile_mode),
-        ("runtime.cuda_graph", cuda_graph),
-        ("runtime.threads", threads),
+    given: dict[str, str] = {}  # config key -> the flag that set it, for error messages
+    flags: dict[str, str] = {}  # config key -> its flag
+    for key, flag, value in (
+        ("data.source", "--data", data),
+        ("data.imbalance", "--imbalance", imbalance),
+        ("data.n_max", "--n-max", n_max),
+        ("data.val_fraction", "--val-fraction", val_fraction),
+        ("data.test_fraction", "--test-fraction", test_fraction),
+        ("data.split_seed", "--split-seed", split_seed),
+        ("data.normal_class", "--normal-class", normal_class),
+        ("model.name", "--model", model),
+        ("loss.name", "--loss", loss),
+        ("train.sampler", "--sampler", sampler),
+        ("train.drw_epoch", "--drw-epoch", drw_epoch),
+        ("train.drw_beta", "--drw-beta", drw_beta),
+        ("train.epochs", "--epochs", epochs),
+        ("train.batch_size", "--batch-size", batch_size),
+        ("train.pad_crop", "--pad-crop", pad_crop),
+        ("train.flip", "--flip", flip),
+        ("train.probe_every", "--probe-every", probe_every),
+        ("train.eval_batch_size", "--eval-batch-size", eval_batch_size),
+        ("optim.lr", "--lr", lr),
+        ("optim.momentum", "--momentum", momentum),
+        ("optim.weight_decay", "--weight-decay", weight_decay),
+        ("optim.nesterov", "--nesterov", nesterov),
+        ("optim.schedule", "--schedule", schedule),
+        ("optim.milestones", "--milestones", None if milestones is None else _milestones(milestones)),
+        ("optim.lr_decay", "--lr-decay", lr_decay),
+        ("optim.warmup_epochs", "--warmup-epochs", warmup_epochs),
+        ("seed", "--seed", seed),
+        ("runtime.device", "--device", device),
+        ("runtime.amp", "--amp", amp),
+        ("runtime.channels_last", "--channels-last", channels_last),
+        ("runtime.compile", "--compile", compile_),
+        ("runtime.compile_mode", "--compile-mode", compile_mode),
+        ("runtime.cuda_graph", "--cuda-graph", cuda_graph),
+        ("runtime.threads", "--threads", threads),
     ):
+        flags[key] = flag
         if value is not None:
             updates[key] = value
-    for key, value in parse_options(data_option, "--data-option").items():
-        updates[f"data.options.{key}"] = value
-    for key, value in parse_options(model_option, "--model-option").items():
-        updates[f"model.options.{key}"] = value
+            given[key] = flag
+    for option, flag in ((data_option, "--data-option"), (model_option, "--model-option")):
+        section = "data.options" if flag == "--data-option" else "model.options"
+        for key, value in parse_options(option, flag).items():
+            updates[f"{section}.{key}"] = value
+            given[section] = flag
+            given[f"{section}.{key}"] = given[key] = f"{flag} {key}"
     # The base: --config, else (resuming) the run folder's config, else the defaults.
     if config_file is not None:
         base_data = read_toml(config_file, "--config")
@@ -264,18 +270,26 @@ def train_command(
         base = load_run_config(out / "config.toml")
     else:
         base = RunConfig()
-    hyper_given = loss_hyper(hyper, gamma=gamma, tau=tau)
+        # every setting comes from a flag or a default: errors name flags only
+        given = {**flags, "model.options.cosine_classifier": "--model-option cosine_classifier", **given}
+    shortcut = {"gamma": gamma, "tau": tau}
+    hyper_given = loss_hyper(hyper, **shortcut)
     if loss is not None and loss != base.loss.name:
         updates["loss.hyper"] = {}  # another loss than the base's: start from its own defaults
     for key, value in hyper_given.items():
         updates[f"loss.hyper.{key}"] = value
-    config = override(base, updates)
-    target = writable_folder("--out", out if out is not None else _default_out(config, config_file))
-    trainer = Trainer(config, target, resume=resume, force=force, progress=progress)
-    rank0 = _env_world()[1] == 0  # under torchrun only rank 0 reports
-    if trainer.action == "finished" and rank0:
-        console.print(f"{target}: the run has finished already (nothing to do).")
-    final = trainer.run()
+        flag = f"--{key}" if shortcut.get(key) is not None else f"--hyper {key}"
+        given[f"loss.hyper.{key}"] = given[key] = flag
+    try:
+        config = override(base, updates)
+        target = writable_folder("--out", out if out is not None else _default_out(config, config_file))
+        trainer = Trainer(config, target, resume=resume, force=force, progress=progress)
+        rank0 = _env_world()[1] == 0  # under torchrun only rank 0 reports
+        if trainer.action == "finished" and rank0:
+            console.print(f"{target}: the run has finished already (nothing to do).")
+        final = trainer.run()
+    except InputError as err:  # name the flags the user typed, not the config keys they set
+        raise renamed(err, given) from None
     if not final or not rank0:
         return
     _print_summary(final, target)

@@ -88,9 +88,9 @@ def list_datasets() -> list[str]:
     return _SOURCES.names()
 
 
-def get_dataset_info(name: str) -> DatasetInfo:
+def get_dataset_info(name: str, param: str | None = None) -> DatasetInfo:
     """The :class:`DatasetInfo` of a source (ValueError listing valid names if unknown)."""
-    return _SOURCES.get(name)
+    return _SOURCES.get(name, param)
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -164,10 +164,10 @@ def load_dataset(spec: str, *, seed: int = 0, **options: Any) -> Dataset:
     >>> load_dataset("mnist")
     Traceback (most recent call last):
     ...
-    cegeo._validation.InputError: unknown dataset 'mnist'; valid names: 'digits', 'idx', 'cifar10', 'cifar100', 'npz', 'csv', 'folder', 'gaussian'.
+    cegeo._validation.InputError: `data` must be a dataset name, one of 'digits', 'idx', 'cifar10', 'cifar100', 'npz', 'csv', 'folder', 'gaussian'; got 'mnist'.
     """
     name, path = parse_spec(spec)
-    info = _SOURCES.get(name)
+    info = _SOURCES.get(name, "data")
     seed = check_int("seed", seed, minimum=0, maximum=SEED_MAX)
     if info.path == "none" and path is not None:
         raise fail("data", f"'{name}' without a path (it is built in)", spec)
