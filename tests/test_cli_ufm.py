@@ -122,6 +122,12 @@ def test_ufm_config_with_overrides(cli, tmp_path):
             "`--gamma-grid` must be START:STOP:NUM with START < STOP",
         ),
         (["--counts", "4,2", "--hyper", "tau=1"], "loss 'ldt' takes gamma, normalize; got unknown"),
+        # names of create_loss's own arguments are unknown hyperparameters too (name and
+        # class_counts were a TypeError, reduction read as a hyperparameter that must be 'mean', ...)
+        *(
+            (["--counts", "4,2", "--hyper", f"{name}=1"], f"got unknown hyperparameter(s) {name}.")
+            for name in ("name", "class_counts", "reduction")
+        ),
         (["--counts", "4,2", "--milestones", "x"], "`--milestones` must be comma-separated integers"),
         (["--counts", "4,2", "--milestones", "30,20"], "`--milestones` must be strictly increasing"),
         (["--counts", "4,2", "--seeds", "a"], "`--seeds` must be comma-separated integers"),

@@ -389,6 +389,13 @@ C3 = [100, 10, 10]
             lambda: GeometryRebalancer(loss="ldt", loss_hyper={"tau": 1}).fit(Z, Y, C3),
             r"loss 'ldt' takes gamma, normalize",
         ),
+        *(
+            (
+                lambda name=name: GeometryRebalancer(loss="ldt", loss_hyper={name: 1.0}).fit(Z, Y, C3),
+                rf"loss 'ldt' takes gamma, normalize; got unknown hyperparameter\(s\) {name}\.",
+            )
+            for name in ("name", "class_counts", "reduction")  # create_loss's own arguments
+        ),
         (
             lambda: GeometryRebalancer(loss="ldt", loss_hyper=[1]).fit(Z, Y, C3),
             r"`loss_hyper` must be a mapping of hyperparameter name -> value, .*; got \[1\]",

@@ -1059,6 +1059,8 @@ class GeometryRebalancer(_LogitAffine):
         assert data.class_counts is not None
         effective = effective_counts(data.class_counts, sampler)  # (k,)
         try:
+            # names first: a key named class_counts or reduction would bind to create_loss's own arguments
+            get_loss_info(loss).hyperparameters(hyper)
             loss_fn = create_loss(loss, data.class_counts, **hyper)  # as the trainer built it
         except InputError as exc:
             if hyper_from is None:

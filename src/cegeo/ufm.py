@@ -186,7 +186,10 @@ class UFMConfig:
 
     def build_loss(self, class_counts: Any) -> ParametricCE:
         """The configuration's loss for these counts (an error unless it is a ParametricCE)."""
-        loss = create_loss(self.loss, class_counts, **dict(self.hyper))
+        hyper = dict(self.hyper)
+        # names first: a key named class_counts or reduction would bind to create_loss's own arguments
+        get_loss_info(self.loss).hyperparameters(hyper)
+        loss = create_loss(self.loss, class_counts, **hyper)
         if not isinstance(loss, ParametricCE):
             raise fail(
                 "loss",

@@ -175,6 +175,14 @@ def test_plot_writes_a_figure(cli, tmp_path):
             r"loss 'ldt' takes gamma, normalize; got unknown",
         ),
         (["--step", "k=10,R=10,rho=0.5", "--loss", "ldt", "--hyper", "tau"], r"`--hyper` must be name=value"),
+        # names of theory_loss's own arguments are unknown hyperparameters (they were a TypeError)
+        *(
+            (
+                ["--counts", "5,1", "--loss", "ldt", "--hyper", f"{name}=1"],
+                rf"got unknown hyperparameter\(s\) {name}",
+            )
+            for name in ("name", "class_counts")
+        ),
         (
             ["--step", "k=10,R=10,rho=0.5", "--loss", "ldt", "--plot", "fig.xyz"],
             r"`--plot` must be a file name ending",

@@ -95,7 +95,7 @@ def theory_losses() -> list[str]:
     return [name for name in list_losses() if get_loss_info(name).theory]
 
 
-def theory_loss(name: str, class_counts: Any, **hyper: Any) -> nn.Module:
+def theory_loss(name: str, class_counts: Any, /, **hyper: Any) -> nn.Module:
     """Build a registered loss for real-valued (e.g. STEP ``(R, ..., 1)``) class counts.
 
     :func:`cegeo.losses.create_loss` needs integer training counts; the theory is scale-free and
