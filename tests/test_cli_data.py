@@ -155,6 +155,15 @@ def test_help_states_the_ratio_convention(cli):
         (["digits", "--seed", "-1"], r"`--seed` must be an integer >= 0; got -1"),
         (["digits", "--data-option", "k"], r"`--data-option` must be name=value"),
         (["digits", "--data-option", "k=3"], r"`--data-option` must be options of 'digits'"),
+        # names of load_dataset's own arguments are unknown options too (they were a TypeError)
+        (
+            ["digits", "--data-option", "seed=3"],
+            r"`--data-option` must be options of 'digits' \(none\); got 'seed'",
+        ),
+        (
+            ["gaussian", "--data-option", "spec=x"],
+            r"`--data-option` must be options of 'gaussian' .*; got 'spec'",
+        ),
         (
             ["digits", "--imbalance", "counts:500,5,5,5,5,5,5,5,5,5"],
             r"`--imbalance` must be counts the training",

@@ -19,8 +19,8 @@ from rich import box
 from rich.table import Table
 
 from .._io import dumps_json
-from .._validation import InputError, renamed
-from ..data import imbalance_ratio, load_dataset, make_splits
+from .._validation import InputError, check_options, renamed
+from ..data import get_dataset_info, imbalance_ratio, load_dataset, make_splits, parse_spec
 from . import app
 from ._common import console
 from .cmd_train import parse_options
@@ -48,7 +48,11 @@ def describe_data(
     >>> info["splits"]["train_counts"][:6], info["splits"]["groups"]["minority"]
     ([112, 112, 112, 112, 112, 11], [5, 6, 7, 8, 9])
     """
-    ds = load_dataset(spec, seed=seed, **(options or {}))
+    options = options or {}
+    # names first: an option named spec or seed would bind to load_dataset's own arguments
+    name, _ = parse_spec(spec)
+    check_options("options", options, get_dataset_info(name).options, repr(name))
+    ds = load_dataset(spec, seed=seed, **options)
     splits = make_splits(
         ds, imbalance, val_fraction=val_fraction, seed=seed, n_max=n_max, test_fraction=test_fraction
     )
