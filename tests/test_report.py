@@ -640,3 +640,46 @@ def test_no_posthoc_method_is_recommended_when_none_beats_the_raw_predictions():
     from cegeo.rebalance import best_method
 
     assert best_method(posthoc) is None  # cegeo posthoc and the sweep agree
+
+
+def test_posthoc_headline_names_the_setup_of_its_runs():
+    """With several setups, each setup's post-hoc line said only "the CE runs": two lines with
+    opposite conclusions and nothing to tell which setup each one was about."""
+    from types import SimpleNamespace
+
+    from cegeo.report._collect import Group, ReportData
+
+    def group(setup, before, after):
+        def scores(v):
+            return {"balanced_accuracy": v, "minority_recall": v, "worst_class_recall": v}
+
+        posthoc = {
+            "metric": "balanced_accuracy",
+            "methods": ["lws"],
+            "raw": {"val": {"balanced_accuracy": 0.5}, "test": scores(before)},
+            "results": {
+                "lws": {
+                    "val_score": 0.9,
+                    "val_score_cv": 0.8,
+                    "chosen": {},
+                    "search": None,
+                    "test": scores(after),
+                }
+            },
+        }
+        run = SimpleNamespace(
+            status="finished", loss_label="ce", posthoc=posthoc, final={}, metric=lambda m: None
+        )
+        row = {"test_minority_recall_mean": before, "test_balanced_accuracy_mean": before}
+        return Group(key=f"ce {setup}", setup=setup, loss="ce", label="ce", runs=[run], row=row)
+
+    groups = [group("mlp · digits", 0.5, 0.7), group("mlp · gaussian", 0.8, 0.6)]
+    runs = [r for g in groups for r in g.runs]
+    data = ReportData(Path("."), "folder", "t", "", runs, groups, None, [g.setup for g in groups])
+    lines = [line for line in data.headline() if line.startswith("Post-hoc")]
+    assert [line.split(" (fitted")[0] for line in lines] == [
+        "Post-hoc rebalancing of the CE runs on mlp · digits",
+        "Post-hoc rebalancing of the CE runs on mlp · gaussian",
+    ]
+    assert "raised test minority recall 0.500 → 0.700" in lines[0]
+    assert "lowered test minority recall 0.800 → 0.600" in lines[1]

@@ -262,9 +262,10 @@ class ReportData:
             return []
         raw, after = table["rows"][0], next(r for r in table["rows"] if r["method"] == best)
         how = f"on validation{' (cross-fitted)' if table['cross_fitted'] else ''}"
+        runs = f"{pretty(g.label)} runs{f' on {setup}' if setup else ''}"  # each setup has its own line
         if after is raw:
             return [
-                f"Post-hoc rebalancing of the {pretty(g.label)} runs (fitted on validation only): no method "
+                f"Post-hoc rebalancing of the {runs} (fitted on validation only): no method "
                 f"beat the uncorrected predictions {how}, so none is recommended (test minority recall "
                 f"stays {_f(raw['minority_recall'][0])})."
             ]
@@ -275,7 +276,7 @@ class ReportData:
             else ("raised" if r1 > r0 else "lowered" if r1 < r0 else "kept")
         )
         text = (
-            f"Post-hoc rebalancing of the {pretty(g.label)} runs (fitted on validation only): {best}, the best "
+            f"Post-hoc rebalancing of the {runs} (fitted on validation only): {best}, the best "
             f"method {how}, {verb} test minority recall {_f(r0)} → {_f(r1)} and balanced accuracy "
             f"{_f(raw['balanced_accuracy'][0])} → {_f(after['balanced_accuracy'][0])}"
         )
