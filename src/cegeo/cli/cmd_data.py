@@ -51,7 +51,7 @@ def describe_data(
     options = options or {}
     # names first: an option named spec or seed would bind to load_dataset's own arguments
     name, _ = parse_spec(spec)
-    check_options("options", options, get_dataset_info(name).options, repr(name))
+    check_options("options", options, get_dataset_info(name, "data").options, repr(name))
     ds = load_dataset(spec, seed=seed, **options)
     splits = make_splits(
         ds, imbalance, val_fraction=val_fraction, seed=seed, n_max=n_max, test_fraction=test_fraction
