@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import pickle
+import re
 import struct
 import sys
 import zipfile
@@ -976,6 +977,46 @@ def test_folder_errors(tmp_path, setup, options, match):
     setup(tmp_path)
     with pytest.raises(ValueError, match=match):
         load_dataset(f"folder:{tmp_path}", **options)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_folder_applies_exif_orientation(tmp_path, fmt):
+    """A phone's portrait photo: pixels stored sideways plus EXIF orientation 6. It is read
+    upright, as viewers show it, so it has the size of the upright pictures (no size error and,
+    with size=, no squashed sideways copy)."""
+    upright = np.zeros((16, 8), np.uint8)
+    upright[:8] = 255  # white top half
+    suffix = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[fmt]
+    _save(tmp_path / "a" / f"0.{suffix}", upright, fmt)
+    _save(tmp_path / "b" / f"0.{suffix}", upright, fmt)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    sideways = Image.fromarray(upright).transpose(Image.ROTATE_90)  # 8 high, 16 wide
+    sideways.save(tmp_path / "a" / f"1.{suffix}", format=fmt, exif=exif)
+    for options in ({}, {"size": "16x8"}):
+        ds = load_dataset(f"folder:{tmp_path}", mode="L", **options)  # WebP stores grey as RGB
+        assert ds.x_train.shape == (3, 1, 16, 8)
+        np.testing.assert_allclose(ds.x_train[1, 0], upright, atol=8)  # JPEG is lossy
+
+
+def test_folder_image_decoding_to_another_size_is_a_clear_error(tmp_path):
+    """An uncompressed TIFF with an Orientation tag: Pillow (13) reports its size upright but
+    decodes it sideways. Either it is read at its reported size or the error names the file,
+    never a numpy broadcast traceback."""
+    upright = np.zeros((16, 8), np.uint8)
+    _save(tmp_path / "a" / "0.tif", upright, "TIFF")
+    _save(tmp_path / "b" / "0.tif", upright, "TIFF")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(upright.T.copy()).save(tmp_path / "a" / "1.tif", exif=exif)
+    try:
+        ds = load_dataset(f"folder:{tmp_path}")
+    except ValueError as exc:
+        assert re.search(
+            r"1.tif` must be an image that decodes to the size of its header \(16x8\); got 8x16", str(exc)
+        )
+    else:
+        assert ds.x_train.shape == (3, 1, 16, 8)
 
 
 def test_folder_without_pillow(tmp_path, monkeypatch):

@@ -768,6 +768,39 @@ def _open_image(path: Path) -> Any:
 
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
+# EXIF orientation (tag 0x0112) -> the transpose that shows the image upright, as
+# PIL.ImageOps.exif_transpose does (5..8 swap width and height).
+_EXIF_ORIENTATION = 0x0112
+_ORIENT_TRANSPOSE = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
+
+
+def _orientation(im: Any) -> int:
+    """The EXIF orientation (1..8) of an opened, not yet decoded image; 1 when it has none.
+
+    Cameras and phones store a portrait photo's pixels sideways and say so in EXIF; viewers
+    (and a person sorting the photos into class folders) see it upright, so the loader does too.
+    Read from the header only (the same answer before and after decoding): a PNG whose eXIf
+    chunk follows its pixels, or an unreadable EXIF block, counts as upright. TIFF is left to
+    Pillow, which reports a TIFF's size upright and turns its pixels itself when decoding.
+    """
+    if im.format == "TIFF":
+        return 1
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1  # Pillow would decode the whole PNG to look for a late eXIf chunk
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a corrupt EXIF block: the pixels are still readable
+        return 1
+    return value if isinstance(value, int) and value in _ORIENT_TRANSPOSE else 1
+
 
 def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
     spec = f"folder:{path}"
@@ -808,6 +841,8 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
                 with _open_image(f) as im:
                     modes.add(im.mode)
                     hw_f = (im.size[1], im.size[0])
+                    if _orientation(im) >= 5:  # shown rotated by 90 degrees
+                        hw_f = hw_f[::-1]
                 if hw is None:
                     if first is None:
                         first = (hw_f, f)
@@ -830,12 +865,23 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
         x = np.empty((len(items), channels, height, width), dtype=np.uint8)  # (n, C, H, W)
         for i, (f, _) in enumerate(items):
             with _open_image(f) as im:
+                orient = _orientation(im)
                 try:
                     im.load()
                 except (OSError, SyntaxError, ValueError) as exc:
                     detail = " ".join(str(exc).split()) or type(exc).__name__
                     raise InputError(f"`{f}` is not a readable image ({detail}).") from None
                 out = _to_mode(im, mode, f, dim)
+                if orient != 1:
+                    out = out.transpose(getattr(Image, _ORIENT_TRANSPOSE[orient]))
+                if hw is None and out.size != (width, height):
+                    # The header promised another size (Pillow 13 reports an uncompressed TIFF
+                    # with an Orientation tag upright but decodes it sideways).
+                    raise fail(
+                        str(f),
+                        f"an image that decodes to the size of its header ({height}x{width})",
+                        described(f"{out.size[1]}x{out.size[0]}"),
+                    )
                 if hw is not None and out.size != (width, height):
                     out = out.resize((width, height), Image.BILINEAR)
                 arr = np.asarray(out, dtype=np.uint8)
