@@ -1131,6 +1131,21 @@ def test_folder_16_bit_images_share_one_scale(tmp_path):
         load_dataset(f"folder:{tmp_path}")
 
 
+def test_folder_float_images_share_one_scale(tmp_path):
+    """Float images are scaled by one range for the whole folder: a nearly black image of a
+    0..255 folder (maximum 0.8) stays nearly black instead of being read as 0..1 and made
+    brighter than every other image."""
+    for name, v in (("a/bright.tif", 200.0), ("a/dark.tif", 0.8), ("b/0.tif", 100.0)):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((4, 4), v, np.float32), "F").save(tmp_path / name)
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.x_train[:, 0, 0, 0].tolist() == [200, 1, 100]
+    Image.fromarray(np.full((4, 4), 0.5, np.float32), "F").save(tmp_path / "b" / "0.tif")
+    Image.fromarray(np.full((4, 4), 1.0, np.float32), "F").save(tmp_path / "a" / "bright.tif")
+    ds = load_dataset(f"folder:{tmp_path}")  # every float image in 0..1: scaled by 255
+    assert ds.x_train[:, 0, 0, 0].tolist() == [255, 204, 128]
+
+
 def test_npz_truncated_zip(tmp_path):
     p = tmp_path / "d.npz"
     np.savez(p, x_train=np.zeros((50, 20)), y_train=np.arange(50) % 2)

@@ -828,6 +828,7 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
     # Pass 1: file list, labels, and headers (mode, size) without decoding pixels.
     files: dict[str, list[tuple[Path, int]]] = {}
     modes: set[str] = set()
+    float_max = 0.0  # the largest value of the float (mode F) images: one scale for all of them
     first: tuple[tuple[int, int], Path] | None = None
     for split, root in roots.items():
         files[split] = []
@@ -841,6 +842,8 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
                 with _open_image(f) as im:
                     modes.add(im.mode)
                     hw_f = (im.size[1], im.size[0])
+                    if im.mode == "F":  # rare (float TIFFs): decoded twice, for their range
+                        float_max = max(float_max, _float_max(im, f))
                     if _orientation(im) >= 5:  # shown rotated by 90 degrees
                         hw_f = hw_f[::-1]
                 if hw is None:
@@ -871,7 +874,7 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
                 except (OSError, SyntaxError, ValueError) as exc:
                     detail = " ".join(str(exc).split()) or type(exc).__name__
                     raise InputError(f"`{f}` is not a readable image ({detail}).") from None
-                out = _to_mode(im, mode, f, dim)
+                out = _to_mode(im, mode, f, dim, float_top=1.0 if float_max <= 1.0 else 255.0)
                 if orient != 1:
                     out = out.transpose(getattr(Image, _ORIENT_TRANSPOSE[orient]))
                 if hw is None and out.size != (width, height):
@@ -900,15 +903,34 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
     return _checked(spec, lambda: Dataset(spec, "image", x_tr, y_tr, x_te, y_te, k, tuple(class_names)))
 
 
-def _to_mode(im: Any, mode: str, path: Path | None = None, dim: list[Path] | None = None) -> Any:
+def _float_max(im: Any, path: Path) -> float:
+    """The largest value of a float (mode ``F``) image; non-finite values and values above 255
+    are errors (float images hold 0..1 or 0..255)."""
+    try:
+        im.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"`{path}` is not a readable image ({detail}).") from None
+    arr = np.asarray(im, dtype=np.float64)
+    hi = float(arr.max()) if arr.size else 0.0
+    if not np.all(np.isfinite(arr)) or hi > 255.0:
+        raise fail(
+            str(path), "a float image with values in 0..1 or 0..255", described(f"a maximum of {hi:g}")
+        )
+    return hi
+
+
+def _to_mode(
+    im: Any, mode: str, path: Path | None = None, dim: list[Path] | None = None, float_top: float = 255.0
+) -> Any:
     """``im`` as an 8-bit ``mode`` image ("L" or "RGB").
 
     High-depth grey images are scaled to 0..255 by a fixed range, never by each image's own
     maximum (which would make a dark image as bright as a light one): integers (PNG ``I;16``,
     PGM/TIFF ``I``; Pillow maps a PGM's maxval to 65535) by 65535, the same for every image
     (an ``I`` image with values of at most 255 is added to ``dim``, for a warning); floats by
-    1 when the image's values lie in 0..1, else by 255 (above 255 is an error). The 8-bit grey
-    result is then converted to RGB where the folder is colour.
+    ``float_top``, the folder's choice (1 when all its float images lie in 0..1, else 255; see
+    :func:`_float_max`). The 8-bit grey result is then converted to RGB where the folder is colour.
     """
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         from PIL import Image
@@ -916,13 +938,7 @@ def _to_mode(im: Any, mode: str, path: Path | None = None, dim: list[Path] | Non
         arr = np.asarray(im, dtype=np.float64)
         hi = float(arr.max()) if arr.size else 0.0
         if im.mode == "F":
-            top = 1.0 if hi <= 1.0 else 255.0
-            if not np.all(np.isfinite(arr)) or hi > 255.0:
-                raise fail(
-                    str(path),
-                    "a float image with values in 0..1 or 0..255",
-                    described(f"a maximum of {hi:g}"),
-                )
+            top = float_top
         else:
             top = 65535.0
             if hi > top:
