@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import re
+import shutil
 import struct
 import sys
 import zipfile
@@ -932,8 +933,12 @@ def test_folder_grey_rgb_and_split(tmp_path):
         for i, a in enumerate(imgs):
             _save(tmp_path / "g" / c / f"{i}.png", a)
     (tmp_path / "g" / "cat" / "notes.txt").write_text("ignored")
+    (tmp_path / "g" / "cat" / "Thumbs.db").write_bytes(b"\xd0\xcf")  # skipped without a word
     (tmp_path / "g" / ".hidden").mkdir()
-    ds = load_dataset(f"folder:{tmp_path / 'g'}")
+    with pytest.warns(
+        UserWarning, match=r"1 file\(s\) in the class folders are not images .* \(e.g. cat/notes.txt\)"
+    ):
+        ds = load_dataset(f"folder:{tmp_path / 'g'}")
     assert ds.class_names == ("cat", "dog") and ds.x_train.shape == (5, 1, 6, 5) and ds.x_test is None
     np.testing.assert_array_equal(ds.x_train[3, 0], grey["dog"][0])
     assert ds.y_train.tolist() == [0, 0, 0, 1, 1]
@@ -977,6 +982,37 @@ def test_folder_errors(tmp_path, setup, options, match):
     setup(tmp_path)
     with pytest.raises(ValueError, match=match):
         load_dataset(f"folder:{tmp_path}", **options)
+
+
+def test_folder_reads_sub_folders_of_a_class(tmp_path):
+    """Images in sub-folders of a class folder (cat/2019/...) belong to the class (they were
+    silently left out); .jfif is a JPEG; hidden folders are skipped and a linked folder that
+    loops back is read once."""
+    _save(tmp_path / "cat" / "a.png", np.full((4, 4), 1, np.uint8))
+    _save(tmp_path / "cat" / "2019" / "b.png", np.full((4, 4), 2, np.uint8))
+    _save(tmp_path / "cat" / "2019" / "deep" / "c.png", np.full((4, 4), 3, np.uint8))
+    _save(tmp_path / "cat" / "d.jfif", np.full((4, 4), 4, np.uint8), "JPEG")
+    _save(tmp_path / "cat" / ".cache" / "e.png", np.full((4, 4), 5, np.uint8))
+    _save(tmp_path / "dog" / "a.png", np.full((4, 4), 6, np.uint8))
+    (tmp_path / "cat" / "2019" / "loop").symlink_to(tmp_path / "cat", target_is_directory=True)
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.train_counts().tolist() == [4, 1]
+    assert ds.x_train[:, 0, 0, 0].tolist() == [2, 3, 1, 4, 6]  # name order: 2019/, a.png, d.jfif
+    # A class may be called train if it holds images; train/ and val/ of class folders are refused
+    _save(tmp_path / "train" / "x.png", np.full((4, 4), 7, np.uint8))
+    assert load_dataset(f"folder:{tmp_path}").class_names == ("cat", "dog", "train")
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            _save(tmp_path / "s" / split / c / "0.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(
+        ValueError, match=r"got folders train, val of class folders without both train/ and test/"
+    ):
+        load_dataset(f"folder:{tmp_path / 's'}")
+    for extra in ("train", "s"):
+        shutil.rmtree(tmp_path / extra)
+    (tmp_path / "dog" / "IMG_1.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    with pytest.warns(UserWarning, match=r"1 file\(s\) .* were not read \(e.g. dog/IMG_1.HEIC\)"):
+        assert load_dataset(f"folder:{tmp_path}").train_counts().tolist() == [4, 1]
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])

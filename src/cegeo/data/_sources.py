@@ -724,7 +724,24 @@ def _load_csv(
 # Image folders
 # --------------------------------------------------------------------------------------------
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+_IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+}
+# Files the operating system leaves in folders: skipped without a warning (as hidden files are).
+_SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
 
 
 def _parse_size(size: str | None) -> tuple[int, int] | None:
@@ -747,12 +764,44 @@ def _class_folders(root: Path) -> list[Path]:
     )
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES
-    )
+_SPLIT_NAMES = frozenset({"train", "test", "val", "valid", "validation"})
+
+
+def _holds_only_folders(folder: Path) -> bool:
+    """Whether ``folder`` has sub-folders and no files besides hidden and system ones (a split
+    folder of class folders, not a class folder)."""
+    entries = [
+        p for p in folder.iterdir() if not p.name.startswith(".") and p.name.lower() not in _SYSTEM_FILES
+    ]
+    return bool(entries) and all(p.is_dir() for p in entries)
+
+
+def _image_files(folder: Path, skipped: list[Path]) -> list[Path]:
+    """The images of a class folder, its sub-folders included (at any depth, in name order).
+
+    Hidden files and folders and the system's ``Thumbs.db``/``desktop.ini`` are left out;
+    other files that are not images by their suffix (``.heic``, ``.txt``, a broken link) are
+    added to ``skipped``, for a warning. Linked folders are followed, each real folder once.
+    """
+    found: list[Path] = []
+    seen = {folder.resolve()}
+    stack = [iter(sorted(folder.iterdir(), key=lambda p: p.name))]
+    while stack:
+        p = next(stack[-1], None)
+        if p is None:
+            stack.pop()
+        elif p.name.startswith("."):
+            continue
+        elif p.is_dir():
+            real = p.resolve()
+            if real not in seen:
+                seen.add(real)
+                stack.append(iter(sorted(p.iterdir(), key=lambda q: q.name)))
+        elif p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES:
+            found.append(p)
+        elif p.name.lower() not in _SYSTEM_FILES:
+            skipped.append(p)
+    return found
 
 
 def _open_image(path: Path) -> Any:
@@ -818,6 +867,17 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
     class_names = [p.name for p in _class_folders(roots["train"])]
     if len(class_names) < 2:
         raise fail(spec, "a directory with one sub-folder of images per class (at least 2)", class_names)
+    if not has_split:
+        # Class folders are read with their sub-folders, so train/a/, train/b/ next to a val/
+        # (and no test/) would become two classes named train and val: refuse that layout.
+        splits = [c for c in class_names if c.lower() in _SPLIT_NAMES and _holds_only_folders(path / c)]
+        if splits:
+            raise fail(
+                spec,
+                "one sub-folder of images per class, or train/ and test/ folders laid out that way "
+                "(validation is drawn from train/; a val/ folder is not read)",
+                described(f"folders {', '.join(splits)} of class folders without both train/ and test/"),
+            )
     if has_split:
         test_names = [p.name for p in _class_folders(roots["test"])]
         if test_names != class_names:
@@ -829,11 +889,12 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
     files: dict[str, list[tuple[Path, int]]] = {}
     modes: set[str] = set()
     float_max = 0.0  # the largest value of the float (mode F) images: one scale for all of them
+    skipped: list[Path] = []  # files in the class folders that are not images by their suffix
     first: tuple[tuple[int, int], Path] | None = None
     for split, root in roots.items():
         files[split] = []
         for label, cname in enumerate(class_names):
-            found = _image_files(root / cname)
+            found = _image_files(root / cname, skipped)
             if not found:
                 raise fail(
                     str(root / cname), "a class folder with at least one image", described("no image files")
@@ -856,6 +917,14 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
                             described(f"{hw_f[0]}x{hw_f[1]}"),
                         )
                 files[split].append((f, label))
+    if skipped:
+        warnings.warn(
+            f"{spec}: {len(skipped)} file(s) in the class folders are not images by their suffix and "
+            f"were not read (e.g. {skipped[0].relative_to(path)}); the images read are "
+            f"{', '.join(sorted(_IMAGE_SUFFIXES))} files.",
+            UserWarning,
+            stacklevel=2,
+        )
     if mode == "auto":
         mode = "L" if modes <= _GREY_MODES else "RGB"
     height, width = hw if hw is not None else first[0]  # type: ignore[index]
