@@ -864,6 +864,13 @@ def test_csv_named_label_and_test_file(tmp_path):
         ("a,label\n", {}, r"must be a CSV file with a header row and at least one data row; got 1 rows"),
         ("label\n1\n", {}, r"must be at least one feature column besides the label"),
         ("a,a,label\n1,2,0\n", {}, r"must be a header of distinct column names"),
+        # no header: the first sample is not silently taken for the column names
+        (
+            "0.5,1.5,0\n1,2,1\n3,4,0\n",
+            {},
+            r"d.csv` must be a CSV file whose first row names the columns .*; got a first row of numbers: 0.5,1.5,0",
+        ),
+        ("1,1,0\n1,2,1\n", {}, r"first row names the columns"),
         ("a,label\ninf,0\n", {}, r"must be a finite number; got 'inf'"),
         (
             "a,label\n1,0\n2,3\n",

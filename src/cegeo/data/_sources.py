@@ -599,6 +599,13 @@ def _read_csv(
             described(f"{len(rows)} rows"),
         )
     header = [h.strip() for h in rows[0]]
+    if all(_is_number(h) for h in header):
+        # A file without a header: its first sample would become the column names (and be lost).
+        raise fail(
+            str(path),
+            "a CSV file whose first row names the columns (add a header such as x1,x2,...,label)",
+            described(f"a first row of numbers: {','.join(header[:8])}{',...' if len(header) > 8 else ''}"),
+        )
     if len(set(header)) != len(header):
         raise fail(str(path), "a header of distinct column names", header)
     label_col = label if label is not None else ("label" if "label" in header else header[-1])
@@ -641,6 +648,14 @@ def _read_csv(
             x[n, j] = value
             j += 1
     return features, x, labels, label_col
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _integer_labels(labels: list[str]) -> np.ndarray | None:
