@@ -139,7 +139,8 @@ def load_dataset(spec: str, *, seed: int = 0, **options: Any) -> Dataset:
           integers such as 1..3 or -1/1) become classes in sorted order, named by the label.
         * ``folder``: ``size`` (``"H"`` or ``"HxW"``: resize every image; default: all images
           must have one size), ``mode`` (``"auto"``, ``"L"`` grey or ``"RGB"``; auto picks L
-          when every image is grey).
+          when every image is grey). Class i is the i-th class folder name in sorted (code
+          point) order; a class's images may lie in sub-folders; EXIF orientation is applied.
         * ``gaussian``: ``k`` (classes), ``d`` (dimension), ``n_per_class``,
           ``n_test_per_class``, ``separation`` (norm of each class mean; noise is N(0, I)).
 
