@@ -716,6 +716,17 @@ def test_npz_tabular_and_images(tmp_path):
             r"\[x_train\]` must be at least one sample; got float64 \(0, 3\)",
         ),
         (
+            # labels 1..k: the error says to renumber them (num_classes = k could not help)
+            {"x_train": np.zeros((6, 3)), "y_train": np.array([1, 2, 3] * 2)},
+            r"must be training labels 0..k-1 with a sample of every class; got 3 distinct labels 1..3 "
+            r"with no sample of class 0: renumber them 0..2",
+        ),
+        (
+            # a float label too large for an int64 is not wrapped around to a negative label
+            {"x_train": np.zeros((2, 3)), "y_train": np.array([0.0, 1e20])},
+            r"\[y_train\]` must be a 1-D array of integer labels; got float64 \(2,\)",
+        ),
+        (
             {
                 "x_train": np.zeros((2, 2)),
                 "y_train": np.array([0, 1]),

@@ -240,6 +240,18 @@ def _check_num_classes(param: str, y_all: list[np.ndarray], num_classes: int | N
         # Every class 0..k-1 needs a training sample: a huge label is an error, not k classes.
         what = f"num_classes = {k}" if num_classes is not None else f"largest training label + 1 = {k}"
         raise fail(param, f"at most as many classes as training samples ({n_train})", described(what))
+    if num_classes is None:
+        present = np.unique(y_all[0])
+        if present.size != k:  # e.g. labels 1..k (EMNIST letters): class 0 would be empty
+            missing = int(np.setdiff1d(np.arange(k), present)[0])
+            raise fail(
+                param,
+                "training labels 0..k-1 with a sample of every class",
+                described(
+                    f"{present.size} distinct labels {int(present[0])}..{int(present[-1])} with no sample of "
+                    f"class {missing}: renumber them 0..{present.size - 1}"
+                ),
+            )
     return k
 
 
@@ -548,7 +560,12 @@ def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
         y = arrays[key]
         if y.ndim != 1 or not (
             np.issubdtype(y.dtype, np.integer)
-            or (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)))
+            or (
+                np.issubdtype(y.dtype, np.floating)
+                and np.all(np.isfinite(y))
+                and np.all(y == np.round(y))
+                and np.all(np.abs(y) <= 2**53)  # larger would wrap around in the int64 cast
+            )
         ):
             raise fail(f"{spec}[{key}]", "a 1-D array of integer labels", described(f"{y.dtype} {y.shape}"))
         ys.append(y.astype(np.int64))
