@@ -6,6 +6,8 @@ from __future__ import annotations
 import inspect
 import pickle
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -171,6 +173,35 @@ def test_deterministic_for_a_random_state(data):
     # The global torch RNG and thread count are left as they were.
     assert torch.equal(torch.random.get_rng_state(), rng_before)
     assert torch.get_num_threads() == threads
+
+
+def test_fits_in_concurrent_threads_give_the_models_of_fits_one_after_the_other(data, monkeypatch):
+    """Initialisation draws from torch's global generator: two fits in two threads must not
+    interleave their draws, nor give each other's generator state back to the caller."""
+    import cegeo.models
+
+    X, y = data
+    create = cegeo.models.create_model
+
+    def slow_create(*args, **kwargs):
+        torch.rand(1)  # a draw from the global generator, then a pause that lets a thread switch
+        time.sleep(0.05)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(cegeo.models, "create_model", slow_create)
+    fast = {**FAST, "epochs": 2}
+
+    def fit(seed):
+        return ImbalancedMLPClassifier(**fast, random_state=seed).fit(X, y).predict_proba(X)
+
+    alone = [fit(seed) for seed in (0, 1, 2)]
+    torch.manual_seed(7)
+    rng_before = torch.random.get_rng_state()
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(fit, (0, 1, 2)))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)
 
 
 def test_random_state_instance_and_none(data):

@@ -20,8 +20,10 @@ Training: AdamW (or SGD with momentum) with a cosine learning-rate decay to 0 ov
 epochs of shuffled mini-batches, in float32 on ``device``; predictions are computed in float64
 so that they do not depend on how rows are batched. Determinism: with an integer
 ``random_state`` two CPU fits on the same data and machine give identical models
-(initialisation and shuffling draw from private generators; the global torch RNG is left
-untouched); on CUDA, up to the GPU's own non-deterministic kernels.
+(initialisation draws from torch's global generator seeded under a lock and then restored,
+shuffling from a private generator: the caller's torch RNG is left untouched, and fits in
+concurrent threads give the same models as one after the other); on CUDA, up to the GPU's own
+non-deterministic kernels.
 """
 
 from __future__ import annotations
@@ -547,12 +549,11 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
     def _train(
         self, X: np.ndarray, y: np.ndarray, k: int, loss_fn: nn.Module, p: dict[str, Any], *, cosine: bool
     ) -> tuple[nn.Module, list[float]]:
-        from .models import create_model
+        from .models import create_model, seeded_init
 
         device = p["device"]
         seed = p["seed"]
-        with torch.random.fork_rng(devices=[]):  # initialise without touching the global RNG
-            torch.manual_seed(seed)
+        with seeded_init(seed):  # initialise without touching the caller's RNG (thread-safe)
             model = create_model(
                 "mlp",
                 in_shape=(X.shape[1],),
