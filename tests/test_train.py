@@ -263,6 +263,31 @@ def test_resume_redoes_epochs_logged_after_the_checkpoint(tmp_path):
         assert torch.equal(resumed[key], value), key
 
 
+def test_a_run_leaves_the_callers_random_stream_as_it_was(tmp_path):
+    """Trainer draws its initialisation from a seeded generator and restores a checkpoint's
+    generator states inside the run only: the caller's torch RNG is not reseeded (cegeo used
+    as a library), and the weights depend on the run's seed alone."""
+    config = cfg(GAUSS, train__epochs=2)
+    torch.manual_seed(1)
+    before = torch.random.get_rng_state()
+    first = Trainer(config, progress=False)
+    first.setup()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    first.run()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(2)  # another caller stream: the same run
+    second = Trainer(config, progress=False)
+    second.run()
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[key], value), key
+    with pytest.raises(KeyboardInterrupt):
+        _CrashAfterProbe(config, tmp_path / "r", progress=False).run()
+    torch.manual_seed(3)
+    before = torch.random.get_rng_state()
+    Trainer(None, tmp_path / "r", resume=True, progress=False).run()
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_resume_refuses_a_checkpoint_counted_with_other_batches_per_epoch(tmp_path):
     """The lr schedule is a function of the step: a checkpoint whose step count does not fit
     this run's batches per epoch (an earlier cegeo dropped other last batches) is refused, not

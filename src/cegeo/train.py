@@ -13,7 +13,8 @@ How it works (airbench / nanoGPT style):
   class-balanced and square-root sampling draw ``n`` indices per epoch with
   ``torch.multinomial`` from per-sample probabilities ``q_{y_i} / n_{y_i}``; augmentation draws
   from its own generator. The generators' states are checkpointed, so a resumed run continues
-  the exact same stream.
+  the exact same stream. The initialisation draws from torch's global generator seeded with
+  ``seed`` (:func:`cegeo.models.seeded_init`); the caller's random streams are left as they were.
 * **One loop**: learning rate as a pure function of the step (:func:`lr_at`),
   ``zero_grad(set_to_none=True)``, forward under bf16 autocast on CUDA (channels-last layout for
   conv nets), backward, SGD step. Deferred re-weighting (``train.drw_epoch``) swaps in
@@ -800,7 +801,7 @@ class Trainer:
             raise fail("train.pad_crop/flip", "off for tabular data (augmentation is for images)", self.kind)
 
     def _setup_model(self) -> None:
-        from .models import create_model
+        from .models import create_model, seeded_init
 
         cfg = self.config
         info = get_loss_info(cfg.loss.name)
@@ -810,13 +811,13 @@ class Trainer:
                 f"true for loss {cfg.loss.name!r} (it expects cosine logits)",
                 cfg.model.options.get("cosine_classifier", False),
             )
-        torch.manual_seed(cfg.seed)
-        model = create_model(
-            cfg.model.name,
-            in_shape=tuple(self.splits.x_train.shape[1:]),
-            num_classes=self.k,
-            **cfg.model.options,
-        )
+        with seeded_init(cfg.seed):  # the caller's torch RNG is left as it was
+            model = create_model(
+                cfg.model.name,
+                in_shape=tuple(self.splits.x_train.shape[1:]),
+                num_classes=self.k,
+                **cfg.model.options,
+            )
         rt = cfg.runtime
         self.amp = _switch(rt.amp, self.device)
         # channels_last is a layout, not a numerics, choice: on by default for conv nets on every
@@ -1371,7 +1372,11 @@ class Trainer:
             return self.final
         try:
             self.setup()
-            return self._run(wall0)
+            # A resumed run restores the checkpoint's generator states: into a fork, so the
+            # caller's random streams are left as they were.
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                return self._run(wall0)
         except BaseException:
             # A new run that dies before its first checkpoint leaves the folder as it found it
             # minus the run it replaced, never a config.toml that blocks the next attempt.
