@@ -10,14 +10,18 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import cegeo
 from cegeo.report import build_report, collect
 from cegeo.report._collect import pretty
 from cegeo.sweep import load_sweep, run_sweep
@@ -398,6 +402,27 @@ def test_summary_md_text_is_one_line_without_raw_html():
         "\\[y\\](http://evil.example) \\*x\\* \\_u\\_ \\`c\\` &amp;lt;"
     )
     assert _md("class_balanced ce__seed0 ldt (gamma=0.5)") == "class_balanced ce__seed0 ldt (gamma=0.5)"
+
+
+def test_importing_and_drawing_leaves_the_callers_matplotlib_backend():
+    """cegeo used from a notebook: importing the report switched matplotlib to Agg
+    (``matplotlib.use("Agg")``), so the notebook's inline backend stopped showing figures; and
+    its figures must not pile up in pyplot."""
+    code = """
+import matplotlib
+matplotlib.use("svg")
+import matplotlib.pyplot as plt
+import cegeo.demo, cegeo.report
+from cegeo.report.figures import figure_png_bytes, grouped_bars_figure
+fig = grouped_bars_figure(["a", "b"], {"ce": ([0.9, 0.4], None)})
+fig.canvas.draw()
+assert figure_png_bytes(fig)[:4] == b"\\x89PNG"
+print(matplotlib.get_backend(), plt.get_fignums())
+"""
+    src = str(Path(cegeo.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.split() == ["svg", "[]"]
 
 
 def test_figures_draw_names_with_dollar_signs_as_text():

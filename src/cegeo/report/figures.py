@@ -1,22 +1,23 @@
 """Figures shared by ``cegeo theory``, ``cegeo ufm`` and ``cegeo report``.
 
-All functions return a :class:`matplotlib.figure.Figure` built with the non-interactive Agg
-backend (no display needed); :func:`save_figure` writes it atomically.
+All functions return a :class:`matplotlib.figure.Figure` built with matplotlib's object API,
+outside pyplot: no display is needed, and the caller's backend (a notebook's inline one, say) is
+left as it was; :func:`save_figure` writes a figure atomically.
 """
 
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import matplotlib.text
 import matplotlib.ticker
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .._io import atomic_open
@@ -76,7 +77,8 @@ def geometry_vs_gamma_figure(
     -------
     matplotlib.figure.Figure
     """
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7), sharex=True, constrained_layout=True)
+    fig = _new_figure(figsize=(16, 7), layout="constrained")
+    axes = fig.subplots(2, 4, sharex=True)
     x = np.asarray(gammas, dtype=float)
     etf_cos = -1.0 / (k - 1)
     for r, (row, row_title) in enumerate(ROWS):
@@ -136,6 +138,13 @@ def _plain_text(fig: Figure) -> Figure:
     return fig
 
 
+def _new_figure(**kwargs: Any) -> Figure:
+    """A figure on its own Agg canvas (``fig.canvas.draw()`` works), outside pyplot."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Write a figure atomically (format from the suffix) and close it."""
     _plain_text(fig)
@@ -143,7 +152,7 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     fmt = p.suffix.lstrip(".").lower() or "png"
     with atomic_open(p, "wb") as fh:
         fig.savefig(fh, format=fmt, dpi=dpi)
-    plt.close(fig)
+    _close(fig)
     return p
 
 
@@ -151,13 +160,20 @@ def figure_png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     """PNG bytes of a figure (for embedding in HTML); closes the figure."""
     buf = io.BytesIO()
     _plain_text(fig).savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
+    _close(fig)
     return buf.getvalue()
+
+
+def _close(fig: Figure) -> None:
+    """Close ``fig`` in pyplot if pyplot manages it (a figure of these functions it does not)."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)
 
 
 # ------------------------------------------------------------------------------- report figures
 
-_COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+_COLORS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 _MAX_BAR_WIDTH_IN = 14.0  # inches: a bar chart no wider than the report page shows it
 _MAX_BAR_TICKS = 40  # category names drawn at most
 
@@ -194,10 +210,10 @@ def band_curves_figure(
     >>> fig = band_curves_figure({"ce": {"acc": ([1, 2], [0.5, 0.7], [0.1, 0.05])}}, [("acc", "accuracy")])
     >>> len(fig.axes)
     1
-    >>> plt.close(fig)
     """
     n = max(1, len(panels))
-    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.8), squeeze=False, constrained_layout=True)
+    fig = _new_figure(figsize=(5.2 * n, 3.8), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)
     for p, (key, panel_title) in enumerate(panels):
         ax = axes[0, p]
         for i, (label, series) in enumerate(curves.items()):
@@ -258,7 +274,6 @@ def grouped_bars_figure(
     >>> from matplotlib.container import BarContainer
     >>> [len(c) for c in fig.axes[0].containers if isinstance(c, BarContainer)]  # one series, two bars
     [2]
-    >>> plt.close(fig)
     """
     k = len(categories)
     m = max(1, len(series))
@@ -266,7 +281,8 @@ def grouped_bars_figure(
     # wider figure is shrunk and its ticks and legend become unreadable (10 classes x 5 losses
     # asked for 29.5 inches, drawn at 40%).
     fig_w = min(_MAX_BAR_WIDTH_IN, max(6.0, 0.55 * k * min(m, 6) + 2))
-    fig, ax = plt.subplots(figsize=(fig_w, 3.8), constrained_layout=True)
+    fig = _new_figure(figsize=(fig_w, 3.8), layout="constrained")
+    ax = fig.subplots()
     width = 0.8 / m
     x = np.arange(k)
     for c in highlight:
