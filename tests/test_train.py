@@ -288,6 +288,17 @@ def test_a_run_leaves_the_callers_random_stream_as_it_was(tmp_path):
     assert torch.equal(torch.random.get_rng_state(), before)
 
 
+def test_a_run_gives_back_the_thread_count_it_set():
+    """runtime.threads is process-wide (torch.set_num_threads): a run left it set, so the
+    caller's own torch work (a notebook, a sweep run in process) went on with the run's count."""
+    before = torch.get_num_threads()
+    config = cfg(GAUSS, train__epochs=1, runtime__threads=1 if before != 1 else 2)
+    trainer = Trainer(config, progress=False).setup()
+    assert torch.get_num_threads() == config.runtime.threads
+    trainer.run()
+    assert torch.get_num_threads() == before
+
+
 def test_resume_refuses_a_checkpoint_counted_with_other_batches_per_epoch(tmp_path):
     """The lr schedule is a function of the step: a checkpoint whose step count does not fit
     this run's batches per epoch (an earlier cegeo dropped other last batches) is refused, not

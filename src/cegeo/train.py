@@ -727,6 +727,7 @@ class Trainer:
         self.records: list[dict[str, Any]] = []
         self.final: dict[str, Any] = {}
         self._ready = False
+        self._process_settings: dict[str, Any] = {}  # set by setup, given back by run
         self._final: dict[str, Any] | None = None  # the last probe's record and arrays (rank 0)
         self._final_probed = False
         self._checkpointed = False  # by this process, in this run
@@ -1396,12 +1397,33 @@ class Trainer:
 
                 with contextlib.suppress(Exception):
                     dist.destroy_process_group()
+            self._restore_process_settings()
+
+    def _restore_process_settings(self) -> None:
+        """Give back the thread count and CUDA numerics flags :meth:`setup` changed."""
+        saved, self._process_settings = self._process_settings, {}
+        if "threads" in saved and torch.get_num_threads() != saved["threads"]:
+            torch.set_num_threads(saved["threads"])
+        if "cudnn.benchmark" in saved:
+            torch.backends.cudnn.benchmark = saved["cudnn.benchmark"]
+            torch.backends.cuda.matmul.allow_tf32 = saved["matmul.allow_tf32"]
+            torch.backends.cudnn.allow_tf32 = saved["cudnn.allow_tf32"]
 
     def setup(self) -> Trainer:
         """Join the process group (under torchrun), build the data, model, loss, optimizer and
-        sampler on the device; called by :meth:`run` (idempotent). Returns ``self``."""
+        sampler on the device; called by :meth:`run` (idempotent). Returns ``self``.
+
+        It sets process-wide switches: ``runtime.threads`` (``torch.set_num_threads``) and, on
+        CUDA, cuDNN benchmarking and TF32 matmuls; :meth:`run` gives them back when it ends."""
         if self._ready:
             return self
+        # Process-wide settings, given back when run() ends (cegeo used as a library).
+        self._process_settings = {
+            "threads": torch.get_num_threads(),
+            "cudnn.benchmark": torch.backends.cudnn.benchmark,
+            "matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+        }
         if self.config.runtime.threads is not None:
             torch.set_num_threads(self.config.runtime.threads)
         self._setup_distributed()
