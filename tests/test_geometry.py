@@ -120,6 +120,12 @@ def test_measure_matches_direct_numpy(rng):
     assert rec["dist_W"] == pytest.approx(dist(W @ W.T, GW_star), rel=1e-6)
     assert rec["dist_H"] == pytest.approx(dist(mu @ mu.T, GH_star), rel=1e-6)
     assert rec["dist_M"] == pytest.approx(dist(W @ mu.T, M_star), rel=1e-8)
+    # centred: both sides minus their sample-weighted mean (pi = n / sum n); H* factored from G_H*
+    vals, vecs = np.linalg.eigh(GH_star)
+    H_star = vecs * np.sqrt(np.clip(vals, 0, None))  # rows h*_c, H* H*^T = G_H*
+    pi = np.asarray(counts, float) / sum(counts)
+    Hc_star = H_star - pi @ H_star
+    assert rec["dist_H_centred"] == pytest.approx(dist(cm @ cm.T, Hc_star @ Hc_star.T), rel=1e-6)
     assert np.allclose(rec["cos_W"], (W @ W.T) / np.outer(p.w_norms, p.w_norms))
     assert set(rec) >= {"w_norms", "h_norms", "summary", "summary_centred", "nc1", "cos_H", "M"}
 
@@ -142,6 +148,12 @@ def test_exact_theory_geometry_has_zero_distance():
     p = measure(feature_stats(H, y, k), W, loss=loss, class_counts=counts)
     d = p.distances()
     assert d["dist_W"] < 1e-8 and d["dist_M"] < 1e-8 and d["dist_H"] < 1e-6
+    assert d["dist_H_centred"] < 1e-6
+    # An offset shared by every class mean (post-ReLU features are all positive) moves the
+    # uncentred distance far from 0 and leaves the centred one where it was.
+    shifted = measure(feature_stats(H + 3.0 * np.abs(H).max(), y, k), W, loss=loss, class_counts=counts)
+    assert shifted.distances()["dist_H"] > 0.3
+    assert shifted.distances()["dist_H_centred"] == pytest.approx(d["dist_H_centred"], abs=1e-6)
     assert p.nc1 == pytest.approx(0.0, abs=1e-12)  # one sample per class: no within-class spread
 
 

@@ -22,6 +22,12 @@ From those it reports (:func:`measure`):
 ``dist_M``                    ``G_W``, ``G_H`` (uncentred) and ``M`` to
                               :func:`cegeo.theory.predict` for the training loss and counts;
                               ``None`` for losses the theory does not cover (LDAM)
+``dist_H_centred``            the same for the class means with both sides centred by the
+                              sample-weighted mean (``mu_c - mu_G`` against ``h*_c - sum_j
+                              pi_j h*_j``, ``pi = n / sum(n)``): blind to an offset shared by
+                              every class mean, such as the positive one of post-ReLU features,
+                              which keeps the uncentred ``dist_H`` far from 0 (the bias-free
+                              theory's means have none)
 ============================  =============================================================
 
 Conventions (stated because imbalanced counts make them matter):
@@ -289,6 +295,8 @@ class GeometryProbe:
     theory: Geometry | None = None
     summary: dict[str, float] = field(default_factory=dict)
     summary_centred: dict[str, float] = field(default_factory=dict)
+    #: the weights ``pi`` (k,) of the global mean ``mu_G = sum_c pi_c mu_c`` (None: class counts)
+    mean_weights: np.ndarray | None = None
 
     @property
     def w_norms(self) -> np.ndarray:
@@ -309,14 +317,18 @@ class GeometryProbe:
             return np.diag(self.M) / (self.w_norms * self.h_norms)
 
     def distances(self) -> dict[str, float | None]:
-        """``dist_W``, ``dist_H``, ``dist_M`` to the prediction (None without one)."""
+        """``dist_W``, ``dist_H``, ``dist_M``, ``dist_H_centred`` to the prediction (None
+        without one)."""
         if self.theory is None:
-            return {"dist_W": None, "dist_H": None, "dist_M": None}
+            return {"dist_W": None, "dist_H": None, "dist_M": None, "dist_H_centred": None}
+        pi = self.class_counts / self.class_counts.sum() if self.mean_weights is None else self.mean_weights
+        centre = np.eye(pi.size) - pi[None, :]  # (k, k): rows mu_c - sum_j pi_j mu_j
         out: dict[str, float | None] = {}
         for key, mine, ref in (
             ("dist_W", self.G_W, self.theory.G_W),
             ("dist_H", self.G_H, self.theory.G_H),
             ("dist_M", self.M, self.theory.M),
+            ("dist_H_centred", self.G_H_centred, centre @ self.theory.G_H @ centre.T),
         ):
             out[key] = distance(mine, ref) if np.linalg.norm(mine) > 0 else None
         return out
@@ -446,4 +458,5 @@ def measure(
         theory=_theory_for(loss, counts if theory_counts is None else _positive(theory_counts, k), grp),
         summary=group_summary(G_W, G_H, M, grp),
         summary_centred=group_summary(G_W, G_Hc, Mc, grp),
+        mean_weights=counts_seen / counts_seen.sum(),
     )

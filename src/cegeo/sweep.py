@@ -59,7 +59,8 @@ and ``<metric>_std`` over the seeds' finished runs (std: sample standard deviati
 empty with a single seed): test balanced accuracy, minority recall (the last group's recall),
 worst-class recall, false-alarm rate (when ``data.normal_class`` is set), validation balanced
 accuracy, the final normalised-Gram distances of W, H and the logits to the theory (``dist_W``,
-``dist_H``, ``dist_M``; empty for losses the theory does not cover), and the cost: wall time,
+``dist_H``, ``dist_M``, and ``dist_H_centred`` for the globally centred class means; empty for
+losses the theory does not cover), and the cost: wall time,
 training time, and the first probed epoch (and the training time up to it) at which the
 **validation** balanced accuracy reached 95% of its best value (:func:`cegeo.metrics.convergence_point`,
 also ``final.json``'s ``history``). Validation, because the test
@@ -1514,6 +1515,7 @@ _METRIC_GETTERS: dict[str, Callable[[RunResult], float | None]] = {
     "dist_W": lambda r: _geo(r, "dist_W"),
     "dist_H": lambda r: _geo(r, "dist_H"),
     "dist_M": lambda r: _geo(r, "dist_M"),
+    "dist_H_centred": lambda r: _geo(r, "dist_H_centred"),
     "wall_time_s": lambda r: (r.final or {}).get("wall_time_s"),
     "train_time_s": lambda r: (r.final or {}).get("train_time_s"),
     "epoch_to_95pct_val_bal_acc": lambda r: _conv(r, 0),

@@ -314,7 +314,12 @@ def _print_summary(final: dict[str, Any], target: Path) -> None:
     if "false_alarm" in test:
         table.add_row("false-alarm rate", _fmt(test["false_alarm"]))
     table.add_row(
-        "geometry dist_W / dist_H / dist_M", " / ".join(_fmt(geo[k]) for k in ("dist_W", "dist_H", "dist_M"))
+        "geometry dist_W / dist_H / dist_M",
+        " / ".join(_fmt(geo[k]) for k in ("dist_W", "dist_H", "dist_M")),
+    )
+    table.add_row(
+        "geometry dist_H_centred",
+        _fmt(geo.get("dist_H_centred")),
     )
     table.add_row(
         "W_ratio / H_ratio", f"{_fmt(geo['summary']['W_ratio'])} / {_fmt(geo['summary']['H_ratio'])}"
