@@ -305,6 +305,22 @@ def test_report_of_a_ufm_folder_alone(sweep_dir):
     assert rep.headline == ["This folder holds a UFM simulation only; see the geometry section."]
 
 
+def test_ufm_rows_that_did_not_fit_the_training_set_are_marked(sweep_dir, tmp_path, monkeypatch):
+    """A UFM configuration whose GD has not separated its training set (train accuracy < 1, as at
+    extreme temperatures) is marked and named, not presented as slow convergence."""
+    import cegeo.report._page as page
+
+    data = collect(sweep_dir / "ufm")
+    for row in data.ufm["configs"]:
+        row["train_acc"] = 0.9 if row["hyper"].get("gamma") == 1.0 else 1.0
+    monkeypatch.setattr(page, "collect", lambda folder: data)
+    build_report(sweep_dir / "ufm", out=tmp_path / "r.html", markdown=tmp_path / "s.md")
+    md = (tmp_path / "s.md").read_text()
+    note = next(line for line in md.splitlines() if "Training set not fit" in line)
+    assert "ldt (gamma=1)" in note and "ldt (gamma=0.5)" not in note, note
+    assert "0.900 ± 0.000 †" in md and md.count("†") == 2
+
+
 def test_report_of_a_folder_of_train_runs_groups_seeds(sweep_dir, tmp_path):
     folder = tmp_path / "runs"
     for name in ("ok__ce__seed0", "ok__ce__seed1", "ok__ldt_gamma=0.5__seed0", "ok__ldt_gamma=0.5__seed1"):

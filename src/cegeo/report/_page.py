@@ -642,11 +642,27 @@ def _ufm(page: _Page, data: ReportData) -> None:
                 _f(r["theory_W_cos_min_min"]),
                 _pm(r["dist_W"]),
                 _pm(r["dist_H"]),
-                _pm(r["train_acc"]),
+                _pm(r["train_acc"]) + (" †" if _unfit(r) else ""),
             ]
             for r in rows
         ],
     )
+    unfit = [r["label"] for r in rows if _unfit(r)]
+    if unfit:
+        _para(
+            sec,
+            f"† Training set not fit (train accuracy below 1) after the simulated epochs: {', '.join(unfit)}. "
+            "The max-margin limit describes runs that separate their training data; these have not yet "
+            "(too few epochs, or a temperature at which gradient descent stalls), so their gap to the "
+            "theory does not test the prediction.",
+            "note",
+        )
+
+
+def _unfit(row: dict[str, Any]) -> bool:
+    """Whether a UFM row's mean train accuracy is below 1 (the training set is not separated)."""
+    acc = (row.get("train_acc") or (None,))[0]
+    return acc is not None and acc < 1.0
 
 
 def _failures(page: _Page, data: ReportData) -> None:
