@@ -802,6 +802,16 @@ def test_a_budget_finer_than_validation_can_resolve_is_warned_and_overruns_are_m
     marked = [line.split()[1] for line in text.splitlines() if line.strip().startswith("> ")]
     assert marked == [best_method(result)] and best_method(result) in ("posthoc_la", "operating_point")
     assert row.rstrip().endswith("0.500 !") and "! = test false-alarm rate over the budget 0.001" in text
+    assert "the > row is chosen among the predictions whose validation false-alarm rate is within" in text
+    # nothing within the budget on validation: no row is marked, and the output says why
+    for entry in [result["raw"], *result["results"].values()]:
+        entry["val"]["false_alarm"] = 0.5
+    buf.truncate(0)
+    buf.seek(0)
+    cmd_posthoc.print_posthoc(result)
+    text = buf.getvalue()
+    assert not [line for line in text.splitlines() if line.strip().startswith("> ")]
+    assert "within the budget 0.001: none is, so no row is marked" in " ".join(text.split())
 
 
 @pytest.mark.parametrize("command", ["evaluate", "posthoc"])

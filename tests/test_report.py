@@ -683,6 +683,62 @@ def test_no_posthoc_method_is_recommended_when_none_beats_the_raw_predictions():
     assert best_method(posthoc) is None  # cegeo posthoc and the sweep agree
 
 
+def test_with_a_normal_class_only_predictions_within_the_false_alarm_budget_are_recommended():
+    """A defect detector with a 1% false-alarm budget: raw argmax and lws score higher on
+    validation but raise 4% and 3% false alarms there; the operating point keeps the budget and is
+    the recommendation (it was lws, by score alone). When nothing keeps it, nothing is recommended."""
+    from types import SimpleNamespace
+
+    from cegeo.rebalance import best_method
+    from cegeo.report._collect import Group, ReportData
+
+    def scores(acc, fa):
+        return {
+            "balanced_accuracy": acc,
+            "minority_recall": acc,
+            "worst_class_recall": acc,
+            "false_alarm": fa,
+        }
+
+    def posthoc(op_fa):
+        return {
+            "metric": "balanced_accuracy",
+            "normal_class": 0,
+            "max_false_alarm": 0.01,
+            "methods": ["lws", "operating_point"],
+            "raw": {"val": scores(0.90, 0.04), "test": scores(0.88, 0.05)},
+            "results": {
+                "lws": {"val_score": 0.97, "val_score_cv": 0.95, "chosen": {}, "search": None,
+                        "val": scores(0.97, 0.03), "test": scores(0.93, 0.03)},
+                "operating_point": {"val_score": 0.80, "val_score_cv": 0.79, "chosen": {}, "search": None,
+                                    "val": scores(0.80, op_fa), "test": scores(0.78, 0.012)},
+            },
+        }  # fmt: skip
+
+    def report(p):
+        run = SimpleNamespace(status="finished", loss_label="ce", posthoc=p, final={}, metric=lambda m: None)
+        g = Group(key="ce", setup="", loss="ce", label="ce", runs=[run], row={})
+        return ReportData(Path("."), "folder", "t", "", [run], [g], None, [""]), g
+
+    within = posthoc(0.01)
+    assert best_method(within) == "operating_point"
+    assert best_method({**within, "normal_class": None}) == "lws"  # no normal class: no budget
+    data, g = report(within)
+    assert data.posthoc_summary(g)["best"] == "operating_point"
+    assert (
+        "operating_point, the best method on validation (cross-fitted) within the false-alarm budget 0.01"
+        in (data._posthoc_headline("", g)[0])
+    )
+    over = posthoc(0.02)
+    assert best_method(over) is None
+    data, g = report(over)
+    assert data.posthoc_summary(g)["best"] is None
+    assert data._posthoc_headline("", g) == [
+        "Post-hoc rebalancing of the CE runs (fitted on validation only): no prediction, corrected or not, "
+        "kept the validation false-alarm rate within the budget 0.01, so none is recommended."
+    ]
+
+
 def test_posthoc_headline_names_the_setup_of_its_runs():
     """With several setups, each setup's post-hoc line said only "the CE runs": two lines with
     opposite conclusions and nothing to tell which setup each one was about."""

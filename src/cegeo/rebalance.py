@@ -1654,6 +1654,11 @@ def best_method(result: Mapping[str, Any]) -> str | None:
     uncorrected predictions' validation score (nothing is fitted for them: their out-of-fold
     score is their in-sample one), or when no method was fitted.
 
+    With a normal class (false-alarm rates reported) only predictions whose validation
+    false-alarm rate is within ``max_false_alarm`` compete: a method within the budget is
+    preferred to uncorrected predictions over it whatever the scores, and None then means that
+    no method keeps within the budget either (see :func:`within_budget`).
+
     Examples
     --------
     >>> best_method({"methods": ["lws", "posthoc_la"], "results": {
@@ -1665,15 +1670,39 @@ def best_method(result: Mapping[str, Any]) -> str | None:
     True
     """
     entries = {m: result["results"][m] for m in result.get("methods", [])}
-    raw = ((result.get("raw") or {}).get("val") or {}).get(result.get("metric", "balanced_accuracy"))
-    return choose_best(raw, {m: (e.get("val_score_cv"), e.get("val_score")) for m, e in entries.items()})
+    raw_val = (result.get("raw") or {}).get("val") or {}
+    raw = raw_val.get(result.get("metric", "balanced_accuracy"))
+    scores = {m: (e.get("val_score_cv"), e.get("val_score")) for m, e in entries.items()}
+    budget = result.get("max_false_alarm") if result.get("normal_class") is not None else None
+    if budget is None:
+        return choose_best(raw, scores)
+    false_alarm = {m: (e.get("val") or {}).get("false_alarm") for m, e in entries.items()}
+    return choose_best(
+        raw, scores, budget=budget, false_alarm={**false_alarm, "raw": raw_val.get("false_alarm")}
+    )
 
 
-def choose_best(raw: float | None, scores: Mapping[str, tuple[float | None, float | None]]) -> str | None:
+def within_budget(false_alarm: float | None, budget: float | None) -> bool:
+    """Whether a validation false-alarm rate keeps within the budget (no budget: True; an
+    unknown rate, e.g. no normal sample on validation: False)."""
+    return budget is None or (false_alarm is not None and false_alarm <= budget + 1e-12)
+
+
+def choose_best(
+    raw: float | None,
+    scores: Mapping[str, tuple[float | None, float | None]],
+    *,
+    budget: float | None = None,
+    false_alarm: Mapping[str, float | None] | None = None,
+) -> str | None:
     """The rule of :func:`best_method` on ``method -> (val_score_cv, val_score)`` (the report
     applies it to means over runs): the best cross-fitted score, else the best in-sample one
     where no method has a cross-fitted score; None when it does not beat ``raw``, the
     uncorrected predictions' validation score. Ties go to the first method, then to ``raw``.
+
+    With a false-alarm ``budget``, ``false_alarm`` maps each method (and ``"raw"``) to its
+    validation false-alarm rate: methods over the budget do not compete, and uncorrected
+    predictions over it lose to any method within it.
 
     Examples
     --------
@@ -1681,7 +1710,15 @@ def choose_best(raw: float | None, scores: Mapping[str, tuple[float | None, floa
     'lws'
     >>> choose_best(0.9, {"lws": (0.88, 0.98), "posthoc_la": (None, 0.95)}) is None
     True
+    >>> choose_best(0.9, {"lws": (0.95, 0.98), "operating_point": (0.7, 0.7)}, budget=0.01,
+    ...             false_alarm={"raw": 0.04, "lws": 0.03, "operating_point": 0.01})
+    'operating_point'
     """
+    if budget is not None:
+        rates = false_alarm or {}
+        scores = {m: s for m, s in scores.items() if within_budget(rates.get(m), budget)}
+        if not within_budget(rates.get("raw"), budget):
+            raw = None  # over the budget: any method within it is better
     i = 0 if any(cv is not None for cv, _ in scores.values()) else 1
     scored = {m: s[i] for m, s in scores.items() if s[i] is not None}
     if not scored:

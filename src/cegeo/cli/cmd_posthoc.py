@@ -19,6 +19,7 @@ from ..rebalance import (
     list_rebalancers,
     parse_methods,
     run_posthoc,
+    within_budget,
 )
 from . import app
 from ._common import console, err_console, wide_console
@@ -68,8 +69,12 @@ def print_posthoc(result: dict[str, Any]) -> None:
         table.add_column("f.alarm", justify="right", no_wrap=True)
 
     # Raw argmax is a choice too (nothing fitted: its out-of-fold score is its 'val'): a method
-    # that does not beat it on validation is not marked best, whatever its test numbers.
-    best = best_method(result) or "raw (argmax)"
+    # that does not beat it on validation is not marked best, whatever its test numbers. With a
+    # normal class only predictions within the false-alarm budget on validation compete.
+    budgeted = normal is not None and budget is not None
+    best = best_method(result)
+    if best is None and (not budgeted or within_budget(raw_val.get("false_alarm"), budget)):
+        best = "raw (argmax)"
 
     def row(name: str, chosen: str, val: Any, val_cv: Any, test: dict[str, Any]) -> None:
         cells: list[str | Text] = [
@@ -102,6 +107,11 @@ def print_posthoc(result: dict[str, Any]) -> None:
     tests = [raw, *(result["results"][m]["test"] for m in result["methods"])]
     if normal is not None and budget is not None and any((t.get("false_alarm") or 0) > budget for t in tests):
         console.print(f"! = test false-alarm rate over the budget {budget:g} (--max-false-alarm)")
+    if budgeted:
+        console.print(
+            f"the > row is chosen among the predictions whose validation false-alarm rate is within the budget "
+            f"{budget:g}" + ("" if best is not None else ": none is, so no row is marked")
+        )
     op = result["results"].get("operating_point")
     if op is not None:
         console.print(

@@ -257,12 +257,20 @@ class ReportData:
         table = self.posthoc_summary(g)
         if table is None:
             return []
-        best = table["best"]
+        best, budget = table["best"], table["false_alarm_budget"]
+        runs = f"{pretty(g.label)} runs{f' on {setup}' if setup else ''}"  # each setup has its own line
         if best is None:
-            return []
+            if budget is None or len(table["rows"]) < 2:
+                return []
+            return [
+                f"Post-hoc rebalancing of the {runs} (fitted on validation only): no prediction, "
+                f"corrected or not, kept the validation false-alarm rate within the budget {budget:g}, "
+                "so none is recommended."
+            ]
         raw, after = table["rows"][0], next(r for r in table["rows"] if r["method"] == best)
         how = f"on validation{' (cross-fitted)' if table['cross_fitted'] else ''}"
-        runs = f"{pretty(g.label)} runs{f' on {setup}' if setup else ''}"  # each setup has its own line
+        if budget is not None:
+            how += f" within the false-alarm budget {budget:g}"
         if after is raw:
             return [
                 f"Post-hoc rebalancing of the {runs} (fitted on validation only): no method "
@@ -313,6 +321,7 @@ class ReportData:
                 "chosen": "–",
                 "val_score": stats(raw_val),
                 "val_score_cv": stats(raw_val),  # nothing is fitted: out-of-fold = in-sample
+                "val_false_alarm": stats([p["raw"]["val"].get("false_alarm") for p in results]),
                 **{k: stats([p["raw"]["test"].get(k) for p in results]) for k in keys},
                 "n": len(results),
             }
@@ -326,6 +335,7 @@ class ReportData:
                     "val_score": stats([e.get("val_score") for e in entries]),
                     # None in a file written before cross-fitting, or where a fold could not be fitted
                     "val_score_cv": stats([e.get("val_score_cv") for e in entries]),
+                    "val_false_alarm": stats([(e.get("val") or {}).get("false_alarm") for e in entries]),
                     **{k: stats([e["test"].get(k) for e in entries]) for k in keys},
                     "n": len(entries),
                 }
@@ -334,12 +344,20 @@ class ReportData:
         # the others): the in-sample score favours methods with many parameters (lws fits one
         # scale per class on the few validation samples it is then scored on). Files written
         # before cross-fitting have only the in-sample score.
-        from ..rebalance import choose_best  # best_method's rule, here on the means over runs
+        from ..rebalance import choose_best, within_budget  # best_method's rule, on the means
 
         cv = any(r["val_score_cv"][0] is not None for r in rows[1:])
         scores = {r["method"]: (r["val_score_cv"][0], r["val_score"][0]) for r in rows[1:]}
-        best = choose_best(rows[0]["val_score"][0], scores)
-        if best is None and any(v is not None for s in scores.values() for v in s):
+        # with a normal class, only predictions within the false-alarm budget on validation compete
+        budget = results[0].get("max_false_alarm") if results[0].get("normal_class") is not None else None
+        rates = {r["method"]: r["val_false_alarm"][0] for r in rows[1:]}
+        rates["raw"] = rows[0]["val_false_alarm"][0]
+        best = choose_best(rows[0]["val_score"][0], scores, budget=budget, false_alarm=rates)
+        if (
+            best is None
+            and any(v is not None for s in scores.values() for v in s)
+            and within_budget(rates["raw"], budget)
+        ):
             best = rows[0]["method"]  # no correction beats the uncorrected predictions on validation
         skipped: dict[str, str] = {}
         for p in results:
@@ -353,6 +371,7 @@ class ReportData:
         return {
             "rows": rows,
             "best": best,
+            "false_alarm_budget": budget,
             "cross_fitted": cv,
             "metric": metric,
             "skipped": skipped,

@@ -537,7 +537,9 @@ def _posthoc(page: _Page, data: ReportData) -> None:
         "cross-fitted score (a posthoc.json written before cegeo cross-fitted, or a validation split "
         "too small to fold), the best is chosen by 'val'. When that score does not beat the raw "
         "predictions' (nothing is fitted for them), the raw row is highlighted: no correction is "
-        "recommended.",
+        "recommended. Runs with a normal class have a false-alarm budget (cegeo posthoc "
+        "--max-false-alarm, default 0.01): only rows whose mean validation false-alarm rate is within "
+        "it compete, and none is highlighted when no row is.",
         "note",
     )
     fa = any(row["false_alarm"][0] is not None for _, _, t in tables for row in t["rows"])
@@ -551,6 +553,7 @@ def _posthoc(page: _Page, data: ReportData) -> None:
             "chosen on val",
             f"val {t['metric']}",
             "val cross-fitted",
+            *(["val false alarm"] if fa else []),
             "test bal. acc",
             "minority recall",
             "worst-class",
@@ -564,6 +567,7 @@ def _posthoc(page: _Page, data: ReportData) -> None:
                 row["chosen"],
                 _pm(row["val_score"]),
                 _pm(row["val_score_cv"]),
+                *([_pm(row["val_false_alarm"], 4)] if fa else []),
                 _pm(row["balanced_accuracy"]),
                 _pm(row["minority_recall"]),
                 _pm(row["worst_class_recall"]),
