@@ -8,7 +8,6 @@ are known.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -283,13 +282,6 @@ def _final_loss(loss):
     return go
 
 
-def _config(text: str):
-    def go(p: Path):
-        (p / "config.toml").write_text(text)
-
-    return go
-
-
 def _string_logits(p: Path):
     data = dict(np.load(p / "logits_val.npz"))
     data["logits"] = data["logits"].astype("U8")
@@ -332,27 +324,22 @@ def test_broken_run_folders_are_one_clear_error(run, breakage, match, cli):
 
 
 @pytest.mark.parametrize(
-    "breakage, match",
-    [
-        (
-            _config('[train]\nsampler = "uniform"\n'),
-            r"config.toml: train.sampler` must be one of 'none', 'class_balanced', 'sqrt'; got 'uniform'",
-        ),
-        (_config("[train\n"), r"config.toml` must be valid TOML"),
-        (_config('train = "x"\n'), r"config.toml: train` must be a table; got 'x'"),
-    ],
-    ids=["bad-sampler", "bad-toml", "train-not-a-table"],
+    "text",
+    ['[train]\nsampler = "class_balanced"\n', '[train]\nsampler = "uniform"\n', "[train\n"],
+    ids=["class-balanced", "bad-sampler", "bad-toml"],
 )
-def test_a_broken_config_toml_stops_only_what_needs_the_sampler(run, breakage, match, cli):
-    """config.toml is read when geometry asks for the sampler: evaluate and the other methods
-    still work; geometry is one clear error."""
-    breakage(run)
-    with pytest.raises(ValueError, match=match):
-        _ = RunFolder(run).sampler
-    assert cli("evaluate", run, "--split", "test").code == 0
-    assert cli("posthoc", run, "--method", "posthoc_la", "--no-write").code == 0
-    r = cli("posthoc", run, "--method", "geometry", "--no-write")
-    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and re.search(match, r.err), r.err
+def test_posthoc_does_not_read_config_toml(run, text, cli):
+    """Nothing post-hoc depends on the training sampler (it drops out of the theory's limit), so
+    config.toml is not read: geometry's fit is the same whatever it holds, broken or not."""
+    before = create_rebalancer("geometry").fit(RunFolder(run).val).predicted_w_norms_
+    (run / "config.toml").write_text(text)
+    np.testing.assert_array_equal(
+        create_rebalancer("geometry").fit(RunFolder(run).val).predicted_w_norms_, before
+    )
+    assert not hasattr(RunFolder(run), "sampler") and not hasattr(RunFolder(run).val, "sampler")
+    for method in ("posthoc_la", "geometry"):
+        r = cli("posthoc", run, "--method", method, "--no-write")
+        assert r.code == 0, r.err
 
 
 def test_missing_run_dir_and_unknown_split(tmp_path, run):
@@ -386,39 +373,35 @@ def test_nan_features_fail_the_linear_head_check(run):
 # ------------------------------------------------------------------------------ geometry + sampler
 
 
-@pytest.mark.parametrize(
-    "sampler, effective",
-    [
-        ("none", COUNTS),
-        ("class_balanced", [220.0] * 4),
-        ("sqrt", 880 * np.sqrt(COUNTS) / np.sqrt(COUNTS).sum()),
-        (None, COUNTS),  # no config.toml: no sampler assumed
-    ],
-)
-@pytest.mark.parametrize("loss, hyper", [("ce", {}), ("ldt", {"gamma": 0.5})])
-def test_geometry_uses_the_counts_the_loss_saw(tmp_path, sampler, effective, loss, hyper):
-    from cegeo.losses import create_loss
-    from cegeo.theory import predict
+def _seli_w_norms(counts) -> np.ndarray:
+    """CE's max-margin classifier norms written out from THEORY.md §4.1: M* = S = I - 11^T/k,
+    G_W = (S N S)^(1/2); scaled to max 1."""
+    n = np.asarray(counts, dtype=np.float64)
+    S = np.eye(n.size) - 1.0 / n.size
+    vals, vecs = np.linalg.eigh((S * n[None, :]) @ S)
+    G_W = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+    w = np.sqrt(np.diag(G_W))
+    return w / w.max()
 
+
+@pytest.mark.parametrize("sampler", ["none", "class_balanced", "sqrt", None])  # None: no config.toml
+@pytest.mark.parametrize("loss, hyper", [("ce", {}), ("wce", {}), ("ldt", {"gamma": 0.5})])
+def test_geometry_predicts_at_the_class_counts_whatever_the_sampler(tmp_path, sampler, loss, hyper):
+    """Loss weights (wCE, DRW) and samplers (a per-sample weight: how often it is drawn) drop
+    out of the max-margin limit (THEORY.md §4): the prediction is at the dataset's counts."""
     run = write_run(tmp_path / "run", loss=loss, hyper=hyper)
-    if sampler is not None:  # the trainer's config.toml records it (DRW too, which drops out)
+    if sampler is not None:  # the trainer's config.toml records it (and DRW)
         (run / "config.toml").write_text(f'[train]\nsampler = "{sampler}"\ndrw_epoch = 2\n')
     g = create_rebalancer("geometry").fit(RunFolder(run).val)
-    np.testing.assert_allclose(g.effective_counts_, effective, rtol=1e-12)
-    assert g.sampler_ == (sampler or "none")
-    assert g.sampler_from_ == ("config.toml" if sampler else "default")
-    # The loss is built from the true counts (its temperatures), the geometry from the effective ones.
-    norms = predict(create_loss(loss, COUNTS, **hyper), effective).w_norms
-    np.testing.assert_allclose(g.predicted_w_norms_, norms / norms.max(), rtol=1e-9)
-    if loss == "ce" and sampler == "class_balanced":
-        np.testing.assert_allclose(g.predicted_w_norms_, 1.0)  # every class drawn equally: the ETF
-    if loss == "ce" and sampler in ("none", None):
-        assert g.predicted_w_norms_[2] < 0.9  # SELI: the minority classifiers are shorter
-    entry = run_posthoc(run, "geometry", write=False)["results"]["geometry"]
-    assert entry["sampler"] == g.sampler_ and entry["effective_counts"] == pytest.approx(effective)
-    # An explicit sampler wins over the run's.
-    g2 = create_rebalancer("geometry", sampler="class_balanced").fit(RunFolder(run).val)
-    assert g2.sampler_from_ == "argument" and np.allclose(g2.effective_counts_, 220.0)
+    if loss == "ldt":  # gamma = 1/2: an exact ETF classifier for any counts (THEORY.md §4.2)
+        np.testing.assert_allclose(g.predicted_w_norms_, 1.0, rtol=1e-9)
+    else:  # CE and wCE: SELI at the dataset's counts, minority classifiers shorter
+        np.testing.assert_allclose(g.predicted_w_norms_, _seli_w_norms(COUNTS), rtol=1e-7)
+        assert g.predicted_w_norms_[2] < 0.9  # not the ETF of a class-balanced sampler's draws
+    for name in ("geometry", "geometry_tuned"):
+        entry = run_posthoc(run, name, write=False)["results"][name]
+        assert not {"sampler", "sampler_from", "effective_counts"} & set(entry)
+        np.testing.assert_allclose(entry["predicted_w_norms"], g.predicted_w_norms_, rtol=1e-12)
 
 
 def test_geometry_names_the_run_whose_loss_it_cannot_rebuild(tmp_path, cli):
@@ -428,21 +411,6 @@ def test_geometry_names_the_run_whose_loss_it_cannot_rebuild(tmp_path, cli):
     assert (
         f"run {str(run)!r} records a loss geometry cannot rebuild: `gamma` must be a finite number" in r.err
     )
-
-
-def test_effective_counts_follow_the_trainer_samplers():
-    """The counts geometry (and the trainer's probes) use, written out by hand: expected draws
-    per class in one epoch of n draws."""
-    from cegeo.data.imbalance import effective_counts
-
-    counts = np.array([500, 300, 40, 7])
-    n = 847.0
-    np.testing.assert_allclose(effective_counts(counts, "none"), counts)
-    np.testing.assert_allclose(effective_counts(counts, "class_balanced"), [n / 4] * 4)
-    root = np.sqrt(counts)
-    np.testing.assert_allclose(effective_counts(counts, "sqrt"), n * root / root.sum())
-    with pytest.raises(ValueError, match=r"`sampler` must be one of 'none', 'class_balanced', 'sqrt'"):
-        effective_counts(counts, "balanced")
 
 
 # ------------------------------------------------------------------------------------- evaluate

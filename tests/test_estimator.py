@@ -315,9 +315,13 @@ def test_not_fitted():
             r"`posthoc_params` must be parameters the estimator does not supply itself \(it sets classifier\)",
         ),
         (
-            # the estimator trains without a sampler: geometry's sampler is its own to set
+            {"posthoc": "geometry", "posthoc_params": {"loss": "ce"}},
+            r"`posthoc_params` must be parameters the estimator does not supply itself \(it sets loss\)",
+        ),
+        (
+            # geometry has no sampler option (a sampler drops out of the theory's limit)
             {"posthoc": "geometry", "posthoc_params": {"sampler": "class_balanced"}},
-            r"`posthoc_params` must be parameters the estimator does not supply itself \(it sets sampler\)",
+            r"`posthoc_params` must hold parameters of rebalancer 'geometry' \(beta, grid\); got unknown key\(s\) 'sampler'",
         ),
         (
             {"posthoc": "posthoc_la", "posthoc_params": {"beta": 1.0}},

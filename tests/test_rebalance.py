@@ -405,8 +405,9 @@ C3 = [100, 10, 10]
             r"`gamma` must be a finite number; got 'x'",
         ),
         (
-            lambda: GeometryRebalancer(loss="ce", sampler="uniform").fit(Z, Y, C3),
-            r"`sampler` must be one of 'none', 'class_balanced', 'sqrt' or None; got 'uniform'",
+            # no sampler option: a sampler drops out of the theory's limit (THEORY.md §4)
+            lambda: create_rebalancer("geometry", loss="ce", sampler="class_balanced"),
+            r"rebalancer 'geometry' takes beta, grid, loss, loss_hyper; got unknown parameter\(s\) sampler\.",
         ),
         (lambda: LWS(alpha=-1).fit(Z, Y), r"`alpha` must be a finite number >= 0"),
         (lambda: LWS(max_iter=0).fit(Z, Y), r"`max_iter` must be an integer >= 1"),

@@ -560,28 +560,32 @@ def test_cuda_run_uses_amp_channels_last_and_compile(tmp_path):
 
 
 @pytest.mark.parametrize("sampler", ["class_balanced", "sqrt"])
-def test_probe_theory_uses_the_counts_the_sampler_shows_the_loss(tmp_path, sampler):
-    """Under a sampler the loss sees each class in proportion to its sampling probability, so
-    the reference geometry is THEORY §4.1 with those counts. Checked against the formula
-    written out here: M* = (I - u u^T) Dc^-1 Dl^-1 (u = Dc^-1 1 normalised), G_W = (M N M^T)^1/2."""
+@pytest.mark.parametrize("loss, hyper", [("wce", {}), ("ldt", {"gamma": 0.5})])
+def test_probe_theory_is_at_the_dataset_counts_whatever_the_sampler(tmp_path, sampler, loss, hyper):
+    """A sampler weighs each sample's loss by how often it is drawn, and loss weights drop out of
+    the max-margin limit (THEORY.md §4; wCE's too): the reference geometry is §4.1 at the dataset's
+    counts, not at the sampler's expected draws. Checked against the formula written out here:
+    M* = (I - 11^T/k) Dl^-1 (Dc = 1), G_W = (M N M^T)^1/2."""
 
     def psd_sqrt(A):
         vals, vecs = np.linalg.eigh((A + A.T) / 2)
         return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
 
-    config = cfg(GAUSS, loss__name="ldt", loss__hyper={"gamma": 0.5}, train__epochs=1, train__sampler=sampler)
+    config = cfg(GAUSS, loss__name=loss, loss__hyper=hyper, train__epochs=1, train__sampler=sampler)
     trainer = Trainer(config, tmp_path / "run", progress=False)
     final = trainer.run()
-    n = np.asarray(final["class_counts"], dtype=np.float64)
+    counts = final["class_counts"]
+    n = np.asarray(counts, dtype=np.float64)
+    assert np.unique(n).size > 1  # imbalanced: the sampler's draws differ from the counts
     q = np.ones_like(n) if sampler == "class_balanced" else np.sqrt(n)
-    seen = n.sum() * q / q.sum()
-    dl = trainer.loss_base.delta_label.double().numpy()  # built from the true counts
-    u = np.ones_like(n) / np.sqrt(n.size)  # Dc = 1
-    M = (np.eye(n.size) - np.outer(u, u)) / dl[None, :]
-    G_W = psd_sqrt((M * seen[None, :]) @ M.T)
-    G_W_true = psd_sqrt((M * n[None, :]) @ M.T)
+    draws = n.sum() * q / q.sum()  # what the probes used to predict for
+    delta_label = trainer.loss_base.delta_label
+    dl = np.ones_like(n) if delta_label is None else delta_label.double().numpy()  # from the true counts
+    M = (np.eye(n.size) - 1.0 / n.size) / dl[None, :]
+    G_W = psd_sqrt((M * n[None, :]) @ M.T)
+    G_W_draws = psd_sqrt((M * draws[None, :]) @ M.T)
     theory = final["theory"]
-    np.testing.assert_allclose(theory["class_counts"], seen, rtol=1e-12)
+    assert theory["class_counts"] == [float(c) for c in counts]  # exactly, as in final.json
     w = np.asarray(theory["w_norms"])
     got = w[:, None] * np.asarray(theory["cos_W"]) * w[None, :]
 
@@ -589,7 +593,7 @@ def test_probe_theory_uses_the_counts_the_sampler_shows_the_loss(tmp_path, sampl
         return G / np.linalg.norm(G)
 
     np.testing.assert_allclose(unit(got), unit(G_W), atol=1e-7)
-    assert np.abs(unit(got) - unit(G_W_true)).max() > 1e-3  # the true counts would differ
+    assert np.abs(unit(got) - unit(G_W_draws)).max() > 1e-3  # the sampler's draws would differ
 
 
 def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path):

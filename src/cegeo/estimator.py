@@ -64,8 +64,7 @@ LOSS_HYPERPARAMETERS = ("gamma", "tau", "normalize", "max_margin", "scale")
 
 _OPTIMIZERS = ("adamw", "sgd")
 # Parameters of a rebalancer that the estimator fills in itself (from the trained model).
-# The estimator trains without a sampler: geometry's counts are the training counts.
-_POSTHOC_SUPPLIED = {"tau_norm": ("classifier",), "geometry": ("loss", "loss_hyper", "sampler")}
+_POSTHOC_SUPPLIED = {"tau_norm": ("classifier",), "geometry": ("loss", "loss_hyper")}
 _POSTHOC_SUPPLIED["geometry_tuned"] = _POSTHOC_SUPPLIED["geometry"]
 # Rows per forward pass at prediction time (bounds memory, not results: inference is float64).
 _PREDICT_CHUNK = 8192
@@ -666,7 +665,6 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
         if self.posthoc in ("geometry", "geometry_tuned"):
             out["loss"] = self.loss
             out["loss_hyper"] = loss_hyper
-            out["sampler"] = "none"
         return out
 
     def _fit_posthoc(self, logits: np.ndarray, y_val: np.ndarray, params: Mapping[str, Any]) -> Any:

@@ -11,7 +11,8 @@ Methods (registry: :func:`create_rebalancer`, :func:`list_rebalancers`):
 ``tau_norm``       ``w_c <- w_c / ||w_c||^tau`` (Kang et al. 2020); tau chosen on validation.
 ``geometry``       ``w_c <- w_c / ||w_c*||^beta`` with ``||w_c*||`` the classifier norm
                    :func:`cegeo.theory.predict` gives for the training loss and the class
-                   counts the loss saw (the sampler's effective counts); beta = 1, no tuning.
+                   counts (loss weights and samplers drop out of the limit, THEORY.md §4,
+                   and are ignored); beta = 1, no tuning.
 ``geometry_tuned`` the same with beta chosen on validation.
 ``lws``            learnable weight scaling ``z_c <- s_c z_c``: s minimises the class-balanced
                    CE on validation (a smooth convex problem, L-BFGS-B).
@@ -61,11 +62,11 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from . import metrics as _metrics
-from ._io import read_json, read_toml
+from ._io import read_json
 from ._registry import Registry
 from ._validation import InputError, check_class_counts, check_finite, check_fraction, check_int, fail
 from .data._dataset import class_index
-from .data.imbalance import SAMPLERS, Groups, effective_counts
+from .data.imbalance import Groups
 from .data.imbalance import groups as make_groups
 
 __all__ = [
@@ -226,10 +227,6 @@ class RunSplit:
     loss : str or None
         Training loss name (registry of :mod:`cegeo.losses`).
     loss_hyper : Mapping[str, float]
-    sampler : str or None
-        The training sampler from the run's ``config.toml`` (``train.sampler``: ``"none"``,
-        ``"class_balanced"`` or ``"sqrt"``); None when there is no run folder or it has no
-        ``config.toml``. A property, read when asked.
     source : str or None
         The run folder it was read from.
     """
@@ -246,31 +243,11 @@ class RunSplit:
     source: str | None = None
 
     @property
-    def sampler(self) -> str | None:
-        """The training sampler recorded in the run folder (read when asked: only ``geometry``
-        needs it, so a broken ``config.toml`` does not stop ``cegeo evaluate``)."""
-        return None if self.source is None else _recorded_sampler(Path(self.source))
-
-    @property
     def num_classes(self) -> int:
         return int(self.logits.shape[1])
 
     def __repr__(self) -> str:
         return f"RunSplit(name={self.name!r}, n={self.logits.shape[0]}, k={self.num_classes}, source={self.source!r})"
-
-
-def _recorded_sampler(folder: Path) -> str | None:
-    """``train.sampler`` of ``folder/config.toml`` (None without the file; absent key: "none")."""
-    f = folder / "config.toml"
-    if not f.is_file():
-        return None
-    train = read_toml(f).get("train", {})
-    if not isinstance(train, Mapping):
-        raise fail(f"{f}: train", "a table", train)
-    sampler = train.get("sampler", "none")
-    if sampler not in SAMPLERS:
-        raise fail(f"{f}: train.sampler", "one of " + ", ".join(map(repr, SAMPLERS)), sampler)
-    return str(sampler)
 
 
 def _groups_from_json(value: Any, k: int, counts: np.ndarray, where: str) -> Groups:
@@ -303,15 +280,14 @@ class RunFolder:
     ----------
     path : str or Path
         A folder with ``final.json`` and ``logits_{val,test}.npz`` (``classifier.npz`` for the
-        classifier-side methods; ``config.toml``, when present, for the training sampler).
+        classifier-side methods).
 
     Raises
     ------
     ValueError
         The folder does not exist, has no ``final.json`` (unfinished run), or its files break the
         contract (missing key, wrong shape or dtype, counts that do not match the logits, a
-        ``loss`` entry that is not a name with a mapping of hyperparameters, an unknown
-        ``train.sampler``).
+        ``loss`` entry that is not a name with a mapping of hyperparameters).
 
     Examples
     --------
@@ -367,11 +343,6 @@ class RunFolder:
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r}, k={self.num_classes}, loss={self.loss!r})"
-
-    @property
-    def sampler(self) -> str | None:
-        """``train.sampler`` of the run's config.toml (None without one; absent key: "none")."""
-        return _recorded_sampler(self.path)
 
     def _npz(self, filename: str, keys: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
         f = self.path / filename
@@ -954,17 +925,19 @@ class GeometryRebalancer(_LogitAffine):
     """Geometry-guided rescaling ``w_c <- w_c / ||w_c*||^beta`` (THEORY.md §7).
 
     ``||w_c*||`` is the classifier norm :func:`cegeo.theory.predict` gives for the training
-    loss and the class counts the loss saw (the max-margin limit, §4.1). Dividing by it
+    loss and the class counts (the max-margin limit, §4.1). Dividing by it
     (beta = 1) moves a model trained with that loss toward the symmetric geometry (LDT
     gamma = 1/2, equal norms) with no tuning; for a loss whose predicted norms are already equal
     it is the identity. Applied to logits (bias-free head); the scale is divided by its
     geometric mean.
 
-    The loss is built as the trainer built it, from the true training counts (its temperatures
-    depend on them); the geometry uses the counts it saw: a class-balanced sampler draws every
-    class equally often (equal effective counts), a square-root sampler in proportion to
-    ``sqrt(n_c)``, no sampler ``n_c``. Per-class loss weights (wCE, deferred re-weighting) drop
-    out of the max-margin limit (THEORY.md §4) and are ignored.
+    The loss is built as the trainer built it, and the geometry predicted, from the training
+    class counts. Loss weights (wCE, deferred re-weighting) and training samplers (a
+    class-balanced or square-root sampler weighs each sample's loss by how often it is drawn;
+    every distinct sample still has one embedding) drop out of the max-margin limit
+    (THEORY.md §4) and are ignored: the prediction is the same with or without them. Finite
+    training with a sampler or with loss weights usually sits far from this limit (it is
+    approached only slowly), so the prediction describes such runs less closely.
 
     Parameters
     ----------
@@ -977,18 +950,10 @@ class GeometryRebalancer(_LogitAffine):
         covers); default: the run's loss when fitted on a :class:`RunSplit`.
     loss_hyper : mapping, optional
         The loss's hyperparameters (default: the run's, or the registry defaults).
-    sampler : {"none", "class_balanced", "sqrt"}, optional
-        The training sampler; default: the run's (``config.toml``'s ``train.sampler``) when
-        fitted on a :class:`RunSplit` of a run that records it, else ``"none"``.
 
     Attributes
     ----------
     beta_ : float
-    sampler_ : str
-    sampler_from_ : str
-        Where ``sampler_`` came from: ``"argument"``, ``"config.toml"`` or ``"default"``.
-    effective_counts_ : ndarray (k,)
-        The counts the geometry is predicted for (expected draws per class and epoch).
     predicted_w_norms_ : ndarray (k,)
         ``||w_c*||`` from the theory (scale-free: only ratios matter).
     scale_, offset_ : ndarray (k,)
@@ -997,7 +962,7 @@ class GeometryRebalancer(_LogitAffine):
     ------
     ValueError
         A loss the theory does not cover (e.g. ``ldam``), or no loss known; ``loss_hyper`` not a
-        mapping; an unknown sampler.
+        mapping.
 
     Examples
     --------
@@ -1007,9 +972,13 @@ class GeometryRebalancer(_LogitAffine):
     [1.0, 1.0, 0.8345]
     >>> g.predict(z).tolist()
     [0, 0, 2, 1]
-    >>> GeometryRebalancer(loss="ce", sampler="class_balanced").fit(
+    >>> GeometryRebalancer(loss="wce").fit(  # loss weights drop out: SELI again
     ...     z, [0, 2, 2, 1], class_counts=[100, 100, 10]
-    ... ).predicted_w_norms_.round(4).tolist()  # every class drawn equally often: the ETF
+    ... ).predicted_w_norms_.round(4).tolist()
+    [1.0, 1.0, 0.8345]
+    >>> GeometryRebalancer(loss="ldt", loss_hyper={"gamma": 0.5}).fit(  # temperatures count
+    ...     z, [0, 2, 2, 1], class_counts=[100, 100, 10]
+    ... ).predicted_w_norms_.round(4).tolist()
     [1.0, 1.0, 1.0]
     >>> GeometryRebalancer(loss="ldam").fit(z, [0, 2, 2, 1], class_counts=[100, 100, 10])
     Traceback (most recent call last):
@@ -1026,13 +995,11 @@ class GeometryRebalancer(_LogitAffine):
         grid: Sequence[float] = _grid(0, 2, 41),
         loss: str | None = None,
         loss_hyper: Mapping[str, float] | None = None,
-        sampler: str | None = None,
     ):
         self.beta = beta
         self.grid = grid
         self.loss = loss
         self.loss_hyper = loss_hyper
-        self.sampler = sampler
 
     def _fit(self, data: _FitData, metric: str) -> None:
         from .losses import create_loss, get_loss_info, list_losses
@@ -1050,14 +1017,7 @@ class GeometryRebalancer(_LogitAffine):
         covered = [n for n in list_losses() if get_loss_info(n).theory]
         if loss not in covered:
             raise fail("loss", "a loss the theory covers (" + ", ".join(map(repr, covered)) + ")", loss)
-        sampler, origin = self.sampler, "argument"
-        if sampler is None:
-            recorded = data.split.sampler if data.split is not None else None
-            sampler, origin = (recorded, "config.toml") if recorded is not None else ("none", "default")
-        if sampler not in SAMPLERS:
-            raise fail("sampler", "one of " + ", ".join(map(repr, SAMPLERS)) + " or None", sampler)
         assert data.class_counts is not None
-        effective = effective_counts(data.class_counts, sampler)  # (k,)
         try:
             # names first: a key named class_counts or reduction would bind to create_loss's own arguments
             get_loss_info(loss).hyperparameters(hyper)
@@ -1066,7 +1026,8 @@ class GeometryRebalancer(_LogitAffine):
             if hyper_from is None:
                 raise
             raise InputError(f"run {hyper_from!r} records a loss geometry cannot rebuild: {exc}") from None
-        norms = predict(loss_fn, effective, make_groups(data.class_counts)).w_norms  # (k,)
+        # The dataset's counts, whatever the sampler was (THEORY.md §4: loss weights drop out).
+        norms = predict(loss_fn, data.class_counts, make_groups(data.class_counts)).w_norms  # (k,)
         norms = norms / norms.max()
         zeros = np.zeros(data.k)
 
@@ -1075,18 +1036,12 @@ class GeometryRebalancer(_LogitAffine):
 
         self.beta_ = self._fit_family(data, metric, "beta", make)
         self.loss_ = loss
-        self.sampler_ = sampler
-        self.sampler_from_ = origin
-        self.effective_counts_ = effective
         self.predicted_w_norms_ = norms
 
     def _extra_dict(self) -> dict[str, Any]:
         return {
             **super()._extra_dict(),
             "loss": self.loss_,
-            "sampler": self.sampler_,
-            "sampler_from": self.sampler_from_,
-            "effective_counts": self.effective_counts_.tolist(),
             "predicted_w_norms": self.predicted_w_norms_.tolist(),
         }
 
@@ -1108,9 +1063,8 @@ class GeometryTuned(GeometryRebalancer):
         grid: Sequence[float] = _grid(0, 2, 41),
         loss: str | None = None,
         loss_hyper: Mapping[str, float] | None = None,
-        sampler: str | None = None,
     ):
-        super().__init__(beta=beta, grid=grid, loss=loss, loss_hyper=loss_hyper, sampler=sampler)
+        super().__init__(beta=beta, grid=grid, loss=loss, loss_hyper=loss_hyper)
 
 
 class LWS(_LogitAffine):

@@ -81,7 +81,7 @@ from ._io import (
 from ._io import to_toml as _to_toml
 from ._validation import InputError, fail, renamed
 from .config import OptimConfig, RunConfig, config_differences, load_run_config, to_dict
-from .data.imbalance import effective_counts, sampling_probabilities
+from .data.imbalance import sampling_probabilities
 from .geometry import FeatureStats, classifier_weight, measure
 from .losses import class_balanced_weights, create_loss, get_loss_info
 from .metrics import summary_from_confusion
@@ -1137,14 +1137,10 @@ class Trainer:
         }
         for name, cm in (("train", cm_train), ("val", cm_val), ("test", cm_test)):
             record[name] = summary_from_confusion(cm, self.splits.groups, self.normal_class)
-        probe = measure(
-            stats,
-            W,
-            loss=self.loss_base,
-            class_counts=self.counts,
-            groups=self.splits.groups,
-            theory_counts=effective_counts(self.counts, self.config.train.sampler),
-        )
+        # The prediction is for the dataset's counts whatever the sampler: a sampler weighs each
+        # sample's loss by how often it is drawn, and loss weights drop out of the max-margin
+        # limit (THEORY.md §4), as wCE's and deferred re-weighting's do.
+        probe = measure(stats, W, loss=self.loss_base, class_counts=self.counts, groups=self.splits.groups)
         record["geometry"] = probe.to_dict(matrices=final)
         if final:
             self._final = {

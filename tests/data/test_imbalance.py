@@ -120,12 +120,3 @@ def test_ratio_within_rounding_does_not_warn():
         warnings.simplefilter("error")
         assert step_counts(10, R=10, rho=0.5, n_max=124).tolist()[-1] == 12  # R = 10.33
         longtail_counts(10, R=100, n_max=5000)
-
-
-def test_effective_counts_without_sampler_are_the_counts_exactly():
-    # n * (n_c / n) rounds: final.json's theory.class_counts and posthoc.json's effective_counts
-    # read 112.00000000000001 for a digits STEP run (train counts 112 x 5, 11 x 5)
-    from cegeo.data.imbalance import effective_counts
-
-    counts = [112] * 5 + [11] * 5
-    assert effective_counts(counts, "none").tolist() == [float(c) for c in counts]

@@ -25,7 +25,6 @@ __all__ = [
     "SAMPLERS",
     "Groups",
     "Profile",
-    "effective_counts",
     "explicit_counts",
     "groups",
     "imbalance_ratio",
@@ -147,7 +146,9 @@ def imbalance_ratio(class_counts: Any) -> float:
 
 
 #: The training samplers (``train.sampler``): every sample once per epoch, classes drawn
-#: equally often, or in proportion to the square root of their counts.
+#: equally often, or in proportion to the square root of their counts. The theory ignores the
+#: sampler: it weighs each sample's loss by how often it is drawn, and loss weights drop out of
+#: the max-margin limit (THEORY.md §4), so runs are predicted at the dataset's class counts.
 SAMPLERS = ("none", "class_balanced", "sqrt")
 
 
@@ -172,26 +173,6 @@ def sampling_probabilities(class_counts: Any, sampler: str) -> np.ndarray:
     else:  # "sqrt"
         q = np.sqrt(n)
     return q / q.sum()
-
-
-def effective_counts(class_counts: Any, sampler: str) -> np.ndarray:
-    """Expected draws of each class in one epoch of ``n`` draws under a sampler, shape (k,).
-
-    What the loss sees: the theory's prediction for a run with a sampler uses these counts
-    (the class-level program weighs each class's loss by them), not the dataset's.
-
-    Examples
-    --------
-    >>> effective_counts([9, 1], "class_balanced").tolist()
-    [5.0, 5.0]
-    >>> effective_counts([112, 11], "none").tolist()  # the counts themselves, exactly
-    [112.0, 11.0]
-    """
-    n = check_class_counts(class_counts)
-    p = sampling_probabilities(n, sampler)  # validates the sampler
-    if sampler == "none":  # n * (n_c / n) is not n_c in floating point (112.00000000000001)
-        return n.astype(np.float64)
-    return float(n.sum()) * p
 
 
 @dataclass(frozen=True)
