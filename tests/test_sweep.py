@@ -760,6 +760,46 @@ def test_posthoc_refits_when_the_posthoc_block_changes(tmp_path):
     assert fewer.posthoc == {"ce__seed0": "done"} and json.loads(ph.read_text())["methods"] == ["posthoc_la"]
 
 
+def test_posthoc_json_of_an_older_cegeo_with_sampler_fields(tmp_path):
+    """An older cegeo wrote geometry's `sampler`, `sampler_from` and `effective_counts` into
+    posthoc.json and predicted at a sampler's expected draws. Such a file still reads (sweep's
+    done check, report); without a sampler it is reused, with one it is refitted at the counts."""
+    import json
+
+    from cegeo.report import build_report
+
+    text = (
+        'name = "ph"\nseeds = [0]\n'
+        + BASE
+        + '[[losses]]\nname = "ce"\n[posthoc]\nmethods = "posthoc_la,geometry"\n'
+    )
+    out = tmp_path / "o"
+    assert run_sweep(load_sweep(write(tmp_path, text)), out).posthoc == {"ce__seed0": "done"}
+    ph = out / "runs" / "ce__seed0" / "posthoc.json"
+    fresh = json.loads(ph.read_text())
+    assert not {"sampler", "sampler_from", "effective_counts"} & set(fresh["results"]["geometry"])
+
+    def older(sampler: str, effective: list[float]) -> None:
+        done = json.loads(ph.read_text())
+        done["results"]["geometry"].update(
+            sampler=sampler, sampler_from="config.toml", effective_counts=effective
+        )
+        ph.write_text(json.dumps(done))
+
+    counts = json.loads((out / "runs" / "ce__seed0" / "final.json").read_text())["class_counts"]
+    older("none", [float(c) for c in counts])  # the class counts: the same prediction as now
+    assert run_sweep(load_sweep(write(tmp_path, text)), out).posthoc == {"ce__seed0": "skipped"}
+    assert "sampler" in json.loads(ph.read_text())["results"]["geometry"]
+    assert "posthoc" in build_report(out, tmp_path / "r.html").sections
+    older("class_balanced", [sum(counts) / len(counts)] * len(counts))
+    assert run_sweep(load_sweep(write(tmp_path, text)), out).posthoc == {"ce__seed0": "done"}
+    refit = json.loads(ph.read_text())["results"]["geometry"]
+    assert (
+        "sampler" not in refit
+        and refit["predicted_w_norms"] == fresh["results"]["geometry"]["predicted_w_norms"]
+    )
+
+
 def test_out_must_be_new_empty_or_a_sweep_folder(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()

@@ -1194,7 +1194,8 @@ def load_ufm(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def _posthoc_matches(folder: Path, spec: PosthocSpec, run: SweepRun) -> bool:
     """Whether ``folder/posthoc.json`` answers this ``[posthoc]`` block (methods, metric, normal
-    class, budget); an unreadable or older file does not."""
+    class, budget); an unreadable or older file does not, nor one whose geometry an older cegeo
+    predicted at a training sampler's expected draws (cegeo predicts at the class counts now)."""
     from .data import class_index
     from .rebalance import RunFolder, parse_methods
 
@@ -1210,9 +1211,23 @@ def _posthoc_matches(folder: Path, spec: PosthocSpec, run: SweepRun) -> bool:
             and done.get("max_false_alarm") == (spec.max_false_alarm if normal is not None else None)
             and set(done.get("methods", [])) | set(done.get("skipped", {}))
             == set(parse_methods(spec.methods))
+            and not _geometry_at_sampler_draws(done)
         )
     except (InputError, OSError, ValueError):
         return False
+
+
+def _geometry_at_sampler_draws(done: Mapping[str, Any]) -> bool:
+    """Whether a posthoc.json records a geometry fit an older cegeo made at the expected draws of
+    a sampler (its entry has ``sampler`` other than ``"none"``), not at the class counts."""
+    results = done.get("results")
+    if not isinstance(results, Mapping):
+        return False
+    return any(
+        isinstance(entry, Mapping) and entry.get("sampler", "none") != "none"
+        for name, entry in results.items()
+        if name in ("geometry", "geometry_tuned")
+    )
 
 
 def _run_posthoc_block(
@@ -1234,7 +1249,10 @@ def _run_posthoc_block(
             if _posthoc_matches(folder, spec, run):
                 outcome.posthoc[run.name] = "skipped"
                 continue
-            say(f"posthoc {run.name}: posthoc.json was made with other [posthoc] settings: refitting")
+            say(
+                f"posthoc {run.name}: posthoc.json was made with other [posthoc] settings "
+                "or by an older cegeo: refitting"
+            )
         try:
             result = run_posthoc(
                 folder,
