@@ -399,8 +399,10 @@ def measure(
     groups : Groups, optional
         Majority/minority grouping; default :func:`cegeo.data.imbalance.groups` of the counts.
     theory_counts : array-like of shape (k,), optional
-        The counts the loss saw, for the prediction (positive, may be fractional): a run with a
-        sampler passes :func:`cegeo.data.imbalance.effective_counts`. Default: ``class_counts``.
+        Other counts to predict the geometry for (positive, may be fractional), e.g. to compare
+        with the prediction of another profile. Default: ``class_counts`` (what the trainer
+        uses, with or without a sampler: loss weights and samplers drop out of the max-margin
+        limit, THEORY.md §4).
 
     Returns
     -------
