@@ -666,6 +666,14 @@ def test_npz_tabular_and_images(tmp_path):
     p3 = tmp_path / "grey.npz"
     np.savez(p3, x_train=x[..., 0], y_train=np.array([0, 1, 0, 1]))
     assert load_dataset(f"npz:{p3}").x_train.shape == (4, 1, 8, 8)
+    # Keras' layout: labels as an (n, 1) column (keras.datasets.cifar10.load_data())
+    p4 = tmp_path / "keras.npz"
+    np.savez(p4, x_train=x, y_train=np.array([[0], [1], [1], [0]], np.uint8), x_test=x[:2], y_test=[[1], [0]])
+    ds4 = load_dataset(f"npz:{p4}")
+    assert ds4.y_train.tolist() == [0, 1, 1, 0] and ds4.y_test.tolist() == [1, 0]
+    np.savez(p4, x_train=x, y_train=np.zeros((4, 2), np.int64))  # two columns: not labels
+    with pytest.raises(ValueError, match=r"must be a 1-D array of integer labels; got int64 \(4, 2\)"):
+        load_dataset(f"npz:{p4}")
 
 
 @pytest.mark.parametrize(

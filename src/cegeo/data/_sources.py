@@ -558,6 +558,8 @@ def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
         if key not in arrays:
             continue
         y = arrays[key]
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]  # Keras' (n, 1) label column, e.g. keras.datasets.cifar10
         if y.ndim != 1 or not (
             np.issubdtype(y.dtype, np.integer)
             or (
