@@ -175,6 +175,27 @@ def test_deterministic_for_a_random_state(data):
     assert torch.get_num_threads() == threads
 
 
+def test_overlapping_fits_give_the_callers_thread_count_back():
+    """Fits overlapping in threads: A sets 1 thread, B (auto) starts while A runs, A ends, B ends.
+    Each restoring the count it found left the process on A's 1 thread."""
+    from cegeo.estimator import _ONE_THREAD_WORK, _cpu_threads
+
+    cpu, before = torch.device("cpu"), torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        a = _cpu_threads(cpu, 1, 0)
+        b = _cpu_threads(cpu, None, 4 * _ONE_THREAD_WORK)  # auto, large work: the caller's count
+        a.__enter__()
+        assert torch.get_num_threads() == 1
+        b.__enter__()
+        assert torch.get_num_threads() == 3  # B runs on the caller's count, not on A's
+        a.__exit__(None, None, None)
+        b.__exit__(None, None, None)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_fits_in_concurrent_threads_give_the_models_of_fits_one_after_the_other(data, monkeypatch):
     """Initialisation draws from torch's global generator: two fits in two threads must not
     interleave their draws, nor give each other's generator state back to the caller."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -73,21 +74,35 @@ _PREDICT_CHUNK = 8192
 _ONE_THREAD_WORK = 2**24
 
 
+# torch's thread count is process-wide: fits running at once in threads share one saved value,
+# and the last to finish restores it (each restoring its own predecessor's setting could leave
+# the process on another fit's count).
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE: dict[str, int] = {"users": 0, "saved": 0}
+
+
 @contextlib.contextmanager
 def _cpu_threads(device: torch.device, n_threads: int | None, work: int) -> Iterator[None]:
-    """Run torch CPU ops on ``n_threads`` threads (auto: 1 for small work), then restore."""
+    """Run torch CPU ops on ``n_threads`` threads (auto: 1 for small work), then restore the
+    caller's count once no fit of this process is running."""
     if device.type != "cpu":
         yield
         return
-    old = torch.get_num_threads()
-    n = n_threads if n_threads is not None else (1 if work < _ONE_THREAD_WORK else old)
-    if n != old:
-        torch.set_num_threads(n)
+    with _THREADS_LOCK:
+        if _THREADS_STATE["users"] == 0:
+            _THREADS_STATE["saved"] = torch.get_num_threads()
+        _THREADS_STATE["users"] += 1
+        base = _THREADS_STATE["saved"]
+        n = n_threads if n_threads is not None else (1 if work < _ONE_THREAD_WORK else base)
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
     try:
         yield
     finally:
-        if n != old:
-            torch.set_num_threads(old)
+        with _THREADS_LOCK:
+            _THREADS_STATE["users"] -= 1
+            if _THREADS_STATE["users"] == 0 and torch.get_num_threads() != _THREADS_STATE["saved"]:
+                torch.set_num_threads(_THREADS_STATE["saved"])
 
 
 def _resolve_device(spec: Any) -> torch.device:
