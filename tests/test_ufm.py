@@ -528,6 +528,25 @@ def test_simulate_errors(kwargs, match):
         simulate(args.pop("configs"), args.pop("class_counts"), **args)
 
 
+def test_a_problem_larger_than_memory_is_refused_before_allocating(monkeypatch):
+    """5.5 million samples x 100 classes: it used to allocate until the system killed it."""
+    import cegeo.ufm as ufm_module
+
+    allocated, original = [], ufm_module.initial_parameters
+    monkeypatch.setattr(ufm_module, "initial_parameters", lambda *a: allocated.append(a))
+    monkeypatch.setattr(ufm_module, "_memory_of", lambda dev: 64 * 2**30)
+    with pytest.raises(ValueError, match=r"the 1 configuration\(s\) must fit in memory: the UFM needs at least "
+                       r"161 GiB for k = 100 classes, n = 5550000 samples, d = 1000, more than the 64 GiB"):  # fmt: skip
+        simulate(UFMConfig(), [110_000] * 50 + [1_000] * 50, 1000, 1)
+    assert allocated == []
+    monkeypatch.setattr(ufm_module, "initial_parameters", original)
+    # the bound scales with the batch: a small problem passes, the same one x 4 on a small memory not
+    monkeypatch.setattr(ufm_module, "_memory_of", lambda dev: 10_000_000)
+    simulate(UFMConfig(), COUNTS, 3, 1)
+    with pytest.raises(ValueError, match=r"the 4 configuration\(s\) must fit in memory"):
+        simulate([UFMConfig(seed=s) for s in range(4)], [4000, 400], 200, 1)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_without_a_gpu_is_an_input_error():
     with pytest.raises(ValueError, match=r"`device` must be an available device"):

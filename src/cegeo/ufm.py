@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -287,6 +288,36 @@ def _check_device(device: Any) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise fail("device", "'cpu' or 'cuda[:i]'", device)
     return dev
+
+
+def _memory_of(dev: torch.device) -> int | None:
+    """Bytes of memory ``dev`` has (None where it cannot be told)."""
+    try:
+        if dev.type == "cuda":
+            return int(torch.cuda.get_device_properties(dev).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError, RuntimeError):  # no sysconf (Windows)
+        return None
+
+
+def _check_memory(B: int, k: int, n: int, d: int, dt: torch.dtype, dev: torch.device) -> None:
+    """Refuse a batch whose tensors cannot fit in the device's memory, before allocating them.
+
+    The estimate is a lower bound of what :func:`simulate` holds at once: the (B, k, n) loss
+    constants formed in float64, their copies and the logits' work buffers in ``dt`` (about six
+    arrays), and parameters, gradients and momentum of (B, k*d + d*n). A problem above it would
+    be killed by the system (or fail in an allocation) after the setup, not refused.
+    """
+    size = torch.finfo(dt).bits // 8
+    need = 3 * 8 * B * k * n + size * (6 * B * k * n + 3 * B * (k * d + d * n))
+    have = _memory_of(dev)
+    if have is not None and need > have:
+        raise InputError(
+            f"`class_counts`, `d` and the {B} configuration(s) must fit in memory: the UFM needs at least "
+            f"{need / 2**30:.3g} GiB for k = {k} classes, n = {n} samples, d = {d}, more than the "
+            f"{have / 2**30:.3g} GiB this {dev.type.upper()} has; use fewer samples, a smaller d or fewer "
+            "configurations (losses x grid values x seeds)."
+        )
 
 
 def check_threads(param: str, value: Any) -> int:
@@ -713,6 +744,7 @@ def simulate(
     theory = [predict(loss, counts, grp) for loss in losses]
     vecs = [loss_vectors(loss, k) for loss in losses]
     B = len(configs)
+    _check_memory(B, k, n, d, dt, dev)
 
     def stack(name: str) -> Tensor:
         return torch.as_tensor(np.stack([v[name] for v in vecs]), dtype=torch.float64)
