@@ -25,6 +25,7 @@ from cegeo.ufm import (
     regularization_path,
     simulate,
     ufm_objective,
+    write_rows_csv,
 )
 
 COUNTS = [6, 6, 2, 2]  # (R=3, rho=1/2)-STEP, n = 16
@@ -174,6 +175,26 @@ def test_logged_rows_columns_and_csv(tmp_path):
         table = list(csv.DictReader(fh))
     assert list(table[0]) == res.columns and len(table) == len(res.rows)
     assert float(table[-1]["W_ratio"]) == res.rows[-1]["W_ratio"]  # floats round-trip exactly
+
+
+def test_csv_hyperparameter_columns_follow_loss_whatever_the_first_loss(tmp_path):
+    """UFMResult.rows: config, loss, its hyperparameters, lam, ... then METRIC_COLUMNS, also when the
+    first configuration's loss has no hyperparameter (ce before la/vs put tau after dist_M)."""
+    res = simulate([MIXED[0], MIXED[2], MIXED[5]], COUNTS, d=5, epochs=2)
+    with res.to_csv(tmp_path / "t.csv").open() as fh:
+        header = next(csv.reader(fh))
+    assert header == res.columns
+    lam = header.index("lam")
+    assert header[:2] == ["config", "loss"] and set(header[2:lam]) == {"tau", "gamma", "normalize"}
+    assert header[-len(METRIC_COLUMNS) :] == list(METRIC_COLUMNS)
+    path = (
+        regularization_path(MIXED[0], COUNTS, [1e-2], d=5).rows
+        + regularization_path(MIXED[2], COUNTS, [1e-2], d=5).rows
+    )
+    write_rows_csv(tmp_path / "p.csv", path)
+    with (tmp_path / "p.csv").open() as fh:
+        header = next(csv.reader(fh))
+    assert header[:3] == ["loss", "tau", "lam"] and header[-1] == "gap_H_cos_maj_min"
 
 
 def _naive_nc1(H, labels, k):

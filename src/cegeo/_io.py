@@ -32,6 +32,7 @@ else:  # pragma: no cover
 __all__ = [
     "append_jsonl",
     "atomic_open",
+    "csv_columns",
     "environment_info",
     "read_json",
     "read_jsonl",
@@ -206,13 +207,36 @@ def read_jsonl(path: str | os.PathLike[str], ints: Sequence[str] = ()) -> list[d
     return out
 
 
-def write_csv(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Write dict rows as CSV, atomically: the header is the union of the rows' keys in order of
-    appearance; floats in full precision (``repr``, so they round-trip); None, NaN and inf empty.
+def csv_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The union of the rows' keys, each key placed right after the key that precedes it in the
+    first row that has it: rows with different middle columns (a loss's hyperparameters) keep
+    every row's own order, e.g. ``[a, c]`` and ``[a, b, c]`` give ``[a, b, c]``, not ``[a, c, b]``.
+
+    >>> csv_columns([{"loss": 0, "lam": 0}, {"loss": 0, "tau": 0, "lam": 0}])
+    ['loss', 'tau', 'lam']
     """
     cols: list[str] = []
+    seen: set[tuple[str, ...]] = set()
     for row in rows:
-        cols.extend(key for key in row if key not in cols)
+        keys = tuple(row)
+        if keys in seen:  # most rows repeat an earlier row's keys
+            continue
+        seen.add(keys)
+        at = 0  # insertion point: just after this row's previous key
+        for key in keys:
+            if key in cols:
+                at = cols.index(key) + 1
+            else:
+                cols.insert(at, key)
+                at += 1
+    return cols
+
+
+def write_csv(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write dict rows as CSV, atomically: the header is :func:`csv_columns` of the rows; floats
+    in full precision (``repr``, so they round-trip); None, NaN and inf empty.
+    """
+    cols = csv_columns(rows)
     p = Path(path)
     with atomic_open(p, "w") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n")

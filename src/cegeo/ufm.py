@@ -68,7 +68,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._io import write_csv
+from ._io import csv_columns, write_csv
 from ._validation import INT_MAX, SEED_MAX, InputError, check_class_counts, check_finite, check_int, fail
 from .data.imbalance import Groups
 from .data.imbalance import groups as make_groups
@@ -585,13 +585,8 @@ class UFMResult:
 
     @property
     def columns(self) -> list[str]:
-        """Column names in table order (union over rows)."""
-        cols: list[str] = []
-        for row in self.rows:
-            for key in row:
-                if key not in cols:
-                    cols.append(key)
-        return cols
+        """Column names in table order (union over rows, each row's order kept: ufm.csv's header)."""
+        return csv_columns(self.rows)
 
     def final_rows(self) -> list[dict[str, Any]]:
         """The last logged row of each configuration (index = configuration)."""
@@ -606,7 +601,9 @@ class UFMResult:
 
 
 def write_rows_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Write dict rows as CSV with the union of their keys as header (atomic; NaN written empty)."""
+    """Write dict rows as CSV with the union of their keys as header (:func:`cegeo._io.csv_columns`:
+    a hyperparameter column sits after ``loss`` even when the first row's loss lacks it; atomic;
+    NaN written empty)."""
     return write_csv(path, rows)
 
 
@@ -805,7 +802,7 @@ def simulate(
         for b, metrics in enumerate(_measure(W, H, pr, lam_list, grp, theory)):
             row = dict(cfg_cols[b])
             row.update(epoch=epoch, step=epoch * steps_per_epoch, lr_now=float(lr_now[b]))
-            row.update(metrics)
+            row.update((key, metrics[key]) for key in METRIC_COLUMNS if key in metrics)  # documented order
             rows.append(row)
 
     def sgd_step(lr: Tensor) -> None:
