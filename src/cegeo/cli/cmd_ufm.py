@@ -13,8 +13,11 @@ Every configuration (loss x grid value x seed) trains in one batched tensor prog
 (GD vs minimiser) and a regularisation part (minimiser vs the lam -> 0 limit), both taken at the
 grid value where the total gap is largest.
 
-Output folder (``--out``): ``ufm.csv``, ``summary.json``, ``config.toml``, ``ufm_<loss>.png`` and,
-with ``--path``, ``path.csv`` and ``path_<loss>.png``. After a successful write, files of those
+Output folder (``--out``): ``ufm.csv``, ``summary.json``, ``config.toml``, ``ufm_<loss>.png`` (for
+each loss swept over a gamma grid) and, with ``--path``, ``path.csv`` and ``path_<loss>.png``. The
+gaps of ``summary.json`` and the tables are ``|a/b - 1|`` for norm ratios and ``|a - b|`` for
+cosines; ``path.csv``'s ``gap_<panel>`` columns are the signed ``value - theory`` of every panel,
+ratios included (:class:`cegeo.ufm.PathResult`). After a successful write, files of those
 names that this run did not write (left by an earlier run into the same folder) are removed, so
 the folder always describes one run; no other file is touched.
 
@@ -441,7 +444,8 @@ def path_table(loss: str, entry: dict[str, Any], shown: int = 5) -> Table:
     table.caption = (
         f"fit over the {entry['fit_points']} smallest lams: gap ≈ a + b/log(1/lam); a = extrapolated gap at "
         "lam -> 0, '0.01 at' = lam where the fit reaches 0.01. Ratios |a/b - 1|, cosines |a - b|, "
-        "d_* normalised-Gram distances; (!) = not monotone in lam. All lams: path.csv, summary.json."
+        "d_* normalised-Gram distances; (!) = not monotone in lam. All lams: summary.json, and path.csv "
+        "(whose gap_* columns are signed differences value - theory, ratios included)."
     )
     return table
 
@@ -708,7 +712,7 @@ def ufm_command(
         None,
         "--out",
         help="Folder for ufm.csv (one row per config per logged epoch), ufm_<loss>.png (the paper's "
-        "figure), summary.json, config.toml (+ path.csv, path_<loss>.png with --path). Files of these "
+        "figure, for a loss swept over a gamma grid), summary.json, config.toml (+ path.csv, path_<loss>.png with --path). Files of these "
         "names left by an earlier run and not rewritten are removed; other files are kept.",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
