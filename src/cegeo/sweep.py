@@ -53,9 +53,11 @@ worker processes at a time (``python -m cegeo.sweep CONFIG OUT``), each limited 
 oversubscribe the cores; with several visible GPUs each worker slot gets one
 (``CUDA_VISIBLE_DEVICES``, round robin).
 
-``summary.csv`` (:func:`summarize`) has one row per grid point without the seed (setup, data,
-imbalance, model, loss and hyperparameters, extra axes) and, for each metric, ``<metric>_mean``
-and ``<metric>_std`` over the seeds' finished runs (std: sample standard deviation, ddof = 1;
+``summary.csv`` (:func:`summarize`) has one row per grid point without the seed: identity columns
+(``group``: the grid point's name, in a sweep the run name without ``__seed<seed>``; ``setup``,
+``data``, ``imbalance``, ``model``, ``loss``, ``label``, ``hyper``, one column per hyperparameter,
+one per extra axis), ``seeds`` (of the finished runs, space-separated), ``n_finished``,
+``n_failed``, ``n_unfinished``, then, for each metric, ``<metric>_mean`` and ``<metric>_std`` over the seeds' finished runs (std: sample standard deviation, ddof = 1;
 empty with a single seed): test balanced accuracy, minority recall (the last group's recall),
 worst-class recall, false-alarm rate (when ``data.normal_class`` is set), validation balanced
 accuracy, the final normalised-Gram distances of W, H and the logits to the theory (``dist_W``,
@@ -1570,7 +1572,8 @@ def aggregate(values: Iterable[float | None]) -> tuple[float | None, float | Non
 def summarize(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
     """One row per group (grid point without the seed): identity columns, counts, mean/std per metric.
 
-    Columns: ``setup``, ``data``, ``imbalance``, ``model``, ``loss``, ``label``, ``hyper``
+    Columns: ``group`` (the grid point's name; in a sweep the run name without
+    ``__seed<seed>``), ``setup``, ``data``, ``imbalance``, ``model``, ``loss``, ``label``, ``hyper``
     (``name=value;...``, all hyperparameters), one column per hyperparameter name, one per extra
     grid axis, ``seeds`` (of the finished runs), ``n_finished``, ``n_failed``,
     ``n_unfinished``, then ``<metric>_mean``, ``<metric>_std`` for :data:`SUMMARY_METRICS`
