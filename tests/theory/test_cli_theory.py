@@ -65,6 +65,12 @@ def test_gamma_grid_matches_the_step_formulas(cli):
     assert grid["distance_to_etf"][i] < 1e-9
 
 
+def test_gamma_grid_json_hyper_does_not_claim_the_default_of_the_swept_parameter(cli):
+    d = as_json(cli, "--step", "k=4,R=10,rho=0.5", "--loss", "ldt", "--gamma-grid", "0:1:3")
+    assert d["hyper"] == {"gamma": None, "normalize": 1.0}  # was gamma 0.5, the unused default
+    assert d["grid"]["values"] == [0.0, 0.5, 1.0]
+
+
 def test_gamma_grid_table(cli):
     r = cli("theory", "--longtail", "k=10,R=100", "--loss", "cdt", "--gamma-grid", "-1,0,1")
     assert r.code == 0, r.err

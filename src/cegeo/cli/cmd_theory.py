@@ -346,6 +346,7 @@ def theory_command(
         assert param is not None and grid is not None
         out["groups"] = geos[0].groups.as_dict()
         out["balanced"] = geos[0].groups.balanced
+        out["hyper"][param] = None  # swept: its values are grid.values, not the registry default
         out["grid"] = {
             "param": param,
             "values": grid,
