@@ -582,3 +582,12 @@ def test_a_report_of_the_run_goes_with_it_and_never_blocks_the_folder(cli, tmp_p
     r = cli("train", *GAUSS, "--epochs", "1", "--out", mine)
     assert r.code == 2 and "holds 'report.html'" in r.err, r.err
     assert (mine / "report.html").read_text() == "<p>my notes</p>"
+
+
+def test_balanced_data_prints_no_minority_recall_rather_than_nan(cli, tmp_path):
+    """With equal counts there is no minority class: the epoch lines and the summary said 'nan'."""
+    args = [a for a in GAUSS if a != "--no-progress"]  # the epoch lines too
+    r = cli("train", *args, "--epochs", "2", "--out", tmp_path / "x")
+    assert r.code == 0, r.err
+    assert "nan" not in (r.out + r.err).lower() and "minority recall" not in r.out + r.err, r.out
+    assert "majority recall" in r.out and "epoch 2/2" in r.err

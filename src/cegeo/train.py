@@ -1550,19 +1550,20 @@ class Trainer:
                         val_min = record["val"]["group_recall"][self.splits.groups.names[-1]]
                         line = (
                             f"epoch {done}/{epochs}  loss {train_loss:.4f}  val bal-acc "
-                            f"{record['val']['balanced_accuracy']:.4f}  val minority recall {val_min:.4f}"
+                            f"{record['val']['balanced_accuracy']:.4f}"
                         )
+                        if val_min == val_min:  # NaN: no minority class (equal counts)
+                            line += f"  val minority recall {val_min:.4f}"
                 if self.out is not None:
                     state = self._checkpoint_state(
                         done, step, train_time, wall_before + time.perf_counter() - wall0
                     )
                     if writer:
                         self._save_checkpoint(state)
-                bar.update(
-                    done,
-                    f"loss {train_loss:.4f}  minority recall: train {train_min:.3f} val {val_min:.3f}",
-                    line,
-                )
+                info = f"loss {train_loss:.4f}"
+                if train_min == train_min or val_min == val_min:  # both NaN: no minority class
+                    info += f"  minority recall: train {train_min:.3f} val {val_min:.3f}"
+                bar.update(done, info, line)
         finally:
             bar.close()
         if not self._final_probed:

@@ -309,7 +309,8 @@ def _print_summary(final: dict[str, Any], target: Path) -> None:
     table.add_column("value", justify="right")
     table.add_row("balanced accuracy", _fmt(test["balanced_accuracy"]))
     for g in groups:
-        table.add_row(f"{g} recall", _fmt(test["group_recall"][g]))
+        if test["group_recall"][g] is not None and test["group_recall"][g] == test["group_recall"][g]:
+            table.add_row(f"{g} recall", _fmt(test["group_recall"][g]))  # no row for an empty group
     table.add_row("worst-class recall", _fmt(test["worst_class_recall"]))
     if "false_alarm" in test:
         table.add_row("false-alarm rate", _fmt(test["false_alarm"]))
