@@ -986,3 +986,22 @@ def test_summary_table_shows_fast_training_times(monkeypatch, secs, shown):
     row.update({"train_time_s_mean": secs, "train_time_s_std": 0.002 if secs < 1 else 0.001})
     cmd_sweep.print_summary([row])
     assert shown in buf.getvalue(), buf.getvalue()
+
+
+def test_summary_csv_without_runs_has_the_header_of_one_with_runs(finished_sweep, tmp_path):
+    """A sweep of a [ufm] block only wrote an empty summary.csv (no header: pandas.read_csv
+    raises EmptyDataError); it now has the columns a sweep with runs writes, in the same order."""
+    import csv
+
+    from cegeo.sweep import write_summary
+
+    out = finished_sweep[1]
+    with (out / "summary.csv").open() as fh:
+        full = next(csv.reader(fh))
+    write_summary(tmp_path / "summary.csv", [])
+    with (tmp_path / "summary.csv").open() as fh:
+        rows = list(csv.reader(fh))
+    assert len(rows) == 1
+    hyper_and_axes = [c for c in full if c not in rows[0]]
+    assert [c for c in full if c not in hyper_and_axes] == rows[0]
+    assert all(not c.endswith(("_mean", "_std")) for c in hyper_and_axes), hyper_and_axes

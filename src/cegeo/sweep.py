@@ -1637,9 +1637,20 @@ def _group_label(r: RunResult) -> str:
     return text
 
 
+#: summary.csv's columns other than the hyperparameters, axes and metrics, in order.
+_SUMMARY_IDENTITY = ("group", "setup", "data", "imbalance", "model", "loss", "label", "hyper")
+_SUMMARY_COUNTS = ("seeds", "n_finished", "n_failed", "n_unfinished")
+
+
 def write_summary(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Write summary rows as CSV (atomically; floats in full precision, missing values empty)."""
-    return write_csv(path, rows)
+    """Write summary rows as CSV (atomically; floats in full precision, missing values empty).
+    Without rows (a sweep of a [ufm] block only) the file still has its header, so CSV readers
+    (``pandas.read_csv``) read an empty table rather than fail on an empty file."""
+    if rows:
+        return write_csv(path, rows)
+    metrics = [f"{m}_{s}" for m in SUMMARY_METRICS if m != "test_false_alarm" for s in ("mean", "std")]
+    write_text(path, ",".join([*_SUMMARY_IDENTITY, *_SUMMARY_COUNTS, *metrics]) + "\n")
+    return Path(path)
 
 
 if __name__ == "__main__":  # the worker of `cegeo sweep --jobs N`
