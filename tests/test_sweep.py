@@ -448,17 +448,15 @@ def test_convergence_point_edge_cases():
 
 @pytest.mark.slow
 def test_jobs_2_runs_worker_processes_with_limited_threads_and_matches_jobs_1(finished_sweep, tmp_path):
-    import os
 
     out1 = finished_sweep[1]
     text = FAILING.replace("seeds = [0, 1]", "seeds = [0]").replace("[0.0, 0.5]", "[0.5]")
     out2 = tmp_path / "jobs2"
     outcome = run_sweep(load_sweep(write(tmp_path, text)), out2, jobs=2)
     assert len(outcome.finished) == 2 and len(outcome.failed) == 2
-    threads = max(1, len(os.sched_getaffinity(0)) // 2)
     for run in outcome.runs:
         log = (out2 / "logs" / f"{run.name}.log").read_text()
-        assert f"with {threads} CPU thread(s)" in log  # cores // jobs: no oversubscription
+        assert "with 1 CPU thread(s)" in log  # the sweep's runtime.threads, whatever the cores
         if run.setup == "ok":
             # One thread per run on the CPU: worker processes reproduce the in-process runs exactly.
             a = read_json(out1 / "runs" / run.name / "final.json")
@@ -467,6 +465,39 @@ def test_jobs_2_runs_worker_processes_with_limited_threads_and_matches_jobs_1(fi
         else:
             err = read_json(out2 / "runs" / run.name / "error.json")
             assert err["type"] == "InputError" and "Traceback" in err["traceback"]
+
+
+@pytest.mark.slow
+def test_a_worker_run_records_its_threads_so_its_config_reproduces_it(tmp_path):
+    """A --jobs worker trains on cores // jobs threads: without runtime.threads in the sweep, the
+    run's config.toml must say so, or `cegeo train --config RUN/config.toml` (on torch's default
+    thread count) sums floats in another order and ends with other weights."""
+    import os
+
+    import torch
+
+    from cegeo.train import train
+
+    text = SWEEP.replace("[base.runtime]\nthreads = 1\n", "").replace("[0.0, 0.5]", "[0.5]")
+    text = text.replace("seeds = [0, 1]", "seeds = [0]")
+    assert "threads" not in text
+    out = tmp_path / "jobs2"
+    outcome = run_sweep(load_sweep(write(tmp_path, text)), out, jobs=2)
+    assert len(outcome.finished) == 2
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    for run in outcome.runs:
+        folder = out / "runs" / run.name
+        assert f"with {threads} CPU thread(s)" in (out / "logs" / f"{run.name}.log").read_text()
+        config = load_run_config(folder / "config.toml")
+        assert config.runtime.threads == threads
+        again = tmp_path / f"again-{run.name}"
+        train(config, again, progress=False)
+        for name in ("logits_val.npz", "logits_test.npz", "classifier.npz"):
+            a, b = np.load(folder / name), np.load(again / name)
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{run.name} {name} {key}")
+        weights = [torch.load(f / "checkpoint.pt", weights_only=True)["model"] for f in (folder, again)]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_worker_that_dies_is_recorded(tmp_path, monkeypatch):

@@ -50,7 +50,9 @@ traceback) and the others go on (a failed run is tried again by the next ``cegeo
 ``jobs = 1`` the runs execute one after the other in this process; with ``jobs = N > 1`` in N
 worker processes at a time (``python -m cegeo.sweep CONFIG OUT``), each limited to
 ``cores // N`` CPU threads (``OMP_NUM_THREADS``/``MKL_NUM_THREADS``) so that N runs do not
-oversubscribe the cores; with several visible GPUs each worker slot gets one
+oversubscribe the cores (a run's ``runtime.threads`` records them unless the sweep sets it: float
+sums depend on the thread count, so set ``base.runtime.threads`` for results that do not depend on
+``--jobs``); with several visible GPUs each worker slot gets one
 (``CUDA_VISIBLE_DEVICES``, round robin).
 
 ``summary.csv`` (:func:`summarize`) has one row per grid point without the seed: identity columns
@@ -1085,16 +1087,21 @@ def _worker_main(argv: Sequence[str]) -> int:
         return 2
     import torch
 
-    threads = os.environ.get("CEGEO_SWEEP_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
-    print(f"cegeo sweep worker: {argv[1]} with {torch.get_num_threads()} CPU thread(s)", flush=True)
     try:
         config = load_run_config(argv[0])
     except Exception as exc:
         _write_error(Path(argv[1]), _error_record(exc))
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    threads = os.environ.get("CEGEO_SWEEP_THREADS")
+    if threads and config.runtime.threads is None:
+        # The run trains on this worker's share of the cores. Float sums depend on the thread
+        # count, so the run's config.toml records it: `cegeo train --config RUN/config.toml`
+        # then reproduces the run bitwise, as it does for a run of `--jobs 1`.
+        runtime = dataclasses.replace(config.runtime, threads=int(threads))
+        config = dataclasses.replace(config, runtime=runtime)
+    torch.set_num_threads(config.runtime.threads or torch.get_num_threads())
+    print(f"cegeo sweep worker: {argv[1]} with {torch.get_num_threads()} CPU thread(s)", flush=True)
     # The sweep stops its workers with SIGTERM (Ctrl-C, `kill PARENT`, a closed terminal): the
     # run then cleans up as on Ctrl-C (.lock, temporary files, a folder without a checkpoint yet)
     # instead of dying on the spot.
