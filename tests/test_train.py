@@ -320,6 +320,35 @@ def test_resume_refuses_a_checkpoint_counted_with_other_batches_per_epoch(tmp_pa
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
 
 
+def test_resume_refuses_a_config_toml_edited_after_the_run_started(tmp_path):
+    """A resume reads the folder's config.toml: edited after the checkpoint (lr 0.1 -> 0.05), it
+    trained the rest of the run with the new rate, and the folder's config.toml then claimed a
+    run it does not reproduce. The checkpoint's own config is the reference; [runtime] may change."""
+    config = cfg(GAUSS, train__epochs=3, optim__schedule="cosine")
+    with pytest.raises(KeyboardInterrupt):
+        _CrashAfterProbe(config, tmp_path / "r", progress=False).run()
+    toml = tmp_path / "r" / "config.toml"
+    text = toml.read_text()
+    assert "\nlr = 0.1\n" in text and '\ndevice = "auto"\n' in text
+    toml.write_text(text.replace("\nlr = 0.1\n", "\nlr = 0.05\n"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    with pytest.raises(
+        ValueError,
+        match=r"^`optim.lr` must match the run being resumed in .* \(its checkpoint was trained with "
+        r"0.1\); got 0.05: was config.toml edited\? Use --force to start over.$",
+    ):
+        Trainer(None, tmp_path / "r", resume=True, progress=False).run()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
+    # the hardware settings may change: the run resumes and ends as if never interrupted
+    toml.write_text(text.replace('\ndevice = "auto"\n', '\ndevice = "cpu"\n'))
+    Trainer(None, tmp_path / "r", resume=True, progress=False).run()
+    straight = Trainer(config, tmp_path / "s", progress=False)
+    straight.run()
+    resumed = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model"]
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed[key], value), key
+
+
 def test_resume_of_a_finished_run_does_nothing(digits_run):
     _, final, out = digits_run
     before = (out / "checkpoint.pt").stat().st_mtime_ns

@@ -80,7 +80,7 @@ from ._io import (
 )
 from ._io import to_toml as _to_toml
 from ._validation import InputError, fail, renamed
-from .config import OptimConfig, RunConfig, config_differences, load_run_config, to_dict
+from .config import OptimConfig, RunConfig, config_differences, from_dict, load_run_config, to_dict
 from .data.imbalance import sampling_probabilities
 from .geometry import FeatureStats, classifier_weight, measure
 from .losses import class_balanced_weights, create_loss, get_loss_info
@@ -1189,6 +1189,17 @@ class Trainer:
         self._checkpointed = True
 
     def _restore(self, ck: dict[str, Any]) -> tuple[int, int, float, float]:
+        saved = _checkpoint_config(ck)
+        diffs = [] if saved is None else config_differences(saved, self.config)
+        if diffs:
+            # config.toml (the base of a resume) edited after the run started: resuming would
+            # train the rest of the run with other settings than its first epochs, and the folder's
+            # config.toml would no longer reproduce it.
+            key, was, now = diffs[0]
+            raise InputError(
+                f"`{key}` must match the run being resumed in {self.out} (its checkpoint was trained "
+                f"with {was!r}); got {now!r}: was config.toml edited? Use --force to start over."
+            )
         epoch, step = int(ck["epoch"]), int(ck["step"])
         if step != epoch * self.steps_per_epoch:
             # The schedule is a function of the step: a checkpoint counted with other batches per
@@ -1645,6 +1656,19 @@ class Trainer:
         """Samples processed over all epochs (the last short batch dropped if it was)."""
         B = self.config.train.batch_size
         return self.config.train.epochs * min(self.n_train, self.steps_per_epoch * B)
+
+
+def _checkpoint_config(ck: Mapping[str, Any]) -> RunConfig | None:
+    """The RunConfig a checkpoint was trained with (None if this cegeo cannot read it)."""
+    from ._io import tomllib
+
+    text = ck.get("config_toml")
+    if not isinstance(text, str):
+        return None
+    try:
+        return from_dict(RunConfig, tomllib.loads(text))
+    except (tomllib.TOMLDecodeError, InputError):  # a checkpoint of another cegeo's settings
+        return None
 
 
 def _history(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
