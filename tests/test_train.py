@@ -89,6 +89,7 @@ def test_run_folder_files_and_keys(digits_run):
 
     prov = tomllib.loads((out / "config.toml").read_text())["provenance"]
     assert {"cegeo", "torch", "numpy", "python", "platform", "device"} <= set(prov)
+    assert prov["torch_threads"] == 1  # runtime.threads; the count torch used when it is unset
     # metrics.jsonl: the probed epochs (every 2, and the last)
     lines = read_jsonl(out / "metrics.jsonl")
     assert [r["epoch"] for r in lines] == [2, 3]

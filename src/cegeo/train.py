@@ -1479,7 +1479,14 @@ class Trainer:
         elif writer:
             assert self.out is not None
             env = environment_info()
-            env.update({"device": str(self.device), "world_size": self.dist.world})
+            # The CPU thread count, which float sums depend on, even when runtime.threads is unset
+            env.update(
+                {
+                    "device": str(self.device),
+                    "world_size": self.dist.world,
+                    "torch_threads": torch.get_num_threads(),
+                }
+            )
             text = _to_toml({**to_dict(cfg), "provenance": env})
             # The run this one replaces (--force, or one that died before its first checkpoint)
             # is removed only now, once data, model, loss and config.toml's text have been
