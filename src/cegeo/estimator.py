@@ -18,7 +18,8 @@ Minority-aware defaults (what differs from :class:`sklearn.neural_network.MLPCla
 
 Training: AdamW (or SGD with momentum) with a cosine learning-rate decay to 0 over ``epochs``
 epochs of shuffled mini-batches, in float32 on ``device``; predictions are computed in float64
-so that they do not depend on how rows are batched. Determinism: with an integer
+so that how rows are batched moves them by float64 rounding only (about 1e-15; float32 kernels
+change their summation order with the batch size). Determinism: with an integer
 ``random_state`` two CPU fits on the same data and machine give identical models
 (initialisation draws from torch's global generator seeded under a lock and then restored,
 shuffling from a private generator: the caller's torch RNG is left untouched, and fits in
@@ -701,8 +702,8 @@ class ImbalancedMLPClassifier(ClassifierMixin, BaseEstimator):
         """Logits (or embeddings) of validated rows, float64, computed in float64 on ``device_``
         (on the CPU when the model was trained on a GPU this machine does not have).
 
-        float64 makes each row's output independent of how rows are batched (float32 matmul
-        kernels change their summation order with the batch size)."""
+        float64 makes each row's output independent of how rows are batched up to float64
+        rounding (float32 matmul kernels change their summation order with the batch size)."""
         device = (
             self.device_ if self.device_.type == "cpu" or torch.cuda.is_available() else torch.device("cpu")
         )
