@@ -1400,8 +1400,18 @@ class Trainer:
                 self._lock.close()  # releases the flock
                 self._lock = None
             if getattr(self, "dist", None) is not None and self.dist.owner:
+                import gc
+
                 import torch.distributed as dist
 
+                # DistributedDataParallel's reducer holds the process group: dropped first, the
+                # group is freed now. Freed at interpreter exit instead, gloo's worker threads
+                # aborted the process now and then ("terminate called without an active
+                # exception", SIGABRT) after a run that had finished and written everything, so
+                # that torchrun failed the job.
+                if getattr(self, "train_model", None) is not None:
+                    self.train_model = self.model
+                gc.collect()
                 with contextlib.suppress(Exception):
                     dist.destroy_process_group()
             self._restore_process_settings()
