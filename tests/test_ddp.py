@@ -201,3 +201,28 @@ def test_a_run_frees_its_process_group_before_it_returns(tmp_path):
     r = _torchrun(str(script), str(done))
     assert r.returncode == 0, r.stderr[-3000:]
     assert done.read_text() == "ok"
+
+
+@pytest.mark.slow
+def test_without_sync_bn_every_rank_probes_the_checkpointed_model(tmp_path):
+    """With runtime.sync_bn = false each rank kept its own shard's BatchNorm running statistics,
+    so the second half of logits_val/test.npz (and the metrics and probes) came from a model that
+    checkpoint.pt does not hold (logits off by up to 1.3 here)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = [a if a != "15" else "14" for a in REST]  # 2 per rank of every batch: n = 63 = 4 x 14 + 7
+    _one_process(*args, "--out", str(one))
+    cfg = (one / "config.toml").read_text().replace("sync_bn = true", "sync_bn = false")
+    (tmp_path / "c.toml").write_text(cfg.split("[provenance]")[0])
+    ddp = _torchrun("-m", "cegeo", "train", "--config", str(tmp_path / "c.toml"), "--out", str(two))
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+
+    from cegeo.config import load_run_config
+    from cegeo.train import Trainer
+
+    trainer = Trainer(load_run_config(two / "config.toml"), None, progress=False).setup()
+    trainer.model.load_state_dict(load_checkpoint(two / "checkpoint.pt")["model"])
+    trainer.model.eval()
+    for split in ("val", "test"):
+        _, _, z, _ = trainer._forward_split(split, None, keep=True)
+        saved = np.load(two / f"logits_{split}.npz")["logits"]
+        np.testing.assert_allclose(saved, z.numpy(), atol=1e-5)

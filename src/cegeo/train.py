@@ -1116,6 +1116,14 @@ class Trainer:
         """Metrics on train/val/test and the geometry probes (one ``metrics.jsonl`` line)."""
         cfg = self.config
         self.model.eval()
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            # Without synchronised BatchNorm (runtime.sync_bn = false) each rank's running
+            # statistics are its own shard's (DDP broadcasts rank 0's only before the next training
+            # forward): every rank probes with rank 0's, the model checkpoint.pt saves.
+            for buf in self.model.buffers():
+                dist.broadcast(buf, 0)
         stats = FeatureStats.zeros(self.k, int(self.model.feature_dim), self.device)
         cm_train, loss_train, _, _ = self._forward_split("train", stats, keep=False)
         stats = stats.all_reduce()
