@@ -226,3 +226,26 @@ def test_without_sync_bn_every_rank_probes_the_checkpointed_model(tmp_path):
         _, _, z, _ = trainer._forward_split(split, None, keep=True)
         saved = np.load(two / f"logits_{split}.npz")["logits"]
         np.testing.assert_allclose(saved, z.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WORLD_SIZE": "1", "RANK": "1"}, "`RANK` (environment variable) must be in 0..0"),
+        ({"RANK": "2"}, "`RANK` (environment variable) must be in 0..0"),
+        ({"WORLD_SIZE": "two"}, "`WORLD_SIZE` (environment variable) must be a whole number; got 'two'"),
+        ({"WORLD_SIZE": "2", "RANK": "0"}, "`MASTER_ADDR` (environment variable) must be set"),
+    ],
+)
+def test_launcher_variables_that_do_not_fit_are_one_line_errors(cli, tmp_path, monkeypatch, env, message):
+    """A lone process with a stray RANK=1 trained and wrote nothing (only rank 0 writes), exit 0;
+    WORLD_SIZE without torchrun's MASTER_ADDR, or not a number, ended in a traceback."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "run"
+    r = cli("train", *REST, "--out", out)
+    assert r.code == 2, r.err
+    assert r.err.startswith("error: ") and message in r.err and len(r.err.splitlines()) == 1, r.err
+    assert not out.exists()

@@ -421,6 +421,45 @@ def _env_world() -> tuple[int, int, int]:
     return world, rank, local
 
 
+def _check_env_world() -> None:
+    """The launcher's variables (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, and for several
+    processes ``MASTER_ADDR``/``MASTER_PORT``) are whole numbers that fit together, checked before
+    the run folder is touched: a stray ``RANK=1`` made a lone process train and write nothing
+    (only rank 0 writes), and torch's own checks end in a traceback."""
+    values: dict[str, int] = {}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        raw = os.environ.get(name)
+        if raw is None:
+            continue
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            raise InputError(
+                f"`{name}` (environment variable) must be a whole number; got {raw!r}."
+            ) from None
+    world, rank = values.get("WORLD_SIZE", 1), values.get("RANK", 0)
+    if world < 1:
+        raise InputError(f"`WORLD_SIZE` (environment variable) must be at least 1; got {world}.")
+    if not 0 <= rank < world:
+        raise InputError(
+            f"`RANK` (environment variable) must be in 0..{world - 1} (WORLD_SIZE is {world}; "
+            f"unset both to train in one process); got {rank}."
+        )
+    if values.get("LOCAL_RANK", 0) < 0:
+        raise InputError(
+            f"`LOCAL_RANK` (environment variable) must be at least 0; got {values['LOCAL_RANK']}."
+        )
+    import torch.distributed as dist
+
+    if world > 1 and not (dist.is_available() and dist.is_initialized()):
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if not os.environ.get(name):
+                raise InputError(
+                    f"`{name}` (environment variable) must be set when WORLD_SIZE is {world} "
+                    "(launch with torchrun, which sets it); got nothing."
+                )
+
+
 def _shard(n: int, rank: int, world: int) -> tuple[int, int]:
     return n * rank // world, n * (rank + 1) // world
 
@@ -710,6 +749,7 @@ class Trainer:
 
         if splits is not None and not isinstance(splits, Splits):
             raise fail("splits", "a cegeo.data.Splits (e.g. from make_splits)", type(splits).__name__)
+        _check_env_world()
         self.out = None if out is None else Path(out)
         self.action = "new"
         self._lock: IO[str] | None = None
