@@ -249,3 +249,92 @@ def test_launcher_variables_that_do_not_fit_are_one_line_errors(cli, tmp_path, m
     assert r.code == 2, r.err
     assert r.err.startswith("error: ") and message in r.err and len(r.err.splitlines()) == 1, r.err
     assert not out.exists()
+
+
+def _two_ranks(*args: str, timeout: float = 120) -> list[subprocess.CompletedProcess[str]]:
+    """``python ARGS`` as ranks 0 and 1 of a gloo job (torchrun's variables set by hand), so
+    that each rank's exit status and stderr are its own (torchrun adds its own traceback)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    world = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *args],
+            env={**_env(), **world, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [
+        subprocess.CompletedProcess(p.args, p.returncode, o, e) for p, (o, e) in zip(procs, outs, strict=True)
+    ]
+
+
+RANK1_FAILS = textwrap.dedent(
+    """
+    import os
+    import sys
+    import cegeo.train as T
+    from cegeo.cli import main
+
+    def fail(*args, **kwargs):
+        raise T.InputError("`data.options` must be readable by every rank; got a broken shard.")
+
+    if os.environ["RANK"] == "1":  # a failure only rank 1 sees, before or after the DDP wrapper
+        setattr(T.Trainer, sys.argv[1], fail)
+    sys.exit(main(["train", *sys.argv[2:]]))
+    """
+)
+
+
+def _one_line_errors(ranks: list[subprocess.CompletedProcess[str]]) -> list[str]:
+    for r in ranks:
+        assert r.returncode == 2, r.stderr[-3000:]
+        assert "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr[-3000:]
+    return [r.stderr for r in ranks]
+
+
+@pytest.mark.slow
+def test_an_error_only_one_rank_sees_stops_every_rank_with_one_line(tmp_path):
+    """Rank 0 alone locks and writes the run folder: with the folder locked by another process it
+    printed its one-line error while rank 1 trained on into a 40-line gloo "Connection closed by
+    peer" traceback. Now every rank stops at once, with one line, and nothing is written."""
+    import fcntl
+
+    args = [*REST, "--epochs", "1"]
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with open(busy / ".lock", "a") as held:  # another cegeo process training there
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        zero, one = _one_line_errors(_two_ranks("-m", "cegeo", "train", *args, "--out", str(busy)))
+    assert "another cegeo process is training right now" in zero
+    assert one == "error: rank 0 stopped: " + zero[len("error: ") :]
+    assert [p.name for p in busy.iterdir()] == [".lock"]
+
+    # rank 1 alone fails: after the DDP wrapper (rank 0 has already started the run folder),
+    # and before it (rank 0 waits in the wrapper's first broadcast)
+    script = tmp_path / "rank1_fails.py"
+    script.write_text(RANK1_FAILS)
+    for where in ("_prepare_folder", "_setup_data"):
+        out = tmp_path / where
+        out.mkdir()
+        zero, one = _one_line_errors(_two_ranks(str(script), where, *args, "--out", str(out)))
+        assert one.startswith("error: `--data-option` must be readable by every rank"), one
+        if where == "_prepare_folder":
+            assert zero == "error: rank 1 stopped: " + one[len("error: ") :]
+        else:
+            assert zero.startswith("error: rank 0 stopped: another rank of this torchrun job stopped"), zero
+        assert list(out.iterdir()) == []

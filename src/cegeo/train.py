@@ -487,6 +487,57 @@ def _all_sum(t: Tensor, dist_: _Dist) -> Tensor:
     return t
 
 
+class PeerStoppedError(InputError):
+    """Another rank of this torchrun job stopped with an error (which that rank printed)."""
+
+
+_NOTE_BYTES = 1024  # one rank's note in _agree: a kind byte and a UTF-8 message
+
+
+def _agree(dist_: _Dist, device: torch.device, err: BaseException | None) -> None:
+    """Every rank says whether it got through a step only some ranks do (rank 0 locks, checks and
+    writes the run folder) in one small all-gather, before any collective of training: an error
+    only rank 0 saw (the run folder locked by another process) left rank 1 training on alone into
+    a gloo "Connection closed by peer" traceback. A rank that failed returns (its caller
+    re-raises its own error); the others raise it too, as ``rank R stopped: MESSAGE``."""
+    if not dist_.enabled:
+        return
+    import torch.distributed as dist
+
+    buf = torch.zeros(_NOTE_BYTES, dtype=torch.uint8)
+    if err is not None:
+        note = " ".join(str(err).split()) if isinstance(err, InputError) else _one_line(err)
+        data = note.encode("utf-8")[: _NOTE_BYTES - 1]
+        buf[0] = 2 if isinstance(err, RunBusyError) else 1
+        buf[1 : 1 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    buf = buf.to(device)
+    parts = [torch.empty_like(buf) for _ in range(dist_.world)]
+    if err is not None:
+        with contextlib.suppress(Exception):  # a rank already gone: this rank's error is the one
+            dist.all_gather(parts, buf)
+        return
+    dist.all_gather(parts, buf)
+    for rank, part in enumerate(parts):
+        kind = int(part[0])
+        if kind:
+            text = bytes(part[1:].cpu().numpy()).rstrip(b"\0").decode("utf-8", errors="ignore")
+            raise (RunBusyError if kind == 2 else PeerStoppedError)(f"rank {rank} stopped: {text}")
+
+
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def _peer_gone(exc: BaseException, dist_: _Dist | None) -> bool:
+    """Whether ``exc`` is a collective that failed because another rank's process ended (gloo's
+    message; that rank printed its own error, and torchrun names it)."""
+    return (
+        dist_ is not None
+        and dist_.enabled
+        and isinstance(exc, RuntimeError)
+        and any(s in str(exc) for s in _PEER_GONE)
+    )
+
+
 def _ddp_params() -> Mapping[str, Any]:
     import inspect
 
@@ -1433,12 +1484,20 @@ class Trainer:
             devices = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 return self._run(wall0)
-        except BaseException:
+        except BaseException as exc:
             # A new run that dies before its first checkpoint leaves the folder as it found it
             # minus the run it replaced, never a config.toml that blocks the next attempt.
             if self._started_folder and not self._checkpointed:
                 assert self.out is not None
                 _clear(self.out)
+            if _peer_gone(exc, getattr(self, "dist", None)):
+                # another rank failed where _agree does not look (its data, a checkpoint that
+                # could not be written): its error is the one that counts, this is one line
+                why = next(s for s in _PEER_GONE if s in str(exc))
+                raise PeerStoppedError(
+                    f"rank {self.dist.rank} stopped: another rank of this torchrun job stopped "
+                    f"first (see its error above; gloo: {why})."
+                ) from None
             raise
         finally:
             if self._lock is not None:
@@ -1502,10 +1561,10 @@ class Trainer:
         self._ready = True
         return self
 
-    def _run(self, wall0: float) -> dict[str, Any]:
+    def _prepare_folder(self, writer: bool) -> tuple[int, int, float, float]:
+        """Lock the run folder and start or resume the run in it (the writer, rank 0), or load the
+        checkpoint (every rank); returns (start epoch, step, train time, wall time before)."""
         cfg = self.config
-        writer = self.out is not None and self.dist.rank == 0
-
         start_epoch, step, train_time, wall_before = 0, 0, 0.0, 0.0
         if writer:
             assert self.out is not None
@@ -1554,6 +1613,18 @@ class Trainer:
             self._started_folder = True
             with atomic_open(self.out / "config.toml", "w") as fh:
                 fh.write(text)
+        return start_epoch, step, train_time, wall_before
+
+    def _run(self, wall0: float) -> dict[str, Any]:
+        cfg = self.config
+        writer = self.out is not None and self.dist.rank == 0
+
+        try:
+            start_epoch, step, train_time, wall_before = self._prepare_folder(writer)
+        except Exception as exc:
+            _agree(self.dist, self.device, exc)
+            raise
+        _agree(self.dist, self.device, None)
 
         if self.compile:
             self._warm_up_compiled()
