@@ -253,6 +253,7 @@ def test_errors_name_the_flag_or_the_config_key_that_set_the_value(cli, tmp_path
 def test_out_holding_a_run(cli, tmp_path, finished):
     r = cli("train", *GAUSS, "--epochs", "2", "--out", finished)
     assert r.code == 2 and "holds a finished run (pass --force" in r.err
+    assert r.err.startswith("error: `--out` must be "), r.err  # the flag, not the Python parameter
     r = cli("train", *GAUSS, "--epochs", "2", "--out", finished, "--resume")
     assert r.code == 2 and "`--epochs` must match the run being resumed" in r.err
     other = tmp_path / "mine"

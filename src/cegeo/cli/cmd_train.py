@@ -213,7 +213,7 @@ def train_command(
     from ..train import Trainer, _env_world
 
     updates: dict[str, Any] = {}
-    given: dict[str, str] = {}  # config key -> the flag that set it, for error messages
+    given: dict[str, str] = {"out": "--out"}  # config key -> the flag that set it, for error messages
     flags: dict[str, str] = {}  # config key -> its flag
     for key, flag, value in (
         ("data.source", "--data", data),
