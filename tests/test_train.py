@@ -350,6 +350,38 @@ def test_resume_refuses_a_config_toml_edited_after_the_run_started(tmp_path):
         assert torch.equal(resumed[key], value), key
 
 
+def test_resume_follows_data_that_moved_when_config_toml_points_at_them(tmp_path):
+    """The checkpoint's config is the reference of a resume, but where the data lie is not part
+    of the run: data moved after the run started (config.toml's data path edited to follow them,
+    the only way to point a resume at them) resume as before, and end as a run never interrupted."""
+    rng = np.random.default_rng(0)
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    x = rng.normal(size=(120, 3))
+    lines = ["a,b,c,label"] + [f"{a:.5f},{b:.5f},{c:.5f},{int(a > 0)}" for a, b, c in x]
+    (old / "x.csv").write_text("\n".join(lines) + "\n")
+    base = {**GAUSS, "data.options": {}, "train.epochs": 3}
+    with pytest.raises(KeyboardInterrupt):
+        _CrashAfterProbe(cfg(base, data__source=f"csv:{old / 'x.csv'}"), tmp_path / "r", progress=False).run()
+    old.rename(new)
+    toml = tmp_path / "r" / "config.toml"
+    toml.write_text(toml.read_text().replace(str(old), str(new)))
+    Trainer(None, tmp_path / "r", resume=True, progress=False).run()
+    straight = Trainer(cfg(base, data__source=f"csv:{new / 'x.csv'}"), tmp_path / "s", progress=False)
+    straight.run()
+    resumed = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model"]
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed[key], value), key
+    # another source than the checkpoint's is still refused
+    np.savez(tmp_path / "x.npz", x_train=x.astype(np.float32), y_train=(x[:, 0] > 0).astype(np.int64))
+    with pytest.raises(KeyboardInterrupt):
+        _CrashAfterProbe(cfg(base, data__source=f"csv:{new / 'x.csv'}"), tmp_path / "t", progress=False).run()
+    toml = tmp_path / "t" / "config.toml"
+    toml.write_text(toml.read_text().replace(f"csv:{new / 'x.csv'}", f"npz:{tmp_path / 'x.npz'}"))
+    with pytest.raises(ValueError, match=r"^`data.source` must match the run being resumed"):
+        Trainer(None, tmp_path / "t", resume=True, progress=False).run()
+
+
 def test_resume_of_a_finished_run_does_nothing(digits_run):
     _, final, out = digits_run
     before = (out / "checkpoint.pt").stat().st_mtime_ns

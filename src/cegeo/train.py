@@ -1290,6 +1290,9 @@ class Trainer:
     def _restore(self, ck: dict[str, Any]) -> tuple[int, int, float, float]:
         saved = _checkpoint_config(ck)
         diffs = [] if saved is None else config_differences(saved, self.config)
+        # Where the data lie may change (data moved, config.toml's paths edited to follow it).
+        source = self.config.data.source
+        diffs = [d for d in diffs if not _only_data_paths_differ(*d, source)]
         if diffs:
             # config.toml (the base of a resume) edited after the run started: resuming would
             # train the rest of the run with other settings than its first epochs, and the folder's
@@ -1792,6 +1795,33 @@ class Trainer:
         """Samples processed over all epochs (the last short batch dropped if it was)."""
         B = self.config.train.batch_size
         return self.config.train.epochs * min(self.n_train, self.steps_per_epoch * B)
+
+
+def _only_data_paths_differ(key: str, was: Any, now: Any, source: str) -> bool:
+    """Whether a config difference is only where the data lie: the path of ``data.source`` (the
+    same source), or the value of an option naming a file (csv's ``test``) of ``source``. A run
+    whose data moved resumes once config.toml points at them; all else must match its checkpoint.
+
+    Examples
+    --------
+    >>> _only_data_paths_differ("data.source", "csv:/old/x.csv", "csv:/new/x.csv", "csv:/new/x.csv")
+    True
+    >>> _only_data_paths_differ("data.source", "csv:/old/x.csv", "npz:/old/x.npz", "npz:/old/x.npz")
+    False
+    >>> _only_data_paths_differ("data.options", {"test": "/old/t.csv"}, {"test": "/new/t.csv"}, "csv:/x.csv")
+    True
+    """
+    from .data import get_dataset_info, parse_spec
+
+    try:
+        if key == "data.source" and isinstance(was, str) and isinstance(now, str):
+            return parse_spec(was)[0] == parse_spec(now)[0]
+        if key == "data.options" and isinstance(was, Mapping) and isinstance(now, Mapping):
+            paths = get_dataset_info(parse_spec(source)[0]).path_options
+            return set(was) == set(now) and all(k in paths or was[k] == now[k] for k in was)
+    except InputError:
+        return False
+    return False
 
 
 def _checkpoint_config(ck: Mapping[str, Any]) -> RunConfig | None:
