@@ -874,6 +874,17 @@ def test_csv_named_label_and_test_file(tmp_path):
     assert ds.x_test.tolist() == [[9, 9]] and ds.y_test.tolist() == [0]
 
 
+def test_csv_with_the_column_names_pandas_gives_an_array_is_read(tmp_path):
+    """``pd.DataFrame(np.c_[X, y]).to_csv(index=False)`` writes the header 0,1,...,d: all
+    numbers, yet a header (the rule that refuses a file without one must not refuse it)."""
+    f = tmp_path / "d.csv"
+    f.write_text("0,1,2\n0.5,1.5,0.0\n1.0,2.0,1.0\n3.0,4.0,0.0\n")
+    ds = load_dataset(f"csv:{f}")
+    assert ds.x_train.tolist() == [[0.5, 1.5], [1.0, 2.0], [3.0, 4.0]]
+    assert ds.y_train.tolist() == [0, 1, 0]
+    assert load_dataset(f"csv:{f}", label="0").y_train.tolist() == [0, 1, 2]
+
+
 @pytest.mark.parametrize(
     ("text", "options", "match"),
     [

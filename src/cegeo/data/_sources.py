@@ -619,7 +619,9 @@ def _read_csv(
             described(f"{len(rows)} rows"),
         )
     header = [h.strip() for h in rows[0]]
-    if all(_is_number(h) for h in header):
+    # pandas names the columns of a DataFrame made from an array 0, 1, ..., d: its to_csv header
+    pandas_columns = header == [str(i) for i in range(len(header))]
+    if all(_is_number(h) for h in header) and not pandas_columns:
         # A file without a header: its first sample would become the column names (and be lost).
         raise fail(
             str(path),
