@@ -143,6 +143,9 @@ BAD = [
     (["--epochs", "0"], "`--epochs` must be an integer >= 1"),
     (["--batch-size", "0"], "`--batch-size` must be an integer >= 1"),
     (["--imbalance", "counts:40,40,1"], "class 2 has 1 sample(s), too few for a validation split"),
+    # make_splits' own argument names (n_max, imbalance) were printed instead of the flags
+    (["--imbalance", "counts:40,40"], "`--imbalance` must be 3 counts (one per class of gaussian)"),
+    (["--imbalance", "longtail:R=100", "--n-max", "20"], "`--n-max` must be a size with n_max / R >= 1"),
     (["--loss", "ldam"], "`--model-option cosine_classifier` must be true for loss 'ldam'"),
     (["--gamma", "0.5"], "loss 'ce' takes no hyperparameters; got unknown hyperparameter(s) gamma"),
     (["--loss", "ldt", "--hyper", "beta=2"], "loss 'ldt' takes gamma, normalize; got unknown"),

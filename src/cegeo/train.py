@@ -856,14 +856,19 @@ class Trainer:
                 if named is err:
                     raise
                 raise InputError(f"{str(named).rstrip('.')} (set it with --data NAME:PATH).") from None
-            splits = make_splits(
-                ds,
-                cfg.data.imbalance,
-                val_fraction=cfg.data.val_fraction,
-                seed=cfg.split_seed,
-                n_max=cfg.data.n_max,
-                test_fraction=cfg.data.test_fraction,
-            )
+            try:
+                splits = make_splits(
+                    ds,
+                    cfg.data.imbalance,
+                    val_fraction=cfg.data.val_fraction,
+                    seed=cfg.split_seed,
+                    n_max=cfg.data.n_max,
+                    test_fraction=cfg.data.test_fraction,
+                )
+            except InputError as err:
+                # make_splits names its own arguments: name the run config's keys (the CLI its flags)
+                keys = ("imbalance", "n_max", "val_fraction", "test_fraction")
+                raise renamed(err, {key: f"data.{key}" for key in keys}) from None
         self.splits = splits
         k = int(splits.num_classes)
         self.class_names = tuple(splits.class_names) or tuple(str(i) for i in range(k))
