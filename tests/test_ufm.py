@@ -557,7 +557,7 @@ def test_a_problem_larger_than_memory_is_refused_before_allocating(monkeypatch):
     monkeypatch.setattr(ufm_module, "initial_parameters", lambda *a: allocated.append(a))
     monkeypatch.setattr(ufm_module, "_memory_of", lambda dev: 64 * 2**30)
     with pytest.raises(ValueError, match=r"the 1 configuration\(s\) must fit in memory: the UFM needs at least "
-                       r"161 GiB for k = 100 classes, n = 5550000 samples, d = 1000, more than the 64 GiB"):  # fmt: skip
+                       r"149 GiB for k = 100 classes, n = 5550000 samples, d = 1000, more than the 64 GiB"):  # fmt: skip
         simulate(UFMConfig(), [110_000] * 50 + [1_000] * 50, 1000, 1)
     assert allocated == []
     monkeypatch.setattr(ufm_module, "initial_parameters", original)

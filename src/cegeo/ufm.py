@@ -304,12 +304,15 @@ def _check_memory(B: int, k: int, n: int, d: int, dt: torch.dtype, dev: torch.de
     """Refuse a batch whose tensors cannot fit in the device's memory, before allocating them.
 
     The estimate is a lower bound of what :func:`simulate` holds at once: the (B, k, n) loss
-    constants formed in float64, their copies and the logits' work buffers in ``dt`` (about six
-    arrays), and parameters, gradients and momentum of (B, k*d + d*n). A problem above it would
+    constants formed in float64, their copies in ``dt`` on ``dev`` (none for float64 on the CPU)
+    and the logits' work buffers (about three arrays), and parameters, gradients and momentum
+    of (B, k*d + d*n). A problem above it would
     be killed by the system (or fail in an allocation) after the setup, not refused.
     """
     size = torch.finfo(dt).bits // 8
-    need = 3 * 8 * B * k * n + size * (6 * B * k * n + 3 * B * (k * d + d * n))
+    # float64 constants on the CPU are used as they are, other dtypes/devices get copies
+    copies = 0 if (dt == torch.float64 and dev.type == "cpu") else 3
+    need = 3 * 8 * B * k * n + size * ((3 + copies) * B * k * n + 3 * B * (k * d + d * n))
     have = _memory_of(dev)
     if have is not None and need > have:
         raise InputError(
