@@ -762,7 +762,7 @@ def test_a_budget_finer_than_validation_can_resolve_is_warned_and_overruns_are_m
     buf = io.StringIO()
     wide = Console(file=buf, width=200, markup=False, highlight=False)
     monkeypatch.setattr(cmd_posthoc, "console", wide)
-    monkeypatch.setattr(cmd_posthoc, "wide_console", lambda: wide)
+    monkeypatch.setattr(cmd_posthoc, "wide_console", lambda width=120: wide)
     cmd_posthoc.print_posthoc(result)
     text = buf.getvalue()
     row = next(line for line in text.splitlines() if line.strip().lstrip("> ").startswith("posthoc_la"))
@@ -801,7 +801,7 @@ def _printed(result, monkeypatch) -> str:
     buf = io.StringIO()
     wide = Console(file=buf, width=200, markup=False, highlight=False)
     monkeypatch.setattr(cmd_posthoc, "console", wide)
-    monkeypatch.setattr(cmd_posthoc, "wide_console", lambda: wide)
+    monkeypatch.setattr(cmd_posthoc, "wide_console", lambda width=120: wide)
     cmd_posthoc.print_posthoc(result)
     return buf.getvalue()
 
@@ -831,3 +831,11 @@ def test_false_alarm_column_keeps_decimal_points_aligned(run, cli, monkeypatch):
     lws = next(line for line in lines if line.strip().lstrip("> ").startswith("lws"))
     assert la.rstrip().endswith("0.500 !")
     assert la.index("0.500 !") == lws.rindex("0.000")  # same column, decimal points aligned
+
+
+def test_the_table_with_false_alarm_columns_cuts_no_number_when_piped(run, cli):
+    """Piped output (rich assumes 80 columns): the table with a normal class has two false-alarm
+    columns and printed at 120 columns it cut numbers to '0.0…'."""
+    r = cli("posthoc", run, "-m", "all", "--normal-class", "0", "--no-write")
+    assert r.code == 0, r.err
+    assert "…" not in r.out and "val f.a." in r.out, r.out

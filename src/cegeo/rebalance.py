@@ -1611,7 +1611,10 @@ def best_method(result: Mapping[str, Any]) -> str | None:
     With a normal class (false-alarm rates reported) only predictions whose validation
     false-alarm rate is within ``max_false_alarm`` compete: a method within the budget is
     preferred to uncorrected predictions over it whatever the scores, and None then means that
-    no method keeps within the budget either (see :func:`within_budget`).
+    no method keeps within the budget either (see :func:`within_budget`). The cross-fitted or
+    in-sample ranking is then decided among the methods within the budget: where none of them
+    has a cross-fitted score (an operating point whose folds could not all meet the budget), the
+    in-sample score ranks them.
 
     Examples
     --------

@@ -24,9 +24,9 @@ console = Console(highlight=False, markup=False)
 err_console = Console(stderr=True, highlight=False, markup=False)
 
 
-def wide_console() -> Console:
-    """The shared console, or a 120-column one when output is narrower (pipes, CI logs)."""
-    return console if console.width >= 120 else Console(width=120, highlight=False, markup=False)
+def wide_console(width: int = 120) -> Console:
+    """The shared console, or a ``width``-column one when output is narrower (pipes, CI logs)."""
+    return console if console.width >= width else Console(width=width, highlight=False, markup=False)
 
 
 def parse_kv(text: str, option: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, str]:

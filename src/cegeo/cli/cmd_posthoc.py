@@ -55,8 +55,9 @@ def print_posthoc(result: dict[str, Any]) -> None:
     console.print(f"run {result['run']} · loss {result['loss'] or '?'} · test n = {raw['n']}")
     console.print(
         f"chosen on val for {metric} (* = tuned); 'val' = {metric} on val, 'val cv' = the same with each "
-        "sample predicted by a fit on the other folds (> = the best by it, raw argmax included); the rest "
-        "on test"
+        "sample predicted by a fit on the other folds (> = the best by it, raw argmax included)"
+        + (", 'val f.a.' = false-alarm rate on val" if normal is not None else "")
+        + "; the rest on test"
     )
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     table.add_column("method", no_wrap=True)
@@ -66,6 +67,7 @@ def print_posthoc(result: dict[str, Any]) -> None:
     for label in ("bal.acc", "Δ", "minority", "Δ", "worst", "G-mean"):
         table.add_column(label, justify="right", no_wrap=True)
     if normal is not None:
+        table.add_column("val f.a.", justify="right", no_wrap=True)  # what '>' is chosen within
         table.add_column("f.alarm", justify="right", no_wrap=True)
 
     # Raw argmax is a choice too (nothing fitted: its out-of-fold score is its 'val'): a method
@@ -76,7 +78,7 @@ def print_posthoc(result: dict[str, Any]) -> None:
     if best is None and (not budgeted or within_budget(raw_val.get("false_alarm"), budget)):
         best = "raw (argmax)"
 
-    def row(name: str, chosen: str, val: Any, val_cv: Any, test: dict[str, Any]) -> None:
+    def row(name: str, chosen: str, val: Any, val_cv: Any, test: dict[str, Any], val_fa: Any = None) -> None:
         cells: list[str | Text] = [
             ("> " if name == best else "  ") + name,
             chosen,
@@ -90,6 +92,7 @@ def print_posthoc(result: dict[str, Any]) -> None:
             _fmt(test["g_mean"]),
         ]
         if normal is not None:
+            cells.append(_fmt(val_fa))
             fa = test.get("false_alarm")
             over = fa is not None and budget is not None and fa > budget
             # a row within budget keeps two trailing spaces (overflow="ignore": rich would strip
@@ -97,13 +100,15 @@ def print_posthoc(result: dict[str, Any]) -> None:
             cells.append(_fmt(fa) + " !" if over else Text(_fmt(fa) + "  ", overflow="ignore"))
         table.add_row(*cells)
 
-    row("raw (argmax)", "-", raw_val[metric], raw_val[metric], raw)
+    row("raw (argmax)", "-", raw_val[metric], raw_val[metric], raw, raw_val.get("false_alarm"))
     for name in result["methods"]:
         entry = result["results"][name]
-        row(name, _chosen(entry), entry["val_score"], entry.get("val_score_cv"), entry["test"])
-    # Numbers must never be cut to "0.…": below 120 columns (e.g. output piped to a file, where
-    # rich assumes 80) print at 120 and let a narrow terminal wrap the lines.
-    wide_console().print(table)
+        val_fa = (entry.get("val") or {}).get("false_alarm")
+        row(name, _chosen(entry), entry["val_score"], entry.get("val_score_cv"), entry["test"], val_fa)
+    # Numbers must never be cut to "0.…": below 120 columns (140 with the false-alarm columns;
+    # e.g. output piped to a file, where rich assumes 80) print at that width and let a narrow
+    # terminal wrap the lines.
+    wide_console(140 if normal is not None else 120).print(table)  # two false-alarm columns
     tests = [raw, *(result["results"][m]["test"] for m in result["methods"])]
     if normal is not None and budget is not None and any((t.get("false_alarm") or 0) > budget for t in tests):
         console.print(f"! = test false-alarm rate over the budget {budget:g} (--max-false-alarm)")
