@@ -382,6 +382,34 @@ def test_resume_follows_data_that_moved_when_config_toml_points_at_them(tmp_path
         Trainer(None, tmp_path / "t", resume=True, progress=False).run()
 
 
+def test_resume_refuses_other_data_at_the_path_config_toml_points_at(tmp_path):
+    """A moved path is followed, other data are not: a config.toml pointed at another file of
+    the same name (or a file rewritten in place) resumed the run silently on it, its first epochs
+    trained on one dataset and the rest on another, final.json naming the second."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    for folder in ("v1", "v2"):
+        x = rng.normal(size=(120, 3))
+        lines = ["a,b,c,label"] + [f"{a:.5f},{b:.5f},{c:.5f},{int(a > 0)}" for a, b, c in x]
+        (tmp_path / folder / "x.csv").write_text("\n".join(lines) + "\n")
+    base = {**GAUSS, "data.options": {}, "train.epochs": 3}
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        _CrashAfterProbe(
+            cfg(base, data__source=f"csv:{tmp_path / 'v1' / 'x.csv'}"), out, progress=False
+        ).run()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    toml = out / "config.toml"
+    toml.write_text(toml.read_text().replace(str(tmp_path / "v1"), str(tmp_path / "v2")))
+    with pytest.raises(
+        ValueError, match=r"^`data.source` must hold the data the run being resumed in .* was trained on"
+    ):
+        Trainer(None, out, resume=True, progress=False).run()
+    assert (out / "checkpoint.pt").read_bytes() == before["checkpoint.pt"]
+    assert not (out / "final.json").exists()
+
+
 def test_resume_of_a_finished_run_does_nothing(digits_run):
     _, final, out = digits_run
     before = (out / "checkpoint.pt").stat().st_mtime_ns

@@ -1307,6 +1307,15 @@ class Trainer:
                 f"`{key}` must match the run being resumed in {self.out} (its checkpoint was trained "
                 f"with {was!r}); got {now!r}: was config.toml edited? Use --force to start over."
             )
+        if not _same_data(ck, self.k, self.norm_stats):
+            # The paths may differ (data moved): the data themselves must be the run's, or its
+            # first epochs were trained on other data than the rest and final.json would say so.
+            raise InputError(
+                f"`data.source` must hold the data the run being resumed in {self.out} was trained "
+                f"on; got {source!r}, whose training split differs from its checkpoint's (other "
+                "classes or other feature means and stds): was a file changed, or config.toml "
+                "pointed at other data? Use --force to start over."
+            )
         epoch, step = int(ck["epoch"]), int(ck["step"])
         if step != epoch * self.steps_per_epoch:
             # The schedule is a function of the step: a checkpoint counted with other batches per
@@ -1827,6 +1836,24 @@ def _only_data_paths_differ(key: str, was: Any, now: Any, source: str) -> bool:
     except InputError:
         return False
     return False
+
+
+def _same_data(ck: Mapping[str, Any], k: int, norm_stats: Mapping[str, Any]) -> bool:
+    """Whether this run's data are those the checkpoint was trained on, as far as it recorded
+    them: the number of classes and the training split's means and stds (``normalization``),
+    which other data (another file at a moved path) all but surely change. A checkpoint
+    without them (an earlier cegeo) passes."""
+    if isinstance(ck.get("num_classes"), int) and ck["num_classes"] != k:
+        return False
+    saved = ck.get("normalization")
+    if not isinstance(saved, Mapping):
+        return True
+    for key in ("mean", "std"):
+        a, b = np.asarray(saved.get(key), dtype=np.float64), np.asarray(norm_stats[key], dtype=np.float64)
+        # float64 sums of the same values: equal up to summation order (another NumPy)
+        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-9, atol=1e-12):
+            return False
+    return True
 
 
 def _checkpoint_config(ck: Mapping[str, Any]) -> RunConfig | None:
