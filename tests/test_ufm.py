@@ -557,7 +557,7 @@ def test_a_problem_larger_than_memory_is_refused_before_allocating(monkeypatch):
     monkeypatch.setattr(ufm_module, "initial_parameters", lambda *a: allocated.append(a))
     monkeypatch.setattr(ufm_module, "_memory_of", lambda dev: 64 * 2**30)
     with pytest.raises(ValueError, match=r"the 1 configuration\(s\) must fit in memory: the UFM needs at least "
-                       r"149 GiB for k = 100 classes, n = 5550000 samples, d = 1000, more than the 64 GiB"):  # fmt: skip
+                       r"170 GiB for k = 100 classes, n = 5550000 samples, d = 1000, more than the 64 GiB"):  # fmt: skip
         simulate(UFMConfig(), [110_000] * 50 + [1_000] * 50, 1000, 1)
     assert allocated == []
     monkeypatch.setattr(ufm_module, "initial_parameters", original)
@@ -566,6 +566,39 @@ def test_a_problem_larger_than_memory_is_refused_before_allocating(monkeypatch):
     simulate(UFMConfig(), COUNTS, 3, 1)
     with pytest.raises(ValueError, match=r"the 4 configuration\(s\) must fit in memory"):
         simulate([UFMConfig(seed=s) for s in range(4)], [4000, 400], 200, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_memory_estimate_counts_the_tensors_simulate_holds(monkeypatch, dtype):
+    """The pre-check refuses what would not fit: its estimate is what simulate holds at its peak,
+    a log (epoch 0's too), where the loss is recomputed in float64 beside the training arrays.
+    Counting only the training step's arrays, it let through problems of twice the memory, which
+    the system then killed. Counted here: every tensor alive (by storage) as the log's softmax
+    is exponentiated, below the peak by one work array."""
+    import gc
+
+    import cegeo.ufm as ufm_module
+
+    seen: list[int] = []
+    exp = torch.exp
+
+    def counting_exp(t):
+        out = exp(t)
+        storages = {}
+        for obj in gc.get_objects():
+            if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu":
+                st = obj.untyped_storage()
+                storages[st.data_ptr()] = st.nbytes()
+        seen.append(sum(storages.values()))
+        return out
+
+    k, n, d = 20, 4000, 3
+    monkeypatch.setattr(torch, "exp", counting_exp)
+    simulate(UFMConfig(), [n // k] * k, d, 1, dtype=str(dtype).replace("torch.", ""))
+    monkeypatch.setattr(torch, "exp", exp)
+    need = ufm_module._memory_needed(1, k, n, d, dtype, torch.device("cpu"))
+    held = max(seen)
+    assert held <= need <= 1.25 * held, (held, need)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

@@ -300,19 +300,33 @@ def _memory_of(dev: torch.device) -> int | None:
         return None
 
 
-def _check_memory(B: int, k: int, n: int, d: int, dt: torch.dtype, dev: torch.device) -> None:
-    """Refuse a batch whose tensors cannot fit in the device's memory, before allocating them.
+def _memory_needed(B: int, k: int, n: int, d: int, dt: torch.dtype, dev: torch.device) -> int:
+    """Bytes :func:`simulate` holds at once on ``dev`` (a lower bound; its peak is at a log,
+    epoch 0's included).
 
-    The estimate is a lower bound of what :func:`simulate` holds at once: the (B, k, n) loss
-    constants formed in float64, their copies in ``dt`` on ``dev`` (none for float64 on the CPU)
-    and the logits' work buffers (about three arrays), and parameters, gradients and momentum
-    of (B, k*d + d*n). A problem above it would
-    be killed by the system (or fail in an allocation) after the setup, not refused.
+    Per (B, k, n) element: the loss constants scale, coef and neg_target in ``dt`` and the
+    logits' buffers Z and dZ (five arrays); at every log, :func:`_measure` recomputes the loss
+    and its gradient in float64: copies of the three constants (none when ``dt`` is float64)
+    and about five work arrays of :func:`_full_loss_grad`; on the CPU, the float64 scale and
+    coef the constants are rounded from, which stay alive (they are the constants themselves
+    in float64). Per (k, n) element: the one-hot labels, in float64 on the CPU, in ``dt`` on
+    ``dev`` and in float64 at a log (one array where these coincide). Plus
+    parameters, gradients and momentum of (B, k*d + d*n): the torch tensors alive at the peak
+    (tested); the resident memory measured on the CPU is about as much, or more.
     """
     size = torch.finfo(dt).bits // 8
-    # float64 constants on the CPU are used as they are, other dtypes/devices get copies
-    copies = 0 if (dt == torch.float64 and dev.type == "cpu") else 3
-    need = 3 * 8 * B * k * n + size * ((3 + copies) * B * k * n + 3 * B * (k * d + d * n))
+    f64, cpu = dt == torch.float64, dev.type == "cpu"
+    per = 5 * size + 8 * ((0 if f64 else 3) + 5) + (2 * 8 if cpu and not f64 else 0)
+    per_kn = (0 if f64 and cpu else size) + (0 if f64 else 8) + (8 if cpu else 0)
+    return B * k * n * per + k * n * per_kn + 3 * size * B * (k * d + d * n)
+
+
+def _check_memory(B: int, k: int, n: int, d: int, dt: torch.dtype, dev: torch.device) -> None:
+    """Refuse a batch whose tensors cannot fit in the device's memory, before allocating them
+    (:func:`_memory_needed`): a problem above it would be killed by the system (or fail in an
+    allocation) after the setup, not refused.
+    """
+    need = _memory_needed(B, k, n, d, dt, dev)
     have = _memory_of(dev)
     if have is not None and need > have:
         raise InputError(
