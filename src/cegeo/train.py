@@ -1512,8 +1512,8 @@ class Trainer:
                 # could not be written): its error is the one that counts, this is one line
                 why = next(s for s in _PEER_GONE if s in str(exc))
                 raise PeerStoppedError(
-                    f"rank {self.dist.rank} stopped: another rank of this torchrun job stopped "
-                    f"first (see its error above; gloo: {why})."
+                    f"rank {self.dist.rank} stopped: another rank of this torchrun job stopped, or "
+                    f"the connection to it was lost (see any error above; {why})."
                 ) from None
             raise
         finally:
