@@ -194,6 +194,52 @@ def test_probes_match_numpy_over_the_training_set(digits_run):
     assert g["dist_M"] == pytest.approx(distance(W @ mu.T, np.array(final["theory"]["M"])), rel=1e-5)
 
 
+def test_cpu_probes_forward_in_cache_sized_chunks_with_the_same_values(monkeypatch):
+    """On the CPU the probes' forward runs in chunks whose largest activation fits the budget
+    (1024-row batches of ResNet-32 run at memory speed, 3x slower per image); the probe is the
+    one of whole eval_batch_size batches up to float rounding."""
+    import cegeo.train as train_module
+
+    t = Trainer(cfg(DIGITS, model__name="cnn", model__options={"width": 8}, train__epochs=1), progress=False)
+    t.run()
+    per_row = train_module._largest_activation_bytes(
+        t.model, lambda: t._features_logits(t.inputs(t.x["train"][:1]))
+    )
+    assert per_row == 32 * 8 * 8 * 4  # the first convs' (32, 8, 8) float32 maps
+    rows, calls = {}, []
+    features = t.model.features
+    monkeypatch.setattr(t.model, "features", lambda x: calls.append(x.shape[0]) or features(x))
+    for name, budget in (("whole", 1 << 62), ("chunked", 16 * per_row)):
+        monkeypatch.setattr(train_module, "_CPU_EVAL_BYTES", budget)
+        t._cpu_eval_rows = None
+        calls.clear()
+        rows[name] = (t._probe(1, t.steps_per_epoch, 0.0, 0.0, final=False), max(calls))
+    (whole, whole_rows), (chunked, chunked_rows) = rows["whole"], rows["chunked"]
+    assert whole_rows == t.n_train and chunked_rows == 16  # eval_batch_size (1024) > n_train
+    for split in ("train", "val", "test"):
+        assert chunked[split] == whole[split]  # the same predictions
+    assert chunked["train_loss_eval"] == pytest.approx(whole["train_loss_eval"], rel=1e-6)
+    g, h = chunked["geometry"], whole["geometry"]
+    np.testing.assert_allclose(g["h_norms"], h["h_norms"], rtol=1e-6)
+    np.testing.assert_allclose(g["cos_wh"], h["cos_wh"], rtol=1e-6, atol=1e-7)
+    assert g["nc1"] == pytest.approx(h["nc1"], rel=1e-5)
+    assert g["dist_H_centred"] == pytest.approx(h["dist_H_centred"], rel=1e-5)
+
+
+def test_cpu_probe_chunks_of_the_cifar_resnet_and_the_mlp():
+    """ResNet-32's 16 x 32 x 32 maps (64 KiB a row) give 64-row chunks; an MLP keeps
+    eval_batch_size rows; compiled and CUDA passes keep their static eval_batch_size."""
+    from cegeo.models import create_model
+    from cegeo.train import _CPU_EVAL_BYTES, _largest_activation_bytes
+
+    m = create_model("resnet32", in_shape=(3, 32, 32), num_classes=10).eval()
+    per_row = _largest_activation_bytes(m, lambda: m.features(torch.zeros(1, 3, 32, 32)))
+    assert per_row == 16 * 32 * 32 * 4 and _CPU_EVAL_BYTES // per_row == 64
+    mlp = Trainer(cfg(DIGITS, train__epochs=1), progress=False).setup()
+    mlp.model.eval()
+    assert mlp._eval_rows() == mlp.config.train.eval_batch_size == 1024
+
+
 # ------------------------------------------------------------------------------------ resume
 
 

@@ -176,7 +176,9 @@ def train_command(
         help="Metrics + geometry probes every N epochs (and after the last). (default 1)",
     ),
     eval_batch_size: int | None = typer.Option(
-        None, "--eval-batch-size", help="Probe batch size. (default 1024)"
+        None,
+        "--eval-batch-size",
+        help="Probe batch size (on the CPU at most: fewer rows when a model's activations outgrow the caches). (default 1024)",
     ),
     seed: int | None = typer.Option(
         None, "--seed", help="Seed of init, shuffling, sampling, augmentation. (default 0)"
