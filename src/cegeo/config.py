@@ -356,7 +356,7 @@ class TrainConfig:
     pad_crop: int = 0  # random-crop augmentation: zero-pad this many pixels, crop back (4 on CIFAR); 0 = off
     flip: bool = False  # random horizontal flips (images)
     probe_every: int = 1  # metrics + geometry probes every this many epochs (and after the last)
-    eval_batch_size: int = 1024  # probe batch size (the CPU uses fewer rows if activations outgrow its caches)
+    eval_batch_size: int = 1024  # probe batch size (CPU: fewer rows if activations outgrow the caches)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
