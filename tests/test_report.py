@@ -725,10 +725,13 @@ def test_with_a_normal_class_only_predictions_within_the_false_alarm_budget_are_
     assert best_method({**within, "normal_class": None}) == "lws"  # no normal class: no budget
     data, g = report(within)
     assert data.posthoc_summary(g)["best"] == "operating_point"
+    line = data._posthoc_headline("", g)[0]
     assert (
         "operating_point, the best method on validation (cross-fitted) within the false-alarm budget 0.01"
-        in (data._posthoc_headline("", g)[0])
+        in line
     )
+    # its test rate 0.012 is over the budget it kept on validation: the line says so
+    assert line.endswith("rate 0.050 → 0.012 (on test: over the budget 0.01, which it kept on validation).")
     over = posthoc(0.02)
     assert best_method(over) is None
     data, g = report(over)

@@ -291,6 +291,8 @@ class ReportData:
         f0, f1 = raw["false_alarm"][0], after["false_alarm"][0]
         if f0 is not None and f1 is not None:
             text += f", false-alarm rate {_f(f0)} → {_f(f1)}"
+            if budget is not None and f1 > budget:
+                text += f" (on test: over the budget {budget:g}, which it kept on validation)"
         if winner is not None and winner.mean("test_minority_recall") is not None:
             text += f" (training with {pretty(winner.label)} gave {_f(winner.mean('test_minority_recall'))})"
         return [text + "."]
