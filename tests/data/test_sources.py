@@ -901,6 +901,16 @@ def test_csv_with_the_column_names_pandas_gives_an_array_is_read(tmp_path):
             r"d.csv` must be a CSV file whose first row names the columns .*; got a first row of numbers: 0.5,1.5,0",
         ),
         ("1,1,0\n1,2,1\n", {}, r"first row names the columns"),
+        # pandas' to_csv(index=True) writes the row index as an unnamed first column: it would
+        # silently become a feature
+        (
+            ",0,1,2\n0,0.5,1.5,0.0\n1,1.0,2.0,1.0\n",
+            {},
+            r"must be a header naming every column \(pandas writes its row index unnamed: save with "
+            r"to_csv\(index=False\)\); got column 1 without a name: ,0,1,2",
+        ),
+        (",x,label\n0,0.5,0\n1,1.0,1\n", {}, r"got column 1 without a name: ,x,label"),
+        ("x,,label\n0,0.5,0\n1,1.0,1\n", {}, r"got column 2 without a name"),
         ("a,label\ninf,0\n", {}, r"must be a finite number; got 'inf'"),
         (
             "a,label\n1,0\n2,3\n",

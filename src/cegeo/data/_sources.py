@@ -628,6 +628,18 @@ def _read_csv(
             "a CSV file whose first row names the columns (add a header such as x1,x2,...,label)",
             described(f"a first row of numbers: {','.join(header[:8])}{',...' if len(header) > 8 else ''}"),
         )
+    if "" in header:
+        # pandas' to_csv writes its row index as a first column without a name (",0,1,...,m-1",
+        # ",x1,x2,label"): read, the row number would become a feature.
+        i = header.index("")
+        raise fail(
+            str(path),
+            "a header naming every column (pandas writes its row index unnamed: save with "
+            "to_csv(index=False))",
+            described(
+                f"column {i + 1} without a name: {','.join(header[:8])}{',...' if len(header) > 8 else ''}"
+            ),
+        )
     if len(set(header)) != len(header):
         raise fail(str(path), "a header of distinct column names", header)
     label_col = label if label is not None else ("label" if "label" in header else header[-1])
