@@ -166,8 +166,9 @@ def posthoc_command(
     max_false_alarm: float | None = typer.Option(
         None,
         "--max-false-alarm",
-        help="The operating point's false-alarm budget on validation, in [0, 1) (default 0.01; "
-        "needs --normal-class).",
+        help="The false-alarm budget on validation, in [0, 1) (default 0.01; needs a normal class): "
+        "operating_point's target, and only the methods (or raw argmax) within it on validation "
+        "can be marked best.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print posthoc.json's content instead of tables."),
     no_write: bool = typer.Option(False, "--no-write", help="Do not write posthoc.json into the run folder."),
