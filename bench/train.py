@@ -25,7 +25,7 @@ Targets: on an H100 the trainer >= 4x the reference and >= 25,000 images/s, prob
 epoch; on CPU the trainer not slower than the reference.
 
     python bench/train.py --device cuda              # the full workload (GPU)
-    python bench/train.py --device cpu --quick       # 1,280 training images, 2-core CPU friendly
+    python bench/train.py --device cpu --quick       # 1,276 training images, 2-core CPU friendly
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def trainer(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--quick", action="store_true", help="1,280 training images (CPU-friendly)")
+    ap.add_argument("--quick", action="store_true", help="1,276 training images (CPU-friendly)")
     ap.add_argument("--epochs", type=int, default=None, help="timed epochs (default 3, quick 1)")
     ap.add_argument("--workers", type=int, default=None, help="reference DataLoader workers")
     ap.add_argument("--batch-size", type=int, default=128)

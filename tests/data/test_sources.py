@@ -672,7 +672,9 @@ def test_npz_tabular_and_images(tmp_path):
     ds4 = load_dataset(f"npz:{p4}")
     assert ds4.y_train.tolist() == [0, 1, 1, 0] and ds4.y_test.tolist() == [1, 0]
     np.savez(p4, x_train=x, y_train=np.zeros((4, 2), np.int64))  # two columns: not labels
-    with pytest.raises(ValueError, match=r"must be a 1-D array of integer labels; got int64 \(4, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"must be integer labels, 1-D or an \(n, 1\) column; got int64 \(4, 2\)"
+    ):
         load_dataset(f"npz:{p4}")
 
 
@@ -686,7 +688,7 @@ def test_npz_tabular_and_images(tmp_path):
         ),
         (
             {"x_train": np.zeros((2, 2)), "y_train": np.array([0.5, 1])},
-            r"\[y_train\]` must be a 1-D array of integer labels",
+            r"\[y_train\]` must be integer labels, 1-D or an \(n, 1\) column",
         ),
         ({"x_train": np.zeros((2, 2)), "y_train": np.array([0, -1])}, r"must be labels >= 0; got -1"),
         (
@@ -732,7 +734,7 @@ def test_npz_tabular_and_images(tmp_path):
         (
             # a float label too large for an int64 is not wrapped around to a negative label
             {"x_train": np.zeros((2, 3)), "y_train": np.array([0.0, 1e20])},
-            r"\[y_train\]` must be a 1-D array of integer labels; got float64 \(2,\)",
+            r"\[y_train\]` must be integer labels, 1-D or an \(n, 1\) column; got float64 \(2,\)",
         ),
         (
             {

@@ -569,7 +569,9 @@ def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
                 and np.all(np.abs(y) <= 2**53)  # larger would wrap around in the int64 cast
             )
         ):
-            raise fail(f"{spec}[{key}]", "a 1-D array of integer labels", described(f"{y.dtype} {y.shape}"))
+            raise fail(
+                f"{spec}[{key}]", "integer labels, 1-D or an (n, 1) column", described(f"{y.dtype} {y.shape}")
+            )
         ys.append(y.astype(np.int64))
     y_tr = ys[0]
     y_te = ys[1] if len(ys) > 1 else None
