@@ -1630,13 +1630,15 @@ def best_method(result: Mapping[str, Any]) -> str | None:
     raw_val = (result.get("raw") or {}).get("val") or {}
     raw = raw_val.get(result.get("metric", "balanced_accuracy"))
     scores = {m: (e.get("val_score_cv"), e.get("val_score")) for m, e in entries.items()}
-    budget = result.get("max_false_alarm") if result.get("normal_class") is not None else None
-    if budget is None:
-        return choose_best(raw, scores)
     false_alarm = {m: (e.get("val") or {}).get("false_alarm") for m, e in entries.items()}
-    return choose_best(
-        raw, scores, budget=budget, false_alarm={**false_alarm, "raw": raw_val.get("false_alarm")}
-    )
+    false_alarm["raw"] = raw_val.get("false_alarm")
+    return choose_best(raw, scores, budget=false_alarm_budget(result), false_alarm=false_alarm)
+
+
+def false_alarm_budget(result: Mapping[str, Any]) -> float | None:
+    """The false-alarm budget a :func:`run_posthoc` result's recommendation keeps on validation:
+    its ``max_false_alarm`` where it has a normal class, else None (no budget)."""
+    return result.get("max_false_alarm") if result.get("normal_class") is not None else None
 
 
 def within_budget(false_alarm: float | None, budget: float | None) -> bool:

@@ -1246,7 +1246,7 @@ def _run_posthoc_block(
     outcome: SweepOutcome,
     say: Callable[[str], None],
 ) -> None:
-    from .rebalance import best_method, run_posthoc, within_budget
+    from .rebalance import best_method, false_alarm_budget, run_posthoc, within_budget
 
     for run in runs:
         if run.loss not in spec.losses and run.loss_label not in spec.losses:
@@ -1284,7 +1284,7 @@ def _run_posthoc_block(
                 f"{_num(raw.get('minority_recall'))} -> {_num(after.get('minority_recall'))}"
             )
         elif result["methods"]:
-            budget = result.get("max_false_alarm") if result.get("normal_class") is not None else None
+            budget = false_alarm_budget(result)
             if within_budget(result["raw"]["val"].get("false_alarm"), budget):
                 say(f"posthoc {run.name}: no method beat the uncorrected predictions on val")
             else:

@@ -16,6 +16,7 @@ from ..rebalance import (
     SELECTION_METRICS,
     RunFolder,
     best_method,
+    false_alarm_budget,
     list_rebalancers,
     parse_methods,
     run_posthoc,
@@ -50,7 +51,7 @@ def print_posthoc(result: dict[str, Any]) -> None:
     """Raw vs each method on test, side by side (changes vs raw in the Δ columns)."""
     metric = result["metric"]
     normal = result["normal_class"]
-    budget = result.get("max_false_alarm")
+    budget = false_alarm_budget(result)  # None without a normal class
     raw_val, raw = result["raw"]["val"], result["raw"]["test"]
     console.print(f"run {result['run']} · loss {result['loss'] or '?'} · test n = {raw['n']}")
     console.print(
@@ -73,9 +74,8 @@ def print_posthoc(result: dict[str, Any]) -> None:
     # Raw argmax is a choice too (nothing fitted: its out-of-fold score is its 'val'): a method
     # that does not beat it on validation is not marked best, whatever its test numbers. With a
     # normal class only predictions within the false-alarm budget on validation compete.
-    budgeted = normal is not None and budget is not None
     best = best_method(result)
-    if best is None and (not budgeted or within_budget(raw_val.get("false_alarm"), budget)):
+    if best is None and within_budget(raw_val.get("false_alarm"), budget):
         best = "raw (argmax)"
 
     def row(name: str, chosen: str, val: Any, val_cv: Any, test: dict[str, Any], val_fa: Any = None) -> None:
@@ -110,9 +110,9 @@ def print_posthoc(result: dict[str, Any]) -> None:
     # terminal wrap the lines.
     wide_console(140 if normal is not None else 120).print(table)  # two false-alarm columns
     tests = [raw, *(result["results"][m]["test"] for m in result["methods"])]
-    if normal is not None and budget is not None and any((t.get("false_alarm") or 0) > budget for t in tests):
+    if budget is not None and any((t.get("false_alarm") or 0) > budget for t in tests):
         console.print(f"! = test false-alarm rate over the budget {budget:g} (--max-false-alarm)")
-    if budgeted:
+    if budget is not None:
         console.print(
             f"the > row is chosen among the predictions whose validation false-alarm rate is within the budget "
             f"{budget:g}" + ("" if best is not None else ": none is, so no row is marked")

@@ -346,12 +346,13 @@ class ReportData:
         # the others): the in-sample score favours methods with many parameters (lws fits one
         # scale per class on the few validation samples it is then scored on). Files written
         # before cross-fitting have only the in-sample score.
-        from ..rebalance import choose_best, within_budget  # best_method's rule, on the means
+        # best_method's rule, on the means over runs
+        from ..rebalance import choose_best, false_alarm_budget, within_budget
 
         cv = any(r["val_score_cv"][0] is not None for r in rows[1:])
         scores = {r["method"]: (r["val_score_cv"][0], r["val_score"][0]) for r in rows[1:]}
         # with a normal class, only predictions within the false-alarm budget on validation compete
-        budget = results[0].get("max_false_alarm") if results[0].get("normal_class") is not None else None
+        budget = false_alarm_budget(results[0])
         rates = {r["method"]: r["val_false_alarm"][0] for r in rows[1:]}
         rates["raw"] = rows[0]["val_false_alarm"][0]
         best = choose_best(rows[0]["val_score"][0], scores, budget=budget, false_alarm=rates)
