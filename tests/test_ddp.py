@@ -46,6 +46,16 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
 
 
+def _torchrun_script(script: Path, text: str) -> None:
+    """Run ``text`` as a 2-rank torchrun script that writes "ok" to its first argument when its
+    checks pass, and assert that it did."""
+    script.write_text(text)
+    done = script.with_suffix(".done")
+    r = _torchrun(str(script), str(done))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert done.read_text() == "ok"
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
@@ -112,12 +122,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_feature_stats_all_reduce_and_gather_over_two_ranks(tmp_path):
-    script = tmp_path / "reduce.py"
-    script.write_text(SCRIPT)
-    done = tmp_path / "done"
-    r = _torchrun(str(script), str(done))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert done.read_text() == "ok"
+    _torchrun_script(tmp_path / "reduce.py", SCRIPT)
 
 
 REST = [
@@ -195,12 +200,7 @@ def test_a_run_frees_its_process_group_before_it_returns(tmp_path):
     without an active exception", SIGABRT; about 1 run in 7 here) after a run that had written
     everything, so torchrun failed the job: the group was destroyed while DistributedDataParallel
     still held it. run() now drops the wrapper first."""
-    script = tmp_path / "lifetime.py"
-    script.write_text(LIFETIME)
-    done = tmp_path / "done"
-    r = _torchrun(str(script), str(done))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert done.read_text() == "ok"
+    _torchrun_script(tmp_path / "lifetime.py", LIFETIME)
 
 
 @pytest.mark.slow

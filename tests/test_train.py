@@ -284,6 +284,16 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     assert [r["test"] for r in la] == [r["test"] for r in lb]
 
 
+def _assert_resumed_equals_straight(config, resumed_run, straight_run):
+    """The resumed run's checkpointed weights equal, bitwise, those of ``config`` trained
+    uninterrupted into ``straight_run``."""
+    straight = Trainer(config, straight_run, progress=False)
+    straight.run()
+    resumed = load_checkpoint(resumed_run / "checkpoint.pt")["model"]
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed[key], value), key
+
+
 class _CrashAfterProbe(Trainer):
     """Dies between writing an epoch's metrics line and saving its checkpoint."""
 
@@ -303,11 +313,7 @@ def test_resume_redoes_epochs_logged_after_the_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["epoch"] == 1
     Trainer(None, tmp_path / "r", resume=True, progress=False).run()
     assert [r["epoch"] for r in read_jsonl(tmp_path / "r" / "metrics.jsonl")] == [1, 2, 3]
-    straight = Trainer(config, tmp_path / "s", progress=False)
-    straight.run()
-    resumed = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model"]
-    for key, value in straight.model.state_dict().items():
-        assert torch.equal(resumed[key], value), key
+    _assert_resumed_equals_straight(config, tmp_path / "r", tmp_path / "s")
 
 
 def test_a_run_leaves_the_callers_random_stream_as_it_was(tmp_path):
@@ -389,11 +395,7 @@ def test_resume_refuses_a_config_toml_edited_after_the_run_started(tmp_path):
     # the hardware settings may change: the run resumes and ends as if never interrupted
     toml.write_text(text.replace('\ndevice = "auto"\n', '\ndevice = "cpu"\n'))
     Trainer(None, tmp_path / "r", resume=True, progress=False).run()
-    straight = Trainer(config, tmp_path / "s", progress=False)
-    straight.run()
-    resumed = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model"]
-    for key, value in straight.model.state_dict().items():
-        assert torch.equal(resumed[key], value), key
+    _assert_resumed_equals_straight(config, tmp_path / "r", tmp_path / "s")
 
 
 def test_resume_follows_data_that_moved_when_config_toml_points_at_them(tmp_path):
@@ -413,11 +415,9 @@ def test_resume_follows_data_that_moved_when_config_toml_points_at_them(tmp_path
     toml = tmp_path / "r" / "config.toml"
     toml.write_text(toml.read_text().replace(str(old), str(new)))
     Trainer(None, tmp_path / "r", resume=True, progress=False).run()
-    straight = Trainer(cfg(base, data__source=f"csv:{new / 'x.csv'}"), tmp_path / "s", progress=False)
-    straight.run()
-    resumed = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model"]
-    for key, value in straight.model.state_dict().items():
-        assert torch.equal(resumed[key], value), key
+    _assert_resumed_equals_straight(
+        cfg(base, data__source=f"csv:{new / 'x.csv'}"), tmp_path / "r", tmp_path / "s"
+    )
     # another source than the checkpoint's is still refused
     np.savez(tmp_path / "x.npz", x_train=x.astype(np.float32), y_train=(x[:, 0] > 0).astype(np.int64))
     with pytest.raises(KeyboardInterrupt):
