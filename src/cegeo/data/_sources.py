@@ -623,12 +623,13 @@ def _read_csv(
     header = [h.strip() for h in rows[0]]
     # pandas names the columns of a DataFrame made from an array 0, 1, ..., d: its to_csv header
     pandas_columns = header == [str(i) for i in range(len(header))]
+    shown = ",".join(header[:8]) + (",..." if len(header) > 8 else "")
     if all(_is_number(h) for h in header) and not pandas_columns:
         # A file without a header: its first sample would become the column names (and be lost).
         raise fail(
             str(path),
             "a CSV file whose first row names the columns (add a header such as x1,x2,...,label)",
-            described(f"a first row of numbers: {','.join(header[:8])}{',...' if len(header) > 8 else ''}"),
+            described(f"a first row of numbers: {shown}"),
         )
     if "" in header:
         # pandas' to_csv writes its row index as a first column without a name (",0,1,...,m-1",
@@ -638,9 +639,7 @@ def _read_csv(
             str(path),
             "a header naming every column (pandas writes its row index unnamed: save with "
             "to_csv(index=False))",
-            described(
-                f"column {i + 1} without a name: {','.join(header[:8])}{',...' if len(header) > 8 else ''}"
-            ),
+            described(f"column {i + 1} without a name: {shown}"),
         )
     if len(set(header)) != len(header):
         raise fail(str(path), "a header of distinct column names", header)
