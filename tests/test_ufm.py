@@ -574,7 +574,7 @@ def test_the_memory_estimate_counts_the_tensors_simulate_holds(monkeypatch, dtyp
     a log (epoch 0's too), where the loss is recomputed in float64 beside the training arrays.
     Counting only the training step's arrays, it let through problems of twice the memory, which
     the system then killed. Counted here: every tensor alive (by storage) as the log's softmax
-    is exponentiated, below the peak by one work array."""
+    is exponentiated (those alive before the call excluded), below the peak by one work array."""
     import gc
 
     import cegeo.ufm as ufm_module
@@ -582,14 +582,21 @@ def test_the_memory_estimate_counts_the_tensors_simulate_holds(monkeypatch, dtyp
     seen: list[int] = []
     exp = torch.exp
 
-    def counting_exp(t):
-        out = exp(t)
+    def cpu_storages():
         storages = {}
         for obj in gc.get_objects():
             if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu":
                 st = obj.untyped_storage()
-                storages[st.data_ptr()] = st.nbytes()
-        seen.append(sum(storages.values()))
+                storages[st.data_ptr()] = st
+        return storages
+
+    # tensors other tests left alive are not simulate's: only storages new during the call count
+    # (the old ones are held here, so their memory cannot be reused by simulate's)
+    before = cpu_storages()
+
+    def counting_exp(t):
+        out = exp(t)
+        seen.append(sum(st.nbytes() for ptr, st in cpu_storages().items() if ptr not in before))
         return out
 
     k, n, d = 20, 4000, 3
