@@ -315,6 +315,15 @@ def test_the_host_sync_detector_detects():
     assert [op.split(".")[1] for op in mode.ops] == ["index", "index_put_", "_local_scalar_dense"]
 
 
+def _max_relative_differences(got: dict, want: dict) -> dict[str, float]:
+    """Per tensor: max |got - want| over max |want| (counters compared exactly elsewhere)."""
+    return {
+        key: float((got[key].double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1e-12))
+        for key, w in want.items()
+        if not key.endswith("num_batches_tracked")
+    }
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("compile_", ["off", "on"])
 def test_cuda_graph_run_matches_eager_on_cuda(monkeypatch, compile_):
@@ -322,16 +331,20 @@ def test_cuda_graph_run_matches_eager_on_cuda(monkeypatch, compile_):
 
     Both runs use fused SGD with the learning rate rounded to float32 (the eager step rounds
     its float as the graph's device tensor holds it), so what remains is the graph itself:
-    schedule, DRW switch, partial batches, the undone warm-up. The rates are powers of two as
-    well (exact in float32 and double alike): this workload is chaotic, and one rounding
-    difference in a weight grows past the tolerance within epochs. A broken replay (stale
-    learning rate, accumulated gradients) is off by orders of magnitude more.
+    schedule, DRW switch, partial batches, the undone warm-up. The two can still differ by
+    float rounding (a captured GEMM may run another cuBLAS kernel than the eager one), so the
+    model is the MLP: on the CPU a relative perturbation of 1e-6 of its initial weights stays
+    below 5e-6 after these four epochs. (The small CNN is no use here: on digits its max-pooling
+    windows hold ties, and a rounding difference reroutes gradients; a 1e-7 perturbation grows
+    to a 60% difference in four epochs, and graph and eager differed by that much on an H100.)
+    A broken replay (stale learning rate, accumulated gradients, stale inputs, the warm-up left
+    in the BatchNorm statistics) is off by orders of magnitude more than the 1e-4 allowed: on an
+    H100 (torch 2.11) a learning rate 2^-10 larger moved a weight tensor by 33% of its scale,
+    while graph and eager runs were bitwise identical, compiled or not.
     """
     common = {
         "optim.lr": 0.125,
         "optim.lr_decay": 0.5,
-        "model.name": "cnn",
-        "model.options": {"width": 16},
         "runtime.device": "cuda",
         "runtime.amp": "off",
         "runtime.compile": compile_,
@@ -346,12 +359,13 @@ def test_cuda_graph_run_matches_eager_on_cuda(monkeypatch, compile_):
         final = t.run()
         assert final["cuda_graph"] is (graph == "on") and final["cuda_graph_fallback"] is None
         runs[graph] = t
+    assert runs["on"]._graphs and len(runs["on"].batch_sizes) == 2  # a partial last batch too
     got, want = _state(runs["on"]), _state(runs["off"])
     for key in want:
         if key.endswith("num_batches_tracked"):
             assert torch.equal(got[key], want[key]), key
-        else:
-            torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+    worst = max(_max_relative_differences(got, want).items(), key=lambda kv: kv[1])
+    assert worst[1] < 1e-4, worst
     for r, s in zip(runs["on"].records, runs["off"].records, strict=True):
         assert r["train_loss"] == pytest.approx(s["train_loss"], rel=1e-4)
         assert r["train_loss_eval"] == pytest.approx(s["train_loss_eval"], rel=1e-4)  # eval graph
