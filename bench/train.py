@@ -12,8 +12,8 @@ per class, as a CIFAR-10-LT run has (10,000 test images).
 * **trainer**: :class:`cegeo.train.Trainer` with the same model, data, augmentation and optimiser:
   data resident on the device as uint8, batched augmentation on the device, bf16 autocast,
   channels_last and ``torch.compile`` on CUDA (the trainer's defaults; ``--compile off`` switches
-  it off), and CUDA-graph replay of every step (``runtime.cuda_graph = "auto"``: the benchmark's
-  default, not yet the trainer's; ``--cuda-graph off`` measures without).
+  it off), and CUDA-graph replay of every step (``runtime.cuda_graph = "auto"``, the trainer's
+  default; ``--cuda-graph off`` measures without).
 
 Both are timed over whole epochs after a first, untimed epoch (worker start-up, cuDNN autotuning;
 the trainer also leaves its compile warm-up out). Reported: images/s of each, their ratio, and the
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -226,10 +227,15 @@ def main() -> None:
     print(f"ratio trainer / reference: {ratio:.2f}x")
     print(f"probe overhead (one probe / one epoch): {probe_pct:.1f}%")
     if device.type == "cuda":
-        ok = ratio >= 4 and ours >= 25_000 and probe_pct <= 10
-        print(f"targets (>= 4x, >= 25,000 images/s, probes <= 10%): {'met' if ok else 'NOT met'}")
+        ok = ratio >= 4 and ours >= 25_000
+        print(f"speed targets (>= 4x, >= 25,000 images/s): {'met' if ok else 'NOT met'}")
     else:
         print(f"target on CPU (trainer not slower than the reference): {'met' if ratio >= 1 else 'NOT met'}")
+    every = max(1, math.ceil(probe_pct / 10))  # probes cost probe_pct / probe_every of the training time
+    print(
+        f"probe target (<= 10% of the training time): {'met' if probe_pct <= 10 else 'NOT met'} with"
+        f" probe_every = 1; met from probe_every = {every}"
+    )
     if args.json is not None:
         args.json.write_text(
             json.dumps(
@@ -245,6 +251,7 @@ def main() -> None:
                     "trainer_images_per_s": ours,
                     "ratio": ratio,
                     "probe_overhead_pct": probe_pct,
+                    "probe_every_for_10pct": every,
                     "trainer_flags": flags,
                 },
                 indent=2,

@@ -202,7 +202,8 @@ def test_capture_failure_is_an_error_under_on(monkeypatch):
 
 
 def test_graph_mode_choice_on_cpu():
-    assert Trainer(config(), progress=False).setup().graph_mode is None  # the default: off
+    assert RunConfig().runtime.cuda_graph == "auto"
+    assert Trainer(config(), progress=False).setup().graph_mode is None  # the default, auto
     assert Trainer(config(runtime__cuda_graph="auto"), progress=False).setup().graph_mode is None
     assert Trainer(config(runtime__cuda_graph="off"), progress=False).setup().graph_mode is None
     with pytest.raises(ValueError, match=r"`runtime.cuda_graph` must be 'auto' or 'off' on a CPU"):

@@ -392,8 +392,7 @@ class RuntimeConfig:
     compile: str = "auto"  # torch.compile the training step: auto = on for CUDA
     compile_mode: str = "default"  # torch.compile mode: default | max-autotune-no-cudagraphs
     # Replay each training step from a CUDA graph: auto = on for one CUDA process | on | off.
-    # Off by default until the CUDA tests of this code (tests/test_train_graphs.py) pass on a GPU.
-    cuda_graph: str = "off"
+    cuda_graph: str = "auto"
     sync_bn: bool = True  # under DDP, BatchNorm statistics over the global batch (as one process)
     threads: int | None = None  # torch CPU threads (None: torch's default)
 

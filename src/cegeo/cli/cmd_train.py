@@ -199,8 +199,8 @@ def train_command(
     cuda_graph: str | None = typer.Option(
         None,
         "--cuda-graph",
-        help="Replay each training step from a CUDA graph: auto (on for one CUDA process) | on | off."
-        " (default off: new, not yet verified on a GPU)",
+        help="Replay each training step and the probes' forward from CUDA graphs: auto (on for one"
+        " CUDA process; a failed capture falls back to plain steps) | on | off.",
     ),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
