@@ -456,6 +456,53 @@ def test_resume_refuses_other_data_at_the_path_config_toml_points_at(tmp_path):
     assert not (out / "final.json").exists()
 
 
+def _csv(path, x, labels) -> None:
+    lines = ["a,b,c,label"] + [
+        f"{a:.5f},{b:.5f},{c:.5f},{int(lab)}" for (a, b, c), lab in zip(x, labels, strict=True)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("changed", ["train labels", "test file"])
+def test_resume_refuses_data_whose_labels_changed_in_place(tmp_path, changed):
+    """Same features, so the same normalisation, but other labels: a training file relabelled in
+    place, or the csv's separate test file (``data.options.test``) rewritten, resumed silently
+    when only the class count and the feature means and stds were compared. The checkpoint's
+    data fingerprint (every split's samples and labels) refuses both."""
+    rng = np.random.default_rng(0)
+    x, x_test = rng.normal(size=(120, 3)), rng.normal(size=(40, 3))
+    train, test = tmp_path / "x.csv", tmp_path / "t.csv"
+    _csv(train, x, x[:, 0] > 0)
+    _csv(test, x_test, x_test[:, 0] > 0)
+    base = {**GAUSS, "data.options": {"test": str(test)}, "train.epochs": 3}
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        _CrashAfterProbe(cfg(base, data__source=f"csv:{train}"), out, progress=False).run()
+    before = (out / "checkpoint.pt").read_bytes()
+    if changed == "train labels":
+        _csv(train, x, x[:, 1] > 0)
+    else:
+        _csv(test, x_test, x_test[:, 1] > 0)
+    with pytest.raises(
+        ValueError, match=r"^`data.source` must hold the data the run being resumed in .* was trained on"
+    ):
+        Trainer(None, out, resume=True, progress=False).run()
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert not (out / "final.json").exists()
+
+
+def test_resume_of_a_checkpoint_without_a_fingerprint(tmp_path):
+    """An earlier cegeo's checkpoint (no data_fingerprint) resumes, checked on the rest."""
+    config = cfg(GAUSS, train__epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        _CrashAfterProbe(config, tmp_path / "r", progress=False).run()
+    ck = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert isinstance(ck.pop("data_fingerprint"), str)
+    torch.save(ck, tmp_path / "r" / "checkpoint.pt")
+    Trainer(None, tmp_path / "r", resume=True, progress=False).run()
+    _assert_resumed_equals_straight(config, tmp_path / "r", tmp_path / "s")
+
+
 def test_resume_of_a_finished_run_does_nothing(digits_run):
     _, final, out = digits_run
     before = (out / "checkpoint.pt").stat().st_mtime_ns

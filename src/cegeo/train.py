@@ -822,6 +822,7 @@ class Trainer:
         self._final: dict[str, Any] | None = None  # the last probe's record and arrays (rank 0)
         self._final_probed = False
         self._cpu_eval_rows: int | None = None  # rows per eager probe forward on the CPU (lazy)
+        self._fingerprint: str | None = None  # of the splits, for checkpoints (lazy)
         self._checkpointed = False  # by this process, in this run
         self._started_folder = False  # this new run has cleared --out and begun writing it
         self._replaced = False  # ... and the folder held a run (--force) that it removed
@@ -1299,9 +1300,16 @@ class Trainer:
             "rng": rng,
             "normalization": dict(self.norm_stats),
             "num_classes": self.k,
+            "data_fingerprint": self._data_fingerprint(),
             "world_size": self.dist.world,
             "steps_per_epoch": self.steps_per_epoch,
         }
+
+    def _data_fingerprint(self) -> str:
+        """:meth:`cegeo.data.Splits.fingerprint` of this run's splits (computed once)."""
+        if self._fingerprint is None:
+            self._fingerprint = self.splits.fingerprint()
+        return self._fingerprint
 
     def _save_checkpoint(self, state: dict[str, Any]) -> None:
         assert self.out is not None
@@ -1328,14 +1336,17 @@ class Trainer:
                 f"`{key}` must match the run being resumed in {self.out} (its checkpoint was trained "
                 f"with {was!r}); got {now!r}: was config.toml edited? Use --force to start over."
             )
-        if not _same_data(ck, self.k, self.norm_stats):
+        saved_print = ck.get("data_fingerprint")
+        if not _same_data(ck, self.k, self.norm_stats) or (
+            isinstance(saved_print, str) and saved_print != self._data_fingerprint()
+        ):
             # The paths may differ (data moved): the data themselves must be the run's, or its
             # first epochs were trained on other data than the rest and final.json would say so.
             raise InputError(
                 f"`data.source` must hold the data the run being resumed in {self.out} was trained "
-                f"on; got {source!r}, whose training split differs from its checkpoint's (other "
-                "classes or other feature means and stds): was a file changed, or config.toml "
-                "pointed at other data? Use --force to start over."
+                f"on; got {source!r}, whose splits differ from its checkpoint's (other samples, "
+                "labels or classes): was a file changed, or config.toml pointed at other data? "
+                "Use --force to start over."
             )
         epoch, step = int(ck["epoch"]), int(ck["step"])
         if step != epoch * self.steps_per_epoch:
