@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
 def test_atomic_writes_leave_no_temporary_file_and_use_normal_permissions(tmp_path):
-    import os
     import stat
 
     from cegeo._io import atomic_open, write_json
@@ -21,6 +22,31 @@ def test_atomic_writes_leave_no_temporary_file_and_use_normal_permissions(tmp_pa
         raise RuntimeError("interrupted")
     assert (tmp_path / "a.json").read_text().strip() == '{\n  "x": 1\n}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_a_write_removes_what_a_killed_writer_of_that_file_left(tmp_path):
+    """A process killed mid-write (a sweep's summary.csv, posthoc.json, a report) left its
+    temporary file for good; the next write of that file removes it, and nothing that a live
+    process, another host or another file's writer may still be writing."""
+    import subprocess
+    import sys
+
+    from cegeo._io import _HOST, atomic_open
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid whose process is gone
+    dead = tmp_path / f".summary.csv.{_HOST}.{child.pid}.k1lled00.tmp"
+    live = tmp_path / f".summary.csv.{_HOST}.{os.getppid()}.wr1t1ng0.tmp"
+    other_host = tmp_path / f".summary.csv.elsewhere.{child.pid}.abcdefgh.tmp"
+    other_file = tmp_path / f".posthoc.json.{_HOST}.{child.pid}.abcdefgh.tmp"
+    older_cegeo = tmp_path / ".summary.csv.k3j9x2a1.tmp"
+    for f in (dead, live, other_host, other_file, older_cegeo):
+        f.write_text("half")
+    with atomic_open(tmp_path / "summary.csv") as fh:
+        fh.write("whole")
+    assert (tmp_path / "summary.csv").read_text() == "whole"
+    assert not dead.exists()
+    assert all(f.exists() for f in (live, other_host, other_file, older_cegeo))
 
 
 # ------------------------------------------------------------------------------------- read_toml

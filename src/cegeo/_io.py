@@ -13,6 +13,8 @@ import json
 import math
 import os
 import platform
+import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,15 +49,47 @@ __all__ = [
 ]
 
 
+# Temporary files are named ``.NAME.HOST.PID.XXXXXXXX.tmp``: a later write of NAME on the same
+# host removes those whose process is gone (killed mid-write), and no other process's.
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # pragma: no cover - os.kill(pid, 0) would terminate it on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (PermissionError): alive
+        return True
+    return True
+
+
+def _remove_dead_writers_temporaries(target: Path) -> None:
+    """Remove the temporary files of ``target`` that killed processes of this host left."""
+    head = f".{target.name}.{_HOST}."
+    for tmp in target.parent.glob(f"{glob.escape(head)}*.tmp"):
+        pid = tmp.name[len(head) :].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success rename it over ``path``.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched. Temporary files of
+    ``path`` that killed processes left behind (``kill -9`` mid-write) are removed first.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    _remove_dead_writers_temporaries(target)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.{_HOST}.{os.getpid()}.", suffix=".tmp", dir=target.parent
+    )
     try:
         # mkstemp creates the file 0600; give it the permissions a plain open() would have.
         os.chmod(tmp, 0o666 & ~_umask())
@@ -75,7 +109,9 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
 
 def remove_temporaries(folder: str | os.PathLike[str], names: Iterable[str]) -> None:
     """Remove the temporary files that :func:`atomic_open` writes of ``names`` in ``folder`` and
-    a killed process left behind (``.NAME.XXXXXXXX.tmp``; a checkpoint's is as large as it)."""
+    a killed process left behind (``.NAME.HOST.PID.XXXXXXXX.tmp``, or an earlier cegeo's
+    ``.NAME.XXXXXXXX.tmp``; a checkpoint's is as large as it), whichever process or host wrote
+    them: for a caller that holds the folder's lock."""
     where = Path(folder)
     for name in names:
         for tmp in where.glob(f".{glob.escape(name)}.*.tmp"):
