@@ -316,6 +316,26 @@ def test_resume_redoes_epochs_logged_after_the_checkpoint(tmp_path):
     _assert_resumed_equals_straight(config, tmp_path / "r", tmp_path / "s")
 
 
+class _SGDWithoutFused(torch.optim.SGD):
+    """SGD as torch 2.2 has it: no ``fused`` argument (a TypeError when given one)."""
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False):
+        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov)
+
+
+def test_a_torch_whose_sgd_takes_no_fused_trains_and_resumes(monkeypatch, tmp_path):
+    """pyproject allows torch 2.2, whose SGD takes no ``fused``: the trainer builds it without
+    one (passing ``fused=None`` crashed every run there), and a run resumes."""
+    monkeypatch.setattr(torch.optim, "SGD", _SGDWithoutFused)
+    config = cfg(GAUSS, train__epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        _CrashAfterProbe(config, tmp_path / "r", progress=False).run()
+    resumed = Trainer(None, tmp_path / "r", resume=True, progress=False)
+    resumed.run()
+    assert isinstance(resumed.optimizer, _SGDWithoutFused)
+    _assert_resumed_equals_straight(config, tmp_path / "r", tmp_path / "s")
+
+
 def test_a_run_leaves_the_callers_random_stream_as_it_was(tmp_path):
     """Trainer draws its initialisation from a seeded generator and restores a checkpoint's
     generator states inside the run only: the caller's torch RNG is not reseeded (cegeo used

@@ -546,6 +546,20 @@ def _ddp_params() -> Mapping[str, Any]:
     return inspect.signature(DDP.__init__).parameters
 
 
+def _sgd_has_fused() -> bool:
+    """Whether this torch's SGD takes ``fused`` (torch >= 2.3; 2.2 has only the foreach kernel)."""
+    import inspect
+
+    return "fused" in inspect.signature(torch.optim.SGD.__init__).parameters
+
+
+def _fused_sgd_takes_tensor_lr() -> bool:
+    """Whether this torch's fused SGD kernel reads the learning rate from a tensor, as a CUDA
+    graph's step needs (no ``_fused_sgd_`` op at all before torch 2.3)."""
+    op = getattr(torch.ops.aten, "_fused_sgd_", None)
+    return op is not None and "tensor_lr" in op.overloads()
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks, differentiable: the gradient of each rank's input is the sum of the
     gradients of the output over ranks (what ``torch.distributed.nn.functional.all_reduce``
@@ -942,16 +956,18 @@ class Trainer:
             self.loss_drw = _per_sample(self.loss_base.with_omega(w)).to(self.device)
         self.graph_mode = self._graph_mode()
         self.graph_fallback: str | None = None  # why CUDA graphs were not used under "auto"
-        self._fused = True if self.device.type == "cuda" or self.graph_mode else None
+        # One kernel for the update on CUDA; under CUDA graphs it reads the learning rate from
+        # a device tensor (the tensor_lr overload), so the schedule needs no re-capture. A torch
+        # whose SGD has no fused kernel (2.2) takes its default, foreach, and never captures.
+        fusable = _sgd_has_fused()
+        self._fused = True if fusable and (self.device.type == "cuda" or self.graph_mode) else None
         self.optimizer = torch.optim.SGD(
             model.parameters(),
             lr=cfg.optim.lr,
             momentum=cfg.optim.momentum,
             weight_decay=cfg.optim.weight_decay,
             nesterov=cfg.optim.nesterov,
-            # One kernel for the update on CUDA; under CUDA graphs it reads the learning rate from
-            # a device tensor (the tensor_lr overload), so the schedule needs no re-capture.
-            fused=self._fused,
+            **({"fused": self._fused} if fusable else {}),
         )
         self._graphs: dict[tuple[int, int], _GraphStep] = {}
         self._eval_graph: _GraphStep | None = None
@@ -1363,7 +1379,7 @@ class Trainer:
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         for group in self.optimizer.param_groups:  # this run's kernel choice, not the saved run's
-            group["fused"], group["foreach"] = self._fused, None
+            group["fused"], group["foreach"] = self._fused, None  # (torch 2.2 ignores "fused")
         rng = ck["rng"]
         torch.set_rng_state(rng["torch"])
         self.g_order.set_state(rng["order"])
@@ -1389,7 +1405,7 @@ class Trainer:
             why = "'auto' or 'off' under DDP (a graph holds one process's step)"
         elif self.device.type != "cuda":
             why = "'auto' or 'off' on a CPU (CUDA graphs need a CUDA device)"
-        elif "tensor_lr" not in torch.ops.aten._fused_sgd_.overloads():
+        elif not _fused_sgd_takes_tensor_lr():
             why = f"'auto' or 'off' with torch {torch.__version__} (its fused SGD takes no tensor lr)"
         if why is None:
             return "capture"
