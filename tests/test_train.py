@@ -711,6 +711,20 @@ def test_cuda_extras_are_off_on_cpu_by_default():
     assert not Trainer(off, progress=False).setup().channels_last
 
 
+def test_a_torch_whose_compile_cannot_run_here_trains_eager_or_says_so(monkeypatch):
+    """torch 2.2/2.3 on Python 3.12 (2.5 on 3.13) raise in torch.compile: ``auto`` (on for CUDA)
+    trains eager there, and ``on`` is a one-line error instead of a traceback."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    monkeypatch.setattr("cegeo.train._switch", lambda value, device: value != "off")  # auto: as on CUDA
+    assert Trainer(cfg(GAUSS, train__epochs=1), progress=False).setup().compile is False
+    with pytest.raises(
+        ValueError, match=r"`runtime.compile` must be 'auto' or 'off' with torch .* on Python 3\.\d+"
+    ):
+        Trainer(cfg(GAUSS, train__epochs=1, runtime__compile="on"), progress=False).setup()
+
+
 def test_bf16_autocast_can_be_switched_on_on_cpu():
     t = Trainer(cfg(GAUSS, train__epochs=1, runtime__amp="on"), progress=False)
     final = t.run()

@@ -52,6 +52,7 @@ import errno
 import io
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -553,6 +554,19 @@ def _sgd_has_fused() -> bool:
     return "fused" in inspect.signature(torch.optim.SGD.__init__).parameters
 
 
+def _compile_unsupported() -> str | None:
+    """Why ``torch.compile`` cannot run with this torch and Python (torch < 2.4 on Python 3.12,
+    < 2.6 on 3.13: its ``torch.compile`` raises), or None where it can."""
+    try:
+        from torch._dynamo import is_dynamo_supported
+    except ImportError:  # pragma: no cover - every torch this package allows has it
+        return None
+    if is_dynamo_supported():
+        return None
+    py = ".".join(map(str, sys.version_info[:2]))
+    return f"torch {torch.__version__} on Python {py} (its torch.compile does not run there)"
+
+
 def _fused_sgd_takes_tensor_lr() -> bool:
     """Whether this torch's fused SGD kernel reads the learning rate from a tensor, as a CUDA
     graph's step needs (no ``_fused_sgd_`` op at all before torch 2.3)."""
@@ -941,6 +955,10 @@ class Trainer:
             and any(isinstance(m, nn.Conv2d) for m in model.modules())
         )
         self.compile = _switch(rt.compile, self.device)
+        if self.compile and (why := _compile_unsupported()) is not None:
+            if rt.compile == "on":
+                raise fail("runtime.compile", f"'auto' or 'off' with {why}", rt.compile)
+            self.compile = False  # auto: eager
         self.compile_mode = mode = rt.compile_mode
         if self.dist.enabled and rt.sync_bn:
             model = _convert_sync_bn(model, self.device)
