@@ -640,6 +640,38 @@ def test_cifar_not_a_dict(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+def test_npz_image_layout_is_asked_for_where_the_shape_cannot_tell(tmp_path):
+    """(n, 4, 4, 3) is 4x4 RGB images (NHWC) or 4-channel 4x3 ones (NCHW): read as NCHW before,
+    without a word, so a user's 4x4 RGB images trained as scrambled 4-channel pixels."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(4, 4, 4, 3), dtype=np.uint8)
+    p = tmp_path / "small.npz"
+    np.savez(p, x_train=x, y_train=np.array([0, 1, 0, 1]))
+    with pytest.raises(
+        ValueError,
+        match=rf"^`npz:{re.escape(str(p))}\[x_train\]` must be a shape whose channel axis is plain "
+        r"\(here axis 1 and axis 3 could both be the channels: pass --data-option layout=nchw or "
+        r"layout=nhwc\); got \(4, 4, 4, 3\)\.$",
+    ):
+        load_dataset(f"npz:{p}")
+    nhwc = load_dataset(f"npz:{p}", layout="nhwc")
+    assert nhwc.x_train.shape == (4, 3, 4, 4)
+    np.testing.assert_array_equal(nhwc.x_train[2, 1], x[2, :, :, 1])
+    nchw = load_dataset(f"npz:{p}", layout="nchw")
+    assert nchw.x_train.shape == (4, 4, 4, 3)
+    np.testing.assert_array_equal(nchw.x_train, x)
+    # an explicit layout overrides the guess where there is one
+    y = rng.integers(0, 256, size=(4, 3, 8, 8), dtype=np.uint8)
+    np.savez(p, x_train=y, y_train=np.array([0, 1, 0, 1]))
+    assert load_dataset(f"npz:{p}").x_train.shape == (4, 3, 8, 8)
+    assert load_dataset(f"npz:{p}", layout="nhwc").x_train.shape == (4, 8, 3, 8)
+    with pytest.raises(
+        ValueError,
+        match=r"^`layout` must be 'auto', 'nchw' or 'nhwc' \(the axes of 4-D image arrays\); got 'NHWC'\.$",
+    ):
+        load_dataset(f"npz:{p}", layout="NHWC")
+
+
 def test_npz_tabular_and_images(tmp_path):
     rng = np.random.default_rng(0)
     p = tmp_path / "tab.npz"

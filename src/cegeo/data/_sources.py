@@ -465,15 +465,31 @@ def _load_cifar100(path: Path, seed: int, label_type: str) -> Dataset:
 # --------------------------------------------------------------------------------------------
 
 
-def _as_image_or_tabular(param: str, x: np.ndarray) -> tuple[str, np.ndarray]:
-    """npz arrays: 4-D uint8 NCHW (or NHWC, detected) or 3-D uint8 (n, H, W) are images,
-    2-D numeric arrays are tabular (float32)."""
+_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
+
+
+def _as_image_or_tabular(param: str, x: np.ndarray, layout: str = "auto") -> tuple[str, np.ndarray]:
+    """npz arrays: 4-D uint8 NCHW or NHWC (``layout``; ``auto`` tells them apart by which axis
+    holds 1, 3 or 4 channels, and refuses a shape where both could) or 3-D uint8 (n, H, W) are
+    images, 2-D numeric arrays are tabular (float32)."""
     if x.ndim == 3 and x.dtype == np.uint8:
         return "image", x[:, None]
     if x.ndim == 4:
         if x.dtype != np.uint8:
             raise fail(param, "uint8 pixels for a 4-D image array", str(x.dtype))
-        if x.shape[1] not in (1, 3, 4) and x.shape[3] in (1, 3, 4):
+        if layout == "auto":
+            first, last = x.shape[1] in _CHANNELS, x.shape[3] in _CHANNELS
+            if first and last:
+                # (n, 4, 4, 3): 4x4 RGB images, or 4-channel 4x3 ones? A guess would train on
+                # scrambled pixels without a word.
+                raise fail(
+                    param,
+                    "a shape whose channel axis is plain (here axis 1 and axis 3 could both be the "
+                    "channels: pass --data-option layout=nchw or layout=nhwc)",
+                    x.shape,
+                )
+            layout = "nhwc" if last else "nchw"
+        if layout == "nhwc":
             x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
         return "image", np.ascontiguousarray(x)
     if x.shape[0] == 0:
@@ -516,8 +532,10 @@ def _check_npz_sizes(spec: str, path: Path) -> None:
                 )
 
 
-def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
+def _load_npz(path: Path, seed: int, num_classes: int | None, layout: str) -> Dataset:
     spec = f"npz:{path}"
+    if layout not in ("auto", "nchw", "nhwc"):
+        raise fail("layout", "'auto', 'nchw' or 'nhwc' (the axes of 4-D image arrays)", layout)
     with path.open("rb") as fh:
         magic = fh.read(4)
     if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
@@ -547,10 +565,10 @@ def _load_npz(path: Path, seed: int, num_classes: int | None) -> Dataset:
             raise fail(f"{spec}[{key}]", "a .npy array", described("a member of other content"))
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise fail(spec, "both x_test and y_test, or neither", sorted(arrays))
-    kind, x_tr = _as_image_or_tabular(f"{spec}[x_train]", arrays["x_train"])
+    kind, x_tr = _as_image_or_tabular(f"{spec}[x_train]", arrays["x_train"], layout)
     x_te = y_te = None
     if "x_test" in arrays:
-        kind_te, x_te = _as_image_or_tabular(f"{spec}[x_test]", arrays["x_test"])
+        kind_te, x_te = _as_image_or_tabular(f"{spec}[x_test]", arrays["x_test"], layout)
         if kind_te != kind:
             raise fail(f"{spec}[x_test]", f"{kind} data like x_train", kind_te)
     ys = []
@@ -1096,7 +1114,11 @@ for _info in (
         "cifar100", "CIFAR-100 python files in a directory", "dir", {"label_type": "fine"}, _load_cifar100
     ),
     DatasetInfo(
-        "npz", "an .npz with x_train, y_train[, x_test, y_test]", "file", {"num_classes": None}, _load_npz
+        "npz",
+        "an .npz with x_train, y_train[, x_test, y_test]",
+        "file",
+        {"num_classes": None, "layout": "auto"},
+        _load_npz,
     ),
     DatasetInfo(
         "csv",
