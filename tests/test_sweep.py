@@ -169,7 +169,7 @@ def test_setup_source_with_options_of_another_source_is_refused_before_any_run(t
     is loaded, naming the option, instead of failing every run of that setup."""
     text = SWEEP + '\n[[setups]]\nname = "a"\n[[setups]]\nname = "b"\n'
     with pytest.raises(
-        ValueError, match=r"setup 'b'.*`data.options` must be options of 'npz' \('num_classes'\); got 'd'"
+        ValueError, match=r"setup 'b'.*`data.options` must be options of 'npz' \('num_classes', 'layout'\); got 'd'"
     ):
         load_sweep(write(tmp_path, text), {"b:data.source": "npz:/nowhere.npz"})
 
