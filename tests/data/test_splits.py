@@ -259,3 +259,28 @@ def test_a_profile_on_naturally_imbalanced_data_warns():
         match=r"tab is already imbalanced \(R = .*\); the longtail profile sizes classes by index",
     ):
         make_splits(ds, "longtail:R=2")
+
+
+def test_fingerprint_is_of_the_values_not_of_their_integer_type_byte_order_or_layout(gauss):
+    """Splits made in code (``Trainer(splits=...)``) may hold int32 or big-endian labels, or
+    Fortran-ordered features: the trainer trains on the same values (labels as int64), so a
+    resume with them must not be refused as other data. Another label still changes the digest."""
+    import dataclasses
+
+    sp = make_splits(gauss, "step:R=2,rho=0.5", seed=0)
+    names = ("train", "val", "test")
+    as_int32 = dataclasses.replace(sp, **{f"y_{s}": getattr(sp, f"y_{s}").astype(np.int32) for s in names})
+    big_endian = dataclasses.replace(
+        sp,
+        **{f"y_{s}": getattr(sp, f"y_{s}").astype(">i8") for s in names},
+        **{
+            f"x_{s}": getattr(sp, f"x_{s}").astype(getattr(sp, f"x_{s}").dtype.newbyteorder(">"))
+            for s in names
+        },
+    )
+    fortran = dataclasses.replace(sp, x_train=np.asfortranarray(sp.x_train))
+    for same in (as_int32, big_endian, fortran):
+        assert same.fingerprint() == sp.fingerprint()
+    y = sp.y_val.astype(np.int32)
+    y[0] = (y[0] + 1) % sp.num_classes
+    assert dataclasses.replace(as_int32, y_val=y).fingerprint() != sp.fingerprint()

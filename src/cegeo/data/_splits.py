@@ -124,7 +124,8 @@ class Splits:
         """A digest of every split's samples and labels (their bytes, dtypes and shapes).
 
         The same data give the same digest wherever they were read from (a moved file, another
-        path); any other sample, label, order or split gives another. A checkpoint records it, so
+        path) and whatever the labels' integer type or the arrays' byte order and memory layout;
+        any other sample, label, order or split gives another. A checkpoint records it, so
         that a resumed run refuses data that changed under it.
 
         Examples
@@ -144,7 +145,11 @@ class Splits:
         """
         h = hashlib.blake2b(digest_size=16)
         for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
-            a = np.ascontiguousarray(getattr(self, name))
+            a = getattr(self, name)
+            # As the trainer reads them: labels as int64 (splits made in code may hold int32 or
+            # big-endian ones), and samples in one byte order, so the same values hash alike.
+            a = a.astype("<i8" if name[0] == "y" else a.dtype.newbyteorder("<"), copy=False)
+            a = np.ascontiguousarray(a)
             h.update(f"{name} {a.dtype.str} {a.shape};".encode())
             h.update(a.reshape(-1).view(np.uint8) if a.size else b"")
         return h.hexdigest()
