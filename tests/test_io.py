@@ -49,6 +49,28 @@ def test_a_write_removes_what_a_killed_writer_of_that_file_left(tmp_path):
     assert all(f.exists() for f in (live, other_host, other_file, older_cegeo))
 
 
+@pytest.mark.parametrize("name", ["r" * 245 + ".json", "é" * 120 + ".json"])
+def test_a_name_near_the_file_name_limit_is_written_atomically(tmp_path, name):
+    """Host and pid in the temporary name (up to 90 more bytes) must not make a name the file
+    system takes (255 bytes) unwritable: a 240-byte report name wrote before they came, then
+    failed with 'File name too long'. A killed writer's temporary of such a name is still
+    found and removed by the next write."""
+    import subprocess
+    import sys
+
+    from cegeo._io import _HOST, _temp_head, write_text
+
+    target = tmp_path / name
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid whose process is gone
+    dead = tmp_path / f"{_temp_head(target)}{child.pid}.k1lled00.tmp"
+    assert _HOST in dead.name and len(os.fsencode(dead.name)) <= 255
+    dead.write_text("half")
+    write_text(target, "whole")
+    assert target.read_text() == "whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
 # ------------------------------------------------------------------------------------- read_toml
 
 

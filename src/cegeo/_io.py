@@ -66,9 +66,24 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+# A file name's limit (NAME_MAX) in bytes, and what a temporary name adds to NAME: the dots, the
+# host, a pid of up to 10 digits, mkstemp's 8 random characters and ".tmp".
+_NAME_MAX = 255
+_TEMP_EXTRA = len(f"..{_HOST}.{'0' * 10}.XXXXXXXX.tmp")
+
+
+def _temp_head(target: Path) -> str:
+    """``.NAME.HOST.``, NAME shortened (the same way in every process) where the temporary name
+    would pass the file-name limit: a name the file system takes must be writable atomically."""
+    name = target.name
+    while name and len(os.fsencode(name)) > _NAME_MAX - _TEMP_EXTRA:
+        name = name[:-1]
+    return f".{name}.{_HOST}."
+
+
 def _remove_dead_writers_temporaries(target: Path) -> None:
     """Remove the temporary files of ``target`` that killed processes of this host left."""
-    head = f".{target.name}.{_HOST}."
+    head = _temp_head(target)
     for tmp in target.parent.glob(f"{glob.escape(head)}*.tmp"):
         pid = tmp.name[len(head) :].split(".", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
@@ -87,9 +102,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_writers_temporaries(target)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.{_HOST}.{os.getpid()}.", suffix=".tmp", dir=target.parent
-    )
+    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_head(target)}{os.getpid()}.", suffix=".tmp", dir=target.parent)
     try:
         # mkstemp creates the file 0600; give it the permissions a plain open() would have.
         os.chmod(tmp, 0o666 & ~_umask())
