@@ -71,6 +71,20 @@ def test_a_name_near_the_file_name_limit_is_written_atomically(tmp_path, name):
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
+@pytest.mark.parametrize("pid", ["99999999999999999999", "\u00b23", "0x10"])
+def test_a_temporary_with_no_pid_in_its_name_is_left_alone(tmp_path, pid):
+    """A file that only looks like a temporary of NAME (another tool's, or one dropped in a
+    shared folder) must not make every write of NAME fail: os.kill raised OverflowError on a
+    huge number and int() a ValueError on '\u00b2', which str.isdigit accepts."""
+    from cegeo._io import _HOST, write_text
+
+    stray = tmp_path / f".summary.csv.{_HOST}.{pid}.abcdefgh.tmp"
+    stray.write_text("not ours")
+    write_text(tmp_path / "summary.csv", "whole")
+    assert (tmp_path / "summary.csv").read_text() == "whole"
+    assert stray.exists()
+
+
 # ------------------------------------------------------------------------------------- read_toml
 
 

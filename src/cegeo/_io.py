@@ -61,8 +61,8 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # another user's process (PermissionError): alive
-        return True
+    except (OSError, OverflowError):  # another user's process (PermissionError): alive
+        return True  # (OverflowError: no pid, a file atomic_open did not name: left alone)
     return True
 
 
@@ -86,7 +86,8 @@ def _remove_dead_writers_temporaries(target: Path) -> None:
     head = _temp_head(target)
     for tmp in target.parent.glob(f"{glob.escape(head)}*.tmp"):
         pid = tmp.name[len(head) :].split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+        # ASCII digits only: str.isdigit takes '²', which int() refuses
+        if not (pid.isascii() and pid.isdigit()) or int(pid) == os.getpid() or _process_alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
             tmp.unlink()
