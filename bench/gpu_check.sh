@@ -26,6 +26,9 @@ section "bench/train.py --device cuda (CUDA graphs: the benchmark's default)"
 timeout 150 "$PY" bench/train.py --device cuda --json "$OUT/bench_train.json" 2>&1 | tail -40 | tee "$OUT/bench_train.txt"
 
 section "cegeo train on CUDA with CUDA graphs (digits, mlp, ldt gamma=0.5, 20 epochs)"
+# A second call on a warm machine finds the first one's finished run there: cegeo train refuses it
+# ("holds a finished run") and the summary below would print the old final.json as this run's.
+rm -rf /tmp/gpu_run
 timeout 45 "$PY" -m cegeo train --data digits --imbalance step:R=10,rho=0.5 --model mlp --loss ldt \
   --gamma 0.5 --epochs 20 --seed 0 --device cuda --cuda-graph on --out /tmp/gpu_run --no-progress >/dev/null 2>/tmp/train_err.txt; tail -5 /tmp/train_err.txt | tee "$OUT/train_smoke.txt"
 "$PY" - <<'PY' | tee -a "$OUT/train_smoke.txt"
