@@ -129,7 +129,9 @@ def load_dataset(spec: str, *, seed: int = 0, **options: Any) -> Dataset:
 
         * ``idx``: ``num_classes`` (default: largest training label + 1).
         * ``cifar100``: ``label_type`` = ``"fine"`` (100 classes) or ``"coarse"`` (20).
-        * ``npz``: ``num_classes``.
+        * ``npz``: ``num_classes``, ``layout`` (of 4-D image arrays: ``"auto"``, the channel
+          axis being the one of size 1, 3 or 4, an error where both could be, as in
+          ``(n, 4, 4, 3)``; ``"nchw"`` or ``"nhwc"`` to say which).
         * ``csv``: ``label`` (the label column's name; default ``"label"`` if the header has
           it, else the last column), ``delimiter`` (default ``","``; ``\\t`` or ``tab`` for a
           tab), ``test`` (a second CSV
