@@ -169,7 +169,8 @@ def test_setup_source_with_options_of_another_source_is_refused_before_any_run(t
     is loaded, naming the option, instead of failing every run of that setup."""
     text = SWEEP + '\n[[setups]]\nname = "a"\n[[setups]]\nname = "b"\n'
     with pytest.raises(
-        ValueError, match=r"setup 'b'.*`data.options` must be options of 'npz' \('num_classes', 'layout'\); got 'd'"
+        ValueError,
+        match=r"setup 'b'.*`data.options` must be options of 'npz' \('num_classes', 'layout'\); got 'd'",
     ):
         load_sweep(write(tmp_path, text), {"b:data.source": "npz:/nowhere.npz"})
 
@@ -1036,3 +1037,34 @@ def test_summary_csv_without_runs_has_the_header_of_one_with_runs(finished_sweep
     hyper_and_axes = [c for c in full if c not in rows[0]]
     assert [c for c in full if c not in hyper_and_axes] == rows[0]
     assert all(not c.endswith(("_mean", "_std")) for c in hyper_and_axes), hyper_and_axes
+
+
+def test_run_one_frees_the_trainer_it_ran_even_in_a_reference_cycle(tmp_path, monkeypatch):
+    """`cegeo sweep --jobs 1` trains its runs one after another in one process. A trainer sits in
+    reference cycles (CUDA graphs' steps and the compiled forward call back into it), so its model,
+    device data and graph memory stayed held after run_one returned, until Python's cyclic
+    collector happened to run; several runs' worth could pile up on one GPU."""
+    import gc
+    import weakref
+
+    import cegeo.train
+    from cegeo.sweep import run_one
+
+    made = []
+
+    class Cyclic(cegeo.train.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.me = self  # the cycle a CUDA graph's step makes
+            made.append(weakref.ref(self))
+
+    monkeypatch.setattr(cegeo.train, "Trainer", Cyclic)
+    (tmp_path / "sweep.toml").write_text(SWEEP)
+    config = expand(load_sweep(tmp_path / "sweep.toml"))[0].config
+    gc.disable()
+    try:
+        status = run_one(config, tmp_path / "r")
+        assert status["status"] == "finished", status
+        assert made and made[0]() is None
+    finally:
+        gc.enable()

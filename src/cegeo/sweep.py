@@ -657,6 +657,7 @@ def run_one(config: RunConfig, out: str | os.PathLike[str], *, progress: bool = 
     path = Path(out)
     with contextlib.suppress(OSError):  # missing, or a folder we cannot write: found out below
         (path / "error.json").unlink()
+    trainer = None
     try:
         trainer = Trainer(config, path, resume=True, progress=progress)
         if trainer.action == "finished":
@@ -669,6 +670,24 @@ def run_one(config: RunConfig, out: str | os.PathLike[str], *, progress: bool = 
         record = _error_record(exc)
         _write_error(path, record)
         return {"status": "failed", "error": record["error"]}
+    finally:
+        trainer = None
+        _release_memory()
+
+
+def _release_memory() -> None:
+    """Free what a finished run held before the next one in this process (``--jobs 1``).
+
+    A trainer sits in reference cycles (its CUDA graphs' steps and its compiled forward call back
+    into it), so reference counting alone never frees it: its model, its data on the device and
+    its graphs' memory pools stayed held until Python's cyclic collector happened to run.
+    """
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _write_error(path: Path, record: dict[str, Any]) -> None:
