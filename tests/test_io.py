@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -83,6 +84,20 @@ def test_a_temporary_with_no_pid_in_its_name_is_left_alone(tmp_path, pid):
     write_text(tmp_path / "summary.csv", "whole")
     assert (tmp_path / "summary.csv").read_text() == "whole"
     assert stray.exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="no Linux pid namespaces here")
+def test_temporary_names_tell_containers_that_share_a_host_name_apart():
+    """Containers that share a host name (Docker's --network host, a Kubernetes pod) see only
+    their own processes: a live writer in one looked dead to the other, which removed its
+    temporary file mid-write. The token names the pid namespace too."""
+    import socket
+
+    from cegeo._io import _HOST
+
+    ns = os.stat("/proc/self/ns/pid").st_ino
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
+    assert _HOST == f"{host}_{ns}"
 
 
 # ------------------------------------------------------------------------------------- read_toml

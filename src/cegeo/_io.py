@@ -51,7 +51,19 @@ __all__ = [
 
 # Temporary files are named ``.NAME.HOST.PID.XXXXXXXX.tmp``: a later write of NAME on the same
 # host removes those whose process is gone (killed mid-write), and no other process's.
-_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
+
+
+def _host_token() -> str:
+    """The host name (file-name safe) and, on Linux, the process-id namespace: containers that
+    share a host name (Docker's --network host, a Kubernetes pod) each see only their own
+    processes, so a writer in another one must never look dead to this one."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
+    with contextlib.suppress(OSError):
+        host += f"_{os.stat('/proc/self/ns/pid').st_ino}"
+    return host
+
+
+_HOST = _host_token()
 
 
 def _process_alive(pid: int) -> bool:
