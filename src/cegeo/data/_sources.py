@@ -881,8 +881,20 @@ def _open_image(path: Path) -> Any:
     try:
         return Image.open(path)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise InputError(f"`{path}` is not a readable image ({detail}).") from None
+        raise _unreadable(path, exc) from None
+
+
+def _decode(im: Any, path: Path) -> None:
+    """Decode an opened image's pixels; a broken file is a one-line error."""
+    try:
+        im.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: BaseException) -> InputError:
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return InputError(f"`{path}` is not a readable image ({detail}).")
 
 
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
@@ -1008,11 +1020,7 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
         for i, (f, _) in enumerate(items):
             with _open_image(f) as im:
                 orient = _orientation(im)
-                try:
-                    im.load()
-                except (OSError, SyntaxError, ValueError) as exc:
-                    detail = " ".join(str(exc).split()) or type(exc).__name__
-                    raise InputError(f"`{f}` is not a readable image ({detail}).") from None
+                _decode(im, f)
                 out = _to_mode(im, mode, f, dim, float_top=1.0 if float_max <= 1.0 else 255.0)
                 if orient != 1:
                     out = out.transpose(getattr(Image, _ORIENT_TRANSPOSE[orient]))
@@ -1045,11 +1053,7 @@ def _load_folder(path: Path, seed: int, size: str | None, mode: str) -> Dataset:
 def _float_max(im: Any, path: Path) -> float:
     """The largest value of a float (mode ``F``) image; non-finite values and values above 255
     are errors (float images hold 0..1 or 0..255)."""
-    try:
-        im.load()
-    except (OSError, SyntaxError, ValueError) as exc:
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise InputError(f"`{path}` is not a readable image ({detail}).") from None
+    _decode(im, path)
     arr = np.asarray(im, dtype=np.float64)
     hi = float(arr.max()) if arr.size else 0.0
     if not np.all(np.isfinite(arr)) or hi > 255.0:
