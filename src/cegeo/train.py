@@ -1370,10 +1370,7 @@ class Trainer:
                 f"`{key}` must match the run being resumed in {self.out} (its checkpoint was trained "
                 f"with {was!r}); got {now!r}: was config.toml edited? Use --force to start over."
             )
-        saved_print = ck.get("data_fingerprint")
-        if not _same_data(ck, self.k, self.norm_stats) or (
-            isinstance(saved_print, str) and saved_print != self._data_fingerprint()
-        ):
+        if not _same_data(ck, self.k, self.norm_stats, self._data_fingerprint()):
             # The paths may differ (data moved): the data themselves must be the run's, or its
             # first epochs were trained on other data than the rest and final.json would say so.
             raise InputError(
@@ -1904,12 +1901,14 @@ def _only_data_paths_differ(key: str, was: Any, now: Any, source: str) -> bool:
     return False
 
 
-def _same_data(ck: Mapping[str, Any], k: int, norm_stats: Mapping[str, Any]) -> bool:
+def _same_data(ck: Mapping[str, Any], k: int, norm_stats: Mapping[str, Any], fingerprint: str) -> bool:
     """Whether this run's data are those the checkpoint was trained on, as far as it recorded
-    them: the number of classes and the training split's means and stds (``normalization``),
-    which other data (another file at a moved path) all but surely change. A checkpoint
-    without them (an earlier cegeo) passes."""
+    them: the number of classes, the splits' :meth:`~cegeo.data.Splits.fingerprint` and the
+    training split's means and stds (``normalization``), which other data (another file at a
+    moved path) all but surely change. What a checkpoint lacks (an earlier cegeo's) passes."""
     if isinstance(ck.get("num_classes"), int) and ck["num_classes"] != k:
+        return False
+    if isinstance(ck.get("data_fingerprint"), str) and ck["data_fingerprint"] != fingerprint:
         return False
     saved = ck.get("normalization")
     if not isinstance(saved, Mapping):
