@@ -93,10 +93,10 @@ def _temp_head(target: Path) -> str:
     return f".{name}.{_HOST}."
 
 
-def _remove_dead_writers_temporaries(target: Path) -> None:
-    """Remove the temporary files of ``target`` that killed processes of this host left."""
-    head = _temp_head(target)
-    for tmp in target.parent.glob(f"{glob.escape(head)}*.tmp"):
+def _remove_dead_writers_temporaries(folder: Path, head: str) -> None:
+    """Remove the temporary files ``folder/HEAD PID.*.tmp`` (``head``: :func:`_temp_head`) that
+    killed processes of this host left."""
+    for tmp in folder.glob(f"{glob.escape(head)}*.tmp"):
         pid = tmp.name[len(head) :].split(".", 1)[0]
         # ASCII digits only: str.isdigit takes '²', which int() refuses
         if not (pid.isascii() and pid.isdigit()) or int(pid) == os.getpid() or _process_alive(int(pid)):
@@ -114,8 +114,9 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_writers_temporaries(target)
-    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_head(target)}{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    head = _temp_head(target)
+    _remove_dead_writers_temporaries(target.parent, head)
+    fd, tmp = tempfile.mkstemp(prefix=f"{head}{os.getpid()}.", suffix=".tmp", dir=target.parent)
     try:
         # mkstemp creates the file 0600; give it the permissions a plain open() would have.
         os.chmod(tmp, 0o666 & ~_umask())
