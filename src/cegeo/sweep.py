@@ -87,7 +87,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections import deque
@@ -98,6 +97,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _signals
 from ._io import (
     environment_info,
     read_json,
@@ -1017,13 +1017,7 @@ def _run_workers(
     done = 0
     # `kill PARENT` (SIGTERM) or a closed terminal (SIGHUP) stops the workers too, as Ctrl-C
     # does, instead of leaving them training as orphans.
-    handlers: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for name in ("SIGTERM", "SIGHUP"):
-            sig = getattr(signal, name, None)
-            # only where the default (die) would apply: nohup's ignored SIGHUP stays ignored
-            if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
-                handlers[sig] = signal.signal(sig, _interrupt)
+    installed = _signals.install()
     try:
         while queue or running:
             while queue and free:
@@ -1050,8 +1044,7 @@ def _run_workers(
                 status = _worker_status(run, code, runs_dir, logs)
                 _record(run, status, runs_dir, outcome, say, f"[{done}/{len(pending)}]")
     finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+        _signals.uninstall(installed)
         for proc, _, _fh in running.values():
             proc.terminate()
         for proc, _, fh in running.values():
@@ -1061,10 +1054,6 @@ def _run_workers(
                 proc.kill()
                 proc.wait()
             fh.close()
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 _BUSY_EXIT = 75  # a worker's exit status for "the run is being trained by another process"
@@ -1125,7 +1114,7 @@ def _worker_main(argv: Sequence[str]) -> int:
     # run then cleans up as on Ctrl-C (.lock, temporary files, a folder without a checkpoint yet)
     # instead of dying on the spot.
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, _signals.interrupt)
     try:
         status = run_one(config, argv[1])
     except KeyboardInterrupt:

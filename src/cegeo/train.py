@@ -80,6 +80,7 @@ from ._io import (
     write_npz,
 )
 from ._io import to_toml as _to_toml
+from ._signals import check_interrupt
 from ._validation import InputError, fail, renamed
 from .config import OptimConfig, RunConfig, config_differences, from_dict, load_run_config, to_dict
 from .data.imbalance import sampling_probabilities
@@ -1121,6 +1122,7 @@ class Trainer:
             t.zero_()
         self.model.train()
         for s in range(self.steps_per_epoch):
+            check_interrupt()  # a SIGTERM whose KeyboardInterrupt was swallowed (cegeo._signals)
             lr = lr_at(step, self.steps_per_epoch, cfg.train.epochs, cfg.optim)
             if self._graphs:
                 self._lr.fill_(lr)

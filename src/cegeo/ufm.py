@@ -69,6 +69,7 @@ import torch
 from torch import Tensor
 
 from ._io import csv_columns, write_csv
+from ._signals import check_interrupt
 from ._validation import INT_MAX, SEED_MAX, InputError, check_class_counts, check_finite, check_int, fail
 from .data.imbalance import Groups
 from .data.imbalance import groups as make_groups
@@ -874,6 +875,7 @@ def simulate(
         _sync(dev)
         t0 = time.perf_counter()
         for epoch in range(epochs):
+            check_interrupt()  # a SIGTERM whose KeyboardInterrupt was swallowed (cegeo._signals)
             if batch_size is None:
                 full_batch_step(lr_table[epoch])
             else:

@@ -11,9 +11,7 @@ import contextlib
 import importlib
 import inspect
 import pkgutil
-import signal
 import sys
-import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 import typer
 
+from .._signals import terminate_as_interrupt
 from .._validation import InputError
 
 app = typer.Typer(
@@ -100,37 +99,13 @@ def _warnings_as_lines() -> Iterator[None]:
         warnings.showwarning = original
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill PID``, a scheduler's preemption) and SIGHUP (the terminal or SSH session
-    closed) stop a command as Ctrl-C does: its cleanup runs (temporary files, ``.lock``, a run
-    folder without a checkpoint yet), instead of the process dying on the spot. Only where the
-    default (die) would apply: under ``nohup`` SIGHUP stays ignored."""
-    installed: list[int] = []
-    if threading.current_thread() is threading.main_thread():
-        for name in ("SIGTERM", "SIGHUP"):
-            sig = getattr(signal, name, None)  # no SIGHUP on Windows
-            if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
-                signal.signal(sig, _interrupt)
-                installed.append(sig)
-    try:
-        yield
-    finally:
-        for sig in installed:
-            signal.signal(sig, signal.SIG_DFL)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status (0 ok, 1 failure, 2 bad input)."""
     _load_commands()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         # Non-standalone: usage errors come back as exceptions, so they too print one line.
-        with _warnings_as_lines(), _terminate_as_interrupt():
+        with _warnings_as_lines(), terminate_as_interrupt():
             result = app(args=args, prog_name="cegeo", standalone_mode=False)
     except SystemExit as exc:
         code = exc.code
